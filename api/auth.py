@@ -1,0 +1,73 @@
+"""Bearer tokens: random secrets handed out once; only their SHA-256 is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+import asyncpg
+
+ROLES = ("scanner", "brand-system", "brand", "manager", "finance", "admin")
+DEVICE_ROLES = ("scanner",)
+ALL_BRANDS_ROLES = ("manager", "finance", "admin")
+TOKEN_PREFIX = "gp_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a device or a user, its role and the brands it may act for."""
+
+    token_id: int
+    kind: str
+    role: str
+    name: str
+    brands: frozenset[str]
+
+    @property
+    def device_id(self) -> str:
+        return self.name if self.kind == "device" else f"user:{self.name}"
+
+    @property
+    def brand_scope(self) -> str:
+        """The row-level-security scope: '*' or a comma-separated list of brands."""
+        return "*" if self.role in ALL_BRANDS_ROLES else ",".join(sorted(self.brands))
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+async def lookup(conn: asyncpg.Connection, token: str) -> Principal | None:
+    row = await conn.fetchrow(
+        "SELECT id, kind, role, name, brands FROM tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+        hash_token(token),
+    )
+    if row is None:
+        return None
+    return Principal(row["id"], row["kind"], row["role"], row["name"], frozenset(row["brands"]))
+
+
+async def create(conn: asyncpg.Connection, *, role: str, name: str, brands: list[str]) -> tuple[int, str]:
+    """Create a token; returns (id, the secret), which is shown once and never stored."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+    kind = "device" if role in DEVICE_ROLES else "user"
+    if role in ("scanner", "brand-system", "brand") and not brands:
+        raise ValueError(f"a {role} token needs at least one --brand")
+    token = new_token()
+    token_id = await conn.fetchval(
+        "INSERT INTO tokens (token_hash, kind, role, name, brands) VALUES ($1,$2,$3,$4,$5) RETURNING id",
+        hash_token(token), kind, role, name, brands,
+    )
+    return int(token_id), token
+
+
+async def revoke(conn: asyncpg.Connection, token_id: int) -> bool:
+    done = await conn.execute(
+        "UPDATE tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", token_id)
+    return done.endswith(" 1")

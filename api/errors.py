@@ -1,0 +1,61 @@
+"""One error shape for every 4xx/5xx: {"error": {"code", "message", "path"?}}; never a bare 500."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("gongpei.api")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, path: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.path = status, code, message, path
+        self.headers = headers
+
+
+def error_body(code: str, message: str, path: str | None = None) -> dict[str, object]:
+    err: dict[str, object] = {"code": code, "message": message}
+    if path is not None:
+        err["path"] = path
+    return {"error": err}
+
+
+def _loc_to_path(loc: tuple[object, ...]) -> str:
+    path = "$"
+    for part in loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> ORJSONResponse:
+        return ORJSONResponse(error_body(exc.code, exc.message, exc.path), exc.status,
+                              headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        return ORJSONResponse(
+            error_body("invalid_request", str(first.get("msg")), _loc_to_path(tuple(first.get("loc", ())))),
+            422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return ORJSONResponse(error_body(code, str(exc.detail)), exc.status_code)
+
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(OSError)
+    async def _unavailable(_: Request, exc: Exception) -> ORJSONResponse:
+        log.warning("database unavailable: %s", type(exc).__name__)
+        return ORJSONResponse(error_body("unavailable", "storage is unavailable; retry shortly"),
+                              503, headers={"Retry-After": "2"})

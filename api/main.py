@@ -1,0 +1,41 @@
+"""The API's composition root: build a FastAPI app for given settings and county."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import ORJSONResponse
+
+from api import errors
+from api.routes import ingest, meta, parcels
+from domain.county import County
+from infra.db import create_pool
+from infra.settings import Settings
+
+DESCRIPTION = """Gongpei (共配) — parcel tracking and co-delivery for a county's rural logistics.
+
+Handhelds upload scans with `POST /v1/scan-batches`; anyone with the right token reads a parcel with
+`GET /v1/parcels/{waybill}`; villagers look a parcel up with the waybill and the last four digits
+of their phone at `POST /v1/public/track`."""
+
+
+def create_app(settings: Settings, county: County) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.pool = await create_pool(settings.app_database_url, min_size=2, max_size=10)
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+
+    app = FastAPI(title="Gongpei API", version="0.1.0", description=DESCRIPTION,
+                  lifespan=lifespan, default_response_class=ORJSONResponse)
+    app.state.settings = settings
+    app.state.county = county
+    errors.install(app)
+    app.include_router(ingest.router)
+    app.include_router(parcels.router)
+    app.include_router(meta.router)
+    return app

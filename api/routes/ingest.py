@@ -1,0 +1,138 @@
+"""POST /v1/scan-batches: handhelds and brand systems upload events; each gets its own answer."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+
+from api.deps import CountyDep, PoolDep, PrincipalDep, require_role
+from api.errors import ApiError
+from domain.envelope import Envelope
+from domain.validation import Rejection, validate_batch
+from projections import journal
+from projections.metrics import INGEST_BATCHES, INGEST_EVENTS
+
+router = APIRouter(tags=["ingest"])
+
+# Which event families each role may emit; sms.* are written by the platform itself.
+EMITTABLE = {
+    "scanner": frozenset({"parcel.scanned", "parcel.sorted", "vehicle.departed", "vehicle.arrived",
+                          "consent.recorded"}),
+    "brand-system": frozenset({"parcel.registered", "consent.recorded"}),
+}
+
+
+class EventResult(BaseModel):
+    index: int
+    event_id: str | None = None
+    status: Literal["accepted", "duplicate", "rejected"]
+    reason: str | None = None
+    path: str | None = None
+    message: str | None = None
+
+
+class BatchResult(BaseModel):
+    accepted: int
+    duplicate: int
+    rejected: int
+    results: list[EventResult]
+
+
+EXAMPLE_BATCH = {"events": [{
+    "event_id": "0193b6c4-6f1e-7cc2-9a55-3c1f0e6f2a10", "type": "parcel.scanned",
+    "schema_version": 1, "occurred_at": "2026-11-11T09:15:32+08:00", "brand": "ZTO",
+    "operator_id": "op-8812",
+    "payload": {"waybill": "ZT7300012345678", "action": "arrived", "node_id": "TWN-XILIU"},
+}]}
+
+
+def _raw_event_id(raw: object) -> str | None:
+    if isinstance(raw, dict) and isinstance(raw.get("event_id"), str):
+        return str(raw["event_id"])[:64]
+    return None
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", f"the body is {declared} bytes; the limit is {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "body_too_large", f"the body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+def _parse_events(body: bytes, max_events: int) -> list[Any]:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}", "$") from None
+    if not isinstance(doc, dict):
+        raise ApiError(422, "wrong_type", "the body must be a JSON object with an 'events' array", "$")
+    unknown = sorted(set(doc) - {"events"})
+    if unknown:
+        raise ApiError(422, "unknown_field", f"unknown field '{unknown[0]}'", f"$.{unknown[0]}")
+    events = doc.get("events")
+    if events is None:
+        raise ApiError(422, "missing_field", "'events' is required", "$.events")
+    if not isinstance(events, list):
+        raise ApiError(422, "wrong_type", "'events' must be an array", "$.events")
+    if not events:
+        raise ApiError(422, "invalid_value", "'events' must not be empty", "$.events")
+    if len(events) > max_events:
+        raise ApiError(422, "too_many_events",
+                       f"{len(events)} events in one batch; the limit is {max_events}", "$.events")
+    return events
+
+
+@router.post(
+    "/v1/scan-batches", response_model=BatchResult, summary="Upload a batch of events",
+    description="Up to 500 events and 1 MiB per request. The batch is committed to the journal "
+                "before the answer; re-sending it answers `duplicate` for each event.",
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"type": "object", "required": ["events"], "additionalProperties": False,
+                   "description": "Full contract per event type: GET /v1/schema/scan-batch.json",
+                   "properties": {"events": {"type": "array", "minItems": 1, "maxItems": 500,
+                                             "items": {"type": "object"}}}},
+        "example": EXAMPLE_BATCH}}}},
+    responses={400: {"description": "Body is not JSON"}, 401: {"description": "No or bad token"},
+               403: {"description": "Role may not upload"}, 413: {"description": "Body over 1 MiB"},
+               422: {"description": "Body is not a batch, or more than 500 events"},
+               503: {"description": "Storage unavailable; nothing was stored, retry"}},
+)
+async def post_scan_batch(request: Request, principal: PrincipalDep, pool: PoolDep,
+                          county: CountyDep) -> BatchResult:
+    require_role(principal, *EMITTABLE)
+    settings = request.app.state.settings
+    try:
+        raw_events = _parse_events(await _read_body(request, settings.max_body_bytes),
+                                   settings.max_batch_events)
+    except ApiError as exc:
+        INGEST_BATCHES.labels(outcome=exc.code).inc()
+        raise
+    outcomes = validate_batch(
+        raw_events, county=county, permitted_brands=principal.brands,
+        permitted_types=EMITTABLE[principal.role], device_id=principal.device_id,
+        recorded_at=journal.recorded_now(),
+    )
+    accepted_envs = [o for o in outcomes if isinstance(o, Envelope)]
+    async with pool.acquire() as conn, conn.transaction():
+        new_ids = await journal.append(conn, accepted_envs)
+    results = []
+    for i, (raw, o) in enumerate(zip(raw_events, outcomes)):
+        if isinstance(o, Rejection):
+            results.append(EventResult(index=i, event_id=_raw_event_id(raw), status="rejected",
+                                       reason=str(o.reason), path=o.path, message=o.message))
+            INGEST_EVENTS.labels(result="rejected", reason=str(o.reason)).inc()
+        else:
+            status = "accepted" if o.event_id in new_ids else "duplicate"
+            results.append(EventResult(index=i, event_id=o.event_id, status=status))
+            INGEST_EVENTS.labels(result=status, reason="").inc()
+    INGEST_BATCHES.labels(outcome="ok").inc()
+    counts = {s: sum(r.status == s for r in results) for s in ("accepted", "duplicate", "rejected")}
+    return BatchResult(results=results, **counts)

@@ -1,0 +1,176 @@
+"""County configuration: topology (centre → townships → villages), routes with fixed runs, brands.
+
+One TOML file per county, validated when loaded, with errors that name the file, the entry and why."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Tier = Literal["county", "township", "village"]
+PARENT_TIER: dict[str, str | None] = {"county": None, "township": "county", "village": "township"}
+_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+class CountyConfigError(ValueError):
+    """The county file is unusable; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Node:
+    id: str
+    name: str
+    tier: Tier
+    parent: str | None
+
+
+@dataclass(frozen=True)
+class Run:
+    """A fixed-time departure of a route (定时): leaves the first stop at `departs`, county time."""
+
+    id: str
+    departs: str
+    arrives: str | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    """A fixed line (定线): ordered stops from the centre out, its length and its daily runs."""
+
+    id: str
+    name: str
+    stops: tuple[str, ...]
+    distance_m: int
+    runs: tuple[Run, ...]
+
+
+@dataclass(frozen=True)
+class County:
+    code: str
+    name: str
+    utc_offset_minutes: int
+    brands: tuple[str, ...]
+    nodes: dict[str, Node]
+    routes: tuple[Route, ...]
+
+    @property
+    def centre(self) -> Node:
+        return next(n for n in self.nodes.values() if n.tier == "county")
+
+    @property
+    def townships(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.tier == "township"]
+
+    @property
+    def villages(self) -> list[Node]:
+        return [n for n in self.nodes.values() if n.tier == "village"]
+
+    def township_of(self, village_id: str) -> str:
+        parent = self.nodes[village_id].parent
+        assert parent is not None
+        return parent
+
+    def planned_chain(self, destination_village: str) -> tuple[str, str, str]:
+        """The nodes a parcel for this village should pass: centre, its township, the village."""
+        return (self.centre.id, self.township_of(destination_village), destination_village)
+
+
+def _fail(source: str, where: str, why: str) -> CountyConfigError:
+    return CountyConfigError(f"{source}: {where}: {why}")
+
+
+def _req(entry: dict[str, Any], key: str, kind: type, source: str, where: str) -> Any:
+    if key not in entry:
+        raise _fail(source, where, f"'{key}' is required")
+    value = entry[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _fail(source, where, f"'{key}' must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def parse_county(doc: dict[str, Any], source: str = "county") -> County:
+    """Validate a parsed county document and build the County."""
+    head = doc.get("county")
+    if not isinstance(head, dict):
+        raise _fail(source, "[county]", "the table is required")
+    code = _req(head, "code", str, source, "[county]")
+    offset = _req(head, "utc_offset_minutes", int, source, "[county]")
+    if not -720 <= offset <= 840:
+        raise _fail(source, "[county]", f"utc_offset_minutes {offset} is not a real offset")
+    brands = tuple(_req(head, "brands", list, source, "[county]"))
+    from domain.brands import BRANDS
+
+    for b in brands:
+        if b not in BRANDS:
+            raise _fail(source, "[county].brands", f"unknown brand {b!r}; known: {', '.join(BRANDS)}")
+    nodes: dict[str, Node] = {}
+    for i, raw in enumerate(doc.get("nodes", [])):
+        where = f"nodes[{i}]"
+        node_id = _req(raw, "id", str, source, where)
+        where = f"nodes[{i}] ({node_id})"
+        if not _ID.match(node_id):
+            raise _fail(source, where, "id must be 1–64 of A–Z a–z 0–9 . _ : -")
+        if node_id in nodes:
+            raise _fail(source, where, "duplicate id")
+        tier = _req(raw, "tier", str, source, where)
+        if tier not in PARENT_TIER:
+            raise _fail(source, where, f"tier {tier!r} is not county, township or village")
+        nodes[node_id] = Node(node_id, _req(raw, "name", str, source, where), tier,  # type: ignore[arg-type]
+                              raw.get("parent"))
+    centres = [n for n in nodes.values() if n.tier == "county"]
+    if len(centres) != 1:
+        raise _fail(source, "nodes", f"exactly one county-tier node is needed, found {len(centres)}")
+    for i, node in enumerate(nodes.values()):
+        where = f"nodes[{i}] ({node.id})"
+        want = PARENT_TIER[node.tier]
+        if want is None:
+            if node.parent is not None:
+                raise _fail(source, where, "the county centre has no parent")
+            continue
+        if node.parent not in nodes:
+            raise _fail(source, where, f"parent {node.parent!r} is not a node")
+        if nodes[node.parent].tier != want:
+            raise _fail(source, where, f"parent {node.parent!r} is not a {want}")
+    routes = []
+    for i, raw in enumerate(doc.get("routes", [])):
+        where = f"routes[{i}]"
+        route_id = _req(raw, "id", str, source, where)
+        where = f"routes[{i}] ({route_id})"
+        stops = tuple(_req(raw, "stops", list, source, where))
+        for s in stops:
+            if s not in nodes:
+                raise _fail(source, where, f"stop {s!r} is not a node")
+        distance = _req(raw, "distance_m", int, source, where)
+        if distance <= 0:
+            raise _fail(source, where, "distance_m must be positive")
+        runs = []
+        for j, run in enumerate(raw.get("runs", [])):
+            rwhere = f"{where}.runs[{j}]"
+            departs = _req(run, "departs", str, source, rwhere)
+            arrives = run.get("arrives")
+            for label, t in (("departs", departs), ("arrives", arrives)):
+                if t is not None and not _HHMM.match(t):
+                    raise _fail(source, rwhere, f"{label} {t!r} is not HH:MM")
+            runs.append(Run(_req(run, "id", str, source, rwhere), departs, arrives))
+        if not runs:
+            raise _fail(source, where, "a fixed route needs at least one run")
+        routes.append(Route(route_id, _req(raw, "name", str, source, where), stops, distance,
+                            tuple(runs)))
+    return County(code, _req(head, "name", str, source, "[county]"), offset, brands, nodes,
+                  tuple(routes))
+
+
+def load_county(path: str | Path) -> County:
+    """Read and validate a county TOML file."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CountyConfigError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CountyConfigError(f"{path.name}: not valid TOML: {exc}") from None
+    return parse_county(doc, path.name)

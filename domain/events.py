@@ -1,0 +1,168 @@
+"""Event payloads, one frozen model per (type, schema_version). The wire name is the `type`
+string, never a class path. Old versions stay here so their uploads validate and upcast."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from domain.phone import is_mobile
+
+Waybill = Annotated[StrictStr, Field(pattern=r"^[A-Z0-9]{8,32}$")]
+Ident = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+PickupCode = Annotated[StrictStr, Field(pattern=r"^\d{1,3}-\d{1,2}-\d{1,5}$")]
+Grams = Annotated[StrictInt, Field(gt=0, le=1_000_000)]
+Millimetres = Annotated[StrictInt, Field(gt=0, le=10_000)]
+
+
+def _mobile(v: str) -> str:
+    if not is_mobile(v):
+        raise ValueError("must be an 11-digit mainland mobile number")
+    return v
+
+
+Mobile = Annotated[StrictStr, AfterValidator(_mobile)]
+
+
+class ScanAction(StrEnum):
+    """What a handheld scan says happened (到件, 分拣, 装车, 卸车, 入库, 派件, 签收, 问题件, 退回)."""
+
+    received = "received"
+    arrived = "arrived"
+    sorted = "sorted"
+    loaded = "loaded"
+    unloaded = "unloaded"
+    stored = "stored"
+    out_for_delivery = "out_for_delivery"
+    delivered = "delivered"
+    problem = "problem"
+    returned = "returned"
+
+
+class ProblemReason(StrEnum):
+    address_unknown = "address_unknown"
+    refused = "refused"
+    damaged = "damaged"
+    lost = "lost"
+    no_consent = "no_consent"
+    recipient_unreachable = "recipient_unreachable"
+    other = "other"
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ParcelRegisteredV1(Payload):
+    """The early manifest shape: `phone` and `village`."""
+
+    waybill: Waybill
+    phone: Mobile
+    village: Ident
+    weight_g: Grams
+
+
+class ParcelRegistered(Payload):
+    """A brand's manifest line: who the parcel is for and where it should end up."""
+
+    waybill: Waybill
+    recipient_phone: Mobile
+    destination_village: Ident
+    weight_g: Grams
+    length_mm: Millimetres | None = None
+    width_mm: Millimetres | None = None
+    height_mm: Millimetres | None = None
+
+
+class ParcelScanned(Payload):
+    waybill: Waybill
+    action: ScanAction
+    node_id: Ident
+    pickup_code: PickupCode | None = None
+    problem_reason: ProblemReason | None = None
+    trip_id: Ident | None = None
+
+
+class ParcelSorted(Payload):
+    waybill: Waybill
+    node_id: Ident
+    chute: Annotated[StrictStr, Field(min_length=1, max_length=32)]
+    sorter_id: Ident | None = None
+
+
+class VehicleMoved(Payload):
+    trip_id: Ident
+    route_id: Ident
+    run_id: Ident
+    node_id: Ident
+    scheduled_at: AwareDatetime
+
+
+class VehicleDeparted(VehicleMoved):
+    pass
+
+
+class VehicleArrived(VehicleMoved):
+    pass
+
+
+class SmsStep(Payload):
+    waybill: Waybill
+    sms_id: Ident
+    phone_masked: Annotated[StrictStr, Field(pattern=r"^\d{3}\*{4}\d{4}$")]
+
+
+class SmsRequested(SmsStep):
+    node_id: Ident
+    pickup_codes: tuple[PickupCode, ...] = ()
+
+
+class SmsSubmitted(SmsStep):
+    provider: Ident
+    provider_message_id: Ident | None = None
+
+
+class SmsDelivered(SmsStep):
+    provider: Ident
+    delivered_at: AwareDatetime
+
+
+class SmsFailed(SmsStep):
+    provider: Ident
+    provider_code: Annotated[StrictStr, Field(max_length=64)]
+    permanent: StrictBool
+
+
+class ConsentRecorded(Payload):
+    """Whether the recipient agreed to delivery into a station (《快递市场管理办法》 Art. 28)."""
+
+    waybill: Waybill
+    consent: StrictBool
+    channel: Annotated[StrictStr, Field(min_length=1, max_length=32)]
+
+
+PAYLOADS: dict[tuple[str, int], type[Payload]] = {
+    ("parcel.registered", 1): ParcelRegisteredV1,
+    ("parcel.registered", 2): ParcelRegistered,
+    ("parcel.scanned", 1): ParcelScanned,
+    ("parcel.sorted", 1): ParcelSorted,
+    ("vehicle.departed", 1): VehicleDeparted,
+    ("vehicle.arrived", 1): VehicleArrived,
+    ("sms.requested", 1): SmsRequested,
+    ("sms.submitted", 1): SmsSubmitted,
+    ("sms.delivered", 1): SmsDelivered,
+    ("sms.failed", 1): SmsFailed,
+    ("consent.recorded", 1): ConsentRecorded,
+}
+CURRENT_VERSION: dict[str, int] = {}
+for _type, _version in PAYLOADS:
+    CURRENT_VERSION[_type] = max(_version, CURRENT_VERSION.get(_type, 0))
+
+# Payload fields that name a node, and the tier that node must have (None: any tier).
+NODE_FIELDS: dict[str, str | None] = {"node_id": None, "destination_village": "village",
+                                      "village": "village"}
+
+__all__ = ["PAYLOADS", "CURRENT_VERSION", "NODE_FIELDS", "ScanAction", "ProblemReason", "datetime"]

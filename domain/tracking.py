@@ -1,0 +1,178 @@
+"""Tracking: a parcel's status and timeline, derived from its whole history.
+
+Order-independent by construction: the history is de-duplicated by event_id and sorted by event
+time (then by where the action sits in the chain, then by id), never by arrival order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from domain.county import County
+from domain.envelope import Envelope
+from domain.events import ScanAction
+
+
+class Status(StrEnum):
+    info_received = "info_received"
+    picked_up = "picked_up"
+    in_transit = "in_transit"
+    out_for_delivery = "out_for_delivery"
+    stored_at_point = "stored_at_point"
+    delivered = "delivered"
+    problem = "problem"
+    returned = "returned"
+
+
+# Our status → the public set aggregators use (快递100 code and label; AfterShip tag).
+PUBLIC_CODES: dict[Status, tuple[int, str, str]] = {
+    Status.info_received: (101, "已下单", "InfoReceived"),
+    Status.picked_up: (1, "揽收", "InTransit"),
+    Status.in_transit: (0, "在途", "InTransit"),
+    Status.out_for_delivery: (5, "派件", "OutForDelivery"),
+    Status.stored_at_point: (501, "已入站", "AvailableForPickup"),
+    Status.delivered: (3, "签收", "Delivered"),
+    Status.problem: (2, "疑难", "Exception"),
+    Status.returned: (6, "退回", "Exception"),
+}
+
+ACTION_STATUS: dict[ScanAction, Status] = {
+    ScanAction.received: Status.picked_up,
+    ScanAction.arrived: Status.in_transit,
+    ScanAction.sorted: Status.in_transit,
+    ScanAction.loaded: Status.in_transit,
+    ScanAction.unloaded: Status.in_transit,
+    ScanAction.out_for_delivery: Status.out_for_delivery,
+    ScanAction.stored: Status.stored_at_point,
+    ScanAction.delivered: Status.delivered,
+    ScanAction.problem: Status.problem,
+    ScanAction.returned: Status.returned,
+}
+# Where an action sits in the chain: breaks ties between scans stamped in the same second.
+ACTION_RANK: dict[str, int] = {a: i for i, a in enumerate((
+    "received", "arrived", "unloaded", "sorted", "loaded", "out_for_delivery", "stored", "problem",
+    "delivered", "returned"))}
+SCAN_TYPES = ("parcel.scanned", "parcel.sorted")
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    event_id: str
+    type: str
+    occurred_at: datetime
+    recorded_at: datetime
+    action: str | None
+    node_id: str | None
+    node_name: str | None
+    brand: str
+    operator_id: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ParcelView:
+    waybill: str
+    brand: str
+    destination_village: str | None
+    status: Status
+    public_code: int
+    public_label: str
+    current_node: str | None
+    misrouted: bool
+    misrouted_nodes: tuple[str, ...]
+    pickup_code: str | None
+    problem_reason: str | None
+    consent_to_station: bool | None
+    last_event_at: datetime | None
+    timeline: tuple[TimelineEntry, ...]
+
+
+def _action(e: Envelope) -> str | None:
+    if e.type == "parcel.scanned":
+        return str(e.payload.action)  # type: ignore[attr-defined]
+    if e.type == "parcel.sorted":
+        return "sorted"
+    return None
+
+
+def _order(e: Envelope) -> tuple[datetime, int, str]:
+    return (e.occurred_at, ACTION_RANK.get(_action(e) or "", -1), e.event_id)
+
+
+def _detail(e: Envelope) -> dict[str, Any]:
+    p = e.payload.model_dump(mode="json", exclude_none=True)
+    # The recipient's phone never enters a read model's timeline.
+    for key in ("waybill", "recipient_phone", "phone", "action", "node_id"):
+        p.pop(key, None)
+    return p
+
+
+def _entry(e: Envelope, county: County) -> TimelineEntry:
+    node_id = getattr(e.payload, "node_id", None)
+    node = county.nodes.get(node_id) if node_id else None
+    return TimelineEntry(e.event_id, e.type, e.occurred_at, e.recorded_at, _action(e), node_id,
+                         node.name if node else None, e.brand, e.operator_id, _detail(e))
+
+
+def project_parcel(events: Iterable[Envelope], county: County) -> ParcelView:
+    """Derive one parcel's view from its events (any order, any duplicates)."""
+    history = sorted({e.event_id: e for e in events}.values(), key=_order)
+    if not history:
+        raise ValueError("a parcel view needs at least one event")
+    registrations = [e for e in history if e.type == "parcel.registered"]
+    registration = registrations[-1] if registrations else None
+    destination = registration.payload.destination_village if registration else None  # type: ignore[attr-defined]
+    scans = [e for e in history if e.type in SCAN_TYPES]
+    latest = scans[-1] if scans else None
+
+    status = Status.info_received
+    if latest is not None:
+        status = ACTION_STATUS[ScanAction(_action(latest))]
+    code, label, _ = PUBLIC_CODES[status]
+
+    chain: tuple[str, ...] = ()
+    if destination in county.nodes and county.nodes[destination].tier == "village":
+        chain = county.planned_chain(destination)
+    off_chain = tuple(dict.fromkeys(
+        e.payload.node_id for e in scans  # type: ignore[attr-defined]
+        if chain and e.payload.node_id not in chain))  # type: ignore[attr-defined]
+
+    stored = [e for e in scans if _action(e) == "stored"]
+    consents = [e for e in history if e.type == "consent.recorded"]
+    problem = latest.payload.problem_reason if latest is not None and _action(latest) == "problem" else None  # type: ignore[attr-defined]
+    return ParcelView(
+        waybill=history[0].payload.waybill,  # type: ignore[attr-defined]
+        brand=(registration or history[0]).brand,
+        destination_village=destination,
+        status=status, public_code=code, public_label=label,
+        current_node=latest.payload.node_id if latest is not None else None,  # type: ignore[attr-defined]
+        misrouted=bool(off_chain), misrouted_nodes=off_chain,
+        pickup_code=getattr(stored[-1].payload, "pickup_code", None) if stored else None,
+        problem_reason=str(problem) if problem else None,
+        consent_to_station=consents[-1].payload.consent if consents else None,  # type: ignore[attr-defined]
+        last_event_at=history[-1].occurred_at,
+        timeline=tuple(_entry(e, county) for e in history),
+    )
+
+
+def view_to_dict(view: ParcelView) -> dict[str, Any]:
+    """The JSON-able form stored in the read model and served by the API (no phone in it)."""
+    return {
+        "waybill": view.waybill, "brand": view.brand,
+        "destination_village": view.destination_village, "status": str(view.status),
+        "public_code": view.public_code, "public_label": view.public_label,
+        "aftership_tag": PUBLIC_CODES[view.status][2],
+        "current_node": view.current_node, "misrouted": view.misrouted,
+        "misrouted_nodes": list(view.misrouted_nodes), "pickup_code": view.pickup_code,
+        "problem_reason": view.problem_reason, "consent_to_station": view.consent_to_station,
+        "last_event_at": view.last_event_at.isoformat() if view.last_event_at else None,
+        "timeline": [{
+            "event_id": t.event_id, "type": t.type, "occurred_at": t.occurred_at.isoformat(),
+            "recorded_at": t.recorded_at.isoformat(), "action": t.action, "node_id": t.node_id,
+            "node_name": t.node_name, "brand": t.brand, "operator_id": t.operator_id,
+            "detail": t.detail,
+        } for t in view.timeline],
+    }

@@ -1,0 +1,226 @@
+"""The ingest contract: turn one raw uploaded event into an Envelope or a precise Rejection."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from pydantic import ValidationError
+
+from domain.brands import BRANDS
+from domain.county import County
+from domain.envelope import Envelope
+from domain.events import CURRENT_VERSION, NODE_FIELDS, PAYLOADS, ScanAction
+from domain.upcasting import upcast
+
+
+class Reason(StrEnum):
+    not_an_object = "not_an_object"
+    missing_field = "missing_field"
+    wrong_type = "wrong_type"
+    invalid_value = "invalid_value"
+    invalid_event_id = "invalid_event_id"
+    naive_timestamp = "naive_timestamp"
+    unknown_type = "unknown_type"
+    unsupported_version = "unsupported_version"
+    unknown_action = "unknown_action"
+    unknown_node = "unknown_node"
+    node_wrong_tier = "node_wrong_tier"
+    unknown_brand = "unknown_brand"
+    brand_not_permitted = "brand_not_permitted"
+    type_not_permitted = "type_not_permitted"
+    duplicate_in_batch = "duplicate_in_batch"
+    unknown_field = "unknown_field"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: Reason
+    path: str  # JSON path of the offending field, e.g. $.events[3].payload.node_id
+    message: str
+
+
+ENVELOPE_FIELDS = ("event_id", "type", "schema_version", "occurred_at", "brand", "operator_id",
+                   "payload")
+SERVER_FIELDS = ("recorded_at", "device_id")
+# A device clock this far ahead of the server is wrong, not early.
+MAX_CLOCK_AHEAD = timedelta(hours=24)
+_ULID = re.compile(r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$")
+_OPERATOR = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class _Reject(Exception):
+    def __init__(self, reason: Reason, path: str, message: str) -> None:
+        self.rejection = Rejection(reason, path, message)
+
+
+def normalise_event_id(value: str) -> str | None:
+    """Canonical form of a UUID (lowercase, hyphenated) or ULID (uppercase); None if neither."""
+    if _ULID.match(value):
+        return value.upper()
+    if len(value) == 36:
+        try:
+            return str(uuid.UUID(value))
+        except ValueError:
+            return None
+    return None
+
+
+def _typed(raw: dict[str, Any], key: str, kind: type, base: str) -> Any:
+    if key not in raw:
+        raise _Reject(Reason.missing_field, f"{base}.{key}", f"'{key}' is required")
+    value = raw[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _Reject(Reason.wrong_type, f"{base}.{key}",
+                      f"'{key}' must be a {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _pydantic_rejection(err: ValidationError, base: str) -> _Reject:
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"]]
+    path = base + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc)
+    field = loc[0] if loc else "payload"
+    kind = first["type"]
+    msg = first["msg"]
+    if kind == "missing":
+        return _Reject(Reason.missing_field, path, f"'{field}' is required")
+    if kind == "extra_forbidden":
+        return _Reject(Reason.unknown_field, path, f"'{field}' is not a field of this event type")
+    if field == "action" and kind == "enum":
+        allowed = ", ".join(a.value for a in ScanAction)
+        return _Reject(Reason.unknown_action, path, f"'action' must be one of: {allowed}")
+    if kind.endswith("_type") or kind in ("is_instance_of", "model_type", "dict_type"):
+        return _Reject(Reason.wrong_type, path, f"'{field}': {msg}")
+    return _Reject(Reason.invalid_value, path, f"'{field}': {msg}")
+
+
+def _check_nodes(payload: dict[str, Any], county: County, base: str) -> None:
+    for key, tier in NODE_FIELDS.items():
+        node_id = payload.get(key)
+        if node_id is None:
+            continue
+        node = county.nodes.get(node_id)
+        if node is None:
+            raise _Reject(Reason.unknown_node, f"{base}.{key}",
+                          f"'{node_id}' is not a node of {county.name} ({county.code})")
+        if tier is not None and node.tier != tier:
+            raise _Reject(Reason.node_wrong_tier, f"{base}.{key}",
+                          f"'{node_id}' is a {node.tier}, not a {tier}")
+
+
+def _check_scan(payload: dict[str, Any], base: str) -> None:
+    action = payload.get("action")
+    if action == ScanAction.problem and not payload.get("problem_reason"):
+        raise _Reject(Reason.missing_field, f"{base}.problem_reason",
+                      "a 'problem' scan needs a 'problem_reason'")
+    if action != ScanAction.problem and payload.get("problem_reason") is not None:
+        raise _Reject(Reason.invalid_value, f"{base}.problem_reason",
+                      "'problem_reason' belongs to 'problem' scans only")
+    if action != ScanAction.stored and payload.get("pickup_code") is not None:
+        raise _Reject(Reason.invalid_value, f"{base}.pickup_code",
+                      "'pickup_code' belongs to 'stored' scans only")
+
+
+def _validate(raw: object, base: str, county: County, permitted_brands: frozenset[str],
+              permitted_types: frozenset[str] | None, device_id: str,
+              recorded_at: datetime) -> Envelope:
+    if not isinstance(raw, dict):
+        raise _Reject(Reason.not_an_object, base, f"an event must be a JSON object, got {type(raw).__name__}")
+    for key in raw:
+        if key in SERVER_FIELDS:
+            raise _Reject(Reason.unknown_field, f"{base}.{key}",
+                          f"'{key}' is set by the server, not by the device")
+        if key not in ENVELOPE_FIELDS:
+            raise _Reject(Reason.unknown_field, f"{base}.{key}", f"'{key}' is not an envelope field")
+    raw_id = _typed(raw, "event_id", str, base)
+    event_id = normalise_event_id(raw_id)
+    if event_id is None:
+        raise _Reject(Reason.invalid_event_id, f"{base}.event_id",
+                      "'event_id' must be a UUID (v7 preferred) or a ULID made on the device")
+    event_type = _typed(raw, "type", str, base)
+    if event_type not in CURRENT_VERSION:
+        raise _Reject(Reason.unknown_type, f"{base}.type",
+                      f"unknown type '{event_type[:64]}'; known: {', '.join(sorted(CURRENT_VERSION))}")
+    if permitted_types is not None and event_type not in permitted_types:
+        raise _Reject(Reason.type_not_permitted, f"{base}.type",
+                      f"this token may not emit '{event_type}' events")
+    version = _typed(raw, "schema_version", int, base)
+    if (event_type, version) not in PAYLOADS:
+        known = sorted(v for t, v in PAYLOADS if t == event_type)
+        raise _Reject(Reason.unsupported_version, f"{base}.schema_version",
+                      f"'{event_type}' has no schema_version {version}; supported: {known}")
+    stamp = _typed(raw, "occurred_at", str, base)
+    try:
+        occurred_at = datetime.fromisoformat(stamp)
+    except ValueError:
+        raise _Reject(Reason.invalid_value, f"{base}.occurred_at",
+                      "'occurred_at' must be an ISO-8601 date-time with a UTC offset") from None
+    if occurred_at.tzinfo is None or occurred_at.utcoffset() is None:
+        raise _Reject(Reason.naive_timestamp, f"{base}.occurred_at",
+                      "'occurred_at' has no UTC offset (e.g. +08:00); device time is ambiguous without it")
+    if occurred_at - recorded_at > MAX_CLOCK_AHEAD:
+        raise _Reject(Reason.invalid_value, f"{base}.occurred_at",
+                      "'occurred_at' is more than 24 h ahead of the server: check the device clock")
+    brand = _typed(raw, "brand", str, base)
+    if brand not in BRANDS:
+        raise _Reject(Reason.unknown_brand, f"{base}.brand",
+                      f"unknown brand '{brand[:16]}'; known: {', '.join(BRANDS)}")
+    if brand not in permitted_brands:
+        raise _Reject(Reason.brand_not_permitted, f"{base}.brand",
+                      f"this token is not registered for brand {brand}")
+    operator_id = _typed(raw, "operator_id", str, base)
+    if not _OPERATOR.match(operator_id):
+        raise _Reject(Reason.invalid_value, f"{base}.operator_id",
+                      "'operator_id' must be 1–64 of A–Z a–z 0–9 . _ : -")
+    payload = _typed(raw, "payload", dict, base)
+    pbase = f"{base}.payload"
+    try:
+        PAYLOADS[(event_type, version)].model_validate(payload)
+    except ValidationError as err:
+        raise _pydantic_rejection(err, pbase) from None
+    _check_nodes(payload, county, pbase)
+    if event_type == "parcel.scanned":
+        _check_scan(payload, pbase)
+    current, lifted = upcast(event_type, version, payload)
+    return Envelope(
+        event_id=event_id, type=event_type, schema_version=current, occurred_at=occurred_at,
+        recorded_at=recorded_at, device_id=device_id, brand=brand, operator_id=operator_id,
+        payload=PAYLOADS[(event_type, current)].model_validate(lifted),
+    )
+
+
+def validate_event(raw: object, *, index: int, county: County, permitted_brands: frozenset[str],
+                   device_id: str, recorded_at: datetime,
+                   permitted_types: frozenset[str] | None = None) -> Envelope | Rejection:
+    """Validate one uploaded event (at `$.events[index]`) against the contract and the county;
+    `permitted_types` (None: all) are the event types the uploading token may emit."""
+    try:
+        return _validate(raw, f"$.events[{index}]", county, permitted_brands, permitted_types,
+                         device_id, recorded_at)
+    except _Reject as r:
+        return r.rejection
+
+
+def validate_batch(raw_events: list[Any], *, county: County, permitted_brands: frozenset[str],
+                   device_id: str, recorded_at: datetime,
+                   permitted_types: frozenset[str] | None = None) -> list[Envelope | Rejection]:
+    """Validate a batch; a second copy of an event_id inside the batch is `duplicate_in_batch`."""
+    seen: set[str] = set()
+    out: list[Envelope | Rejection] = []
+    for i, raw in enumerate(raw_events):
+        result = validate_event(raw, index=i, county=county, permitted_brands=permitted_brands,
+                                device_id=device_id, recorded_at=recorded_at,
+                                permitted_types=permitted_types)
+        if isinstance(result, Envelope):
+            if result.event_id in seen:
+                result = Rejection(Reason.duplicate_in_batch, f"$.events[{i}].event_id",
+                                   f"event_id {result.event_id} appears earlier in this batch")
+            else:
+                seen.add(result.event_id)
+        out.append(result)
+    return out

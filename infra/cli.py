@@ -1,0 +1,211 @@
+"""`gongpei`: the single entry point for operators (and for the platform's own child processes)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from infra.settings import DEMO_COUNTY, Settings, SettingsError
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        sys.exit(f"gongpei: {exc}")
+
+
+def _county(settings: Settings):  # noqa: ANN202 - domain type imported lazily
+    from domain.county import CountyConfigError, load_county
+
+    try:
+        return load_county(settings.county_file)
+    except CountyConfigError as exc:
+        sys.exit(f"gongpei: county configuration is invalid: {exc}")
+
+
+def cmd_api(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from api.main import create_app
+
+    settings = _settings()
+    uvicorn.run(create_app(settings, _county(settings)), host=args.host, port=args.port,
+                log_level="warning", access_log=False, limit_concurrency=200)
+
+
+def cmd_relay(args: argparse.Namespace) -> None:
+    from infra.db import create_pool
+    from streams.relay import Relay
+
+    settings = _settings()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        pool = await create_pool(settings.app_database_url, max_size=3)
+        try:
+            await Relay(pool, settings).run(stop)
+        finally:
+            await pool.close()
+
+    asyncio.run(main())
+
+
+def cmd_worker(args: argparse.Namespace) -> None:
+    import faust
+
+    from streams.app import create_app
+
+    settings = _settings()
+    state = Path(os.environ.get("GONGPEI_STATE_DIR", ".state"))
+    app = create_app(settings, _county(settings), data_dir=state / "faust",
+                     ready_file=state / "worker.ready")
+    worker = faust.Worker(app, loglevel="WARN", quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from infra.db import migrate
+
+    settings = _settings()
+    applied = asyncio.run(migrate(settings.database_url, settings.app_password))
+    print("applied: " + (", ".join(applied) or "nothing (up to date)"))
+
+
+def cmd_token(args: argparse.Namespace) -> None:
+    import asyncpg
+
+    from api import auth
+
+    settings = _settings()
+
+    async def main() -> None:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            if args.action == "create":
+                try:
+                    token_id, token = await auth.create(conn, role=args.role, name=args.name,
+                                                        brands=args.brand or [])
+                except ValueError as exc:
+                    sys.exit(f"gongpei: {exc}")
+                print(f"token {token_id} ({args.role}, {args.name}): {token}")
+                print("shown once; only its hash is stored", file=sys.stderr)
+            elif args.action == "revoke":
+                ok = await auth.revoke(conn, args.id)
+                print("revoked" if ok else f"no active token {args.id}")
+            else:
+                for r in await conn.fetch("SELECT id, kind, role, name, brands, created_at, "
+                                          "revoked_at FROM tokens ORDER BY id"):
+                    state = "revoked" if r["revoked_at"] else "active"
+                    print(f"{r['id']:>5}  {r['role']:<12} {r['name']:<24} "
+                          f"{','.join(r['brands']) or '*':<12} {state}")
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+def cmd_rebuild(args: argparse.Namespace) -> None:
+    from streams.rebuild import rebuild_tracking
+
+    settings = _settings()
+    count = asyncio.run(rebuild_tracking(settings, _county(settings)))
+    print(f"tracking rebuilt from {count} journal events")
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    from infra.platform import Platform
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    state = Path(args.state_dir).resolve()
+    platform = Platform(state, county_file=Path(args.county), api_port=args.port)
+    stopping = False
+
+    def request_stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    started = time.monotonic()
+    try:
+        platform.start()
+        assert platform.settings is not None
+        print(f"\nGongpei is up in {time.monotonic() - started:.1f} s", flush=True)
+        print(f"  API       {platform.api_url}\n  API docs  {platform.api_url}/docs")
+        print(f"  metrics   {platform.api_url}/metrics\n  state     {state}")
+        print(f"  broker    {platform.settings.kafka_bootstrap_servers} (Tansu, in memory)")
+        print(f"  database  {platform.settings.database_url}")
+        demo = None
+        if not args.no_demo:
+            from loadtest.demo import DemoTraffic
+
+            demo = DemoTraffic(platform, state)
+            demo.prepare()
+            print(f"  tokens    {state / 'demo-tokens'}/<role> (manager, ZTO-brand, …)")
+        print("Ctrl-C stops everything.\n", flush=True)
+        while not stopping:
+            if demo is not None:
+                demo.step()
+            for name in platform.supervise_once():
+                print(f"restarted {name} (see {state / 'logs' / (name + '.log')})", flush=True)
+            for _ in range(20):
+                if stopping:
+                    break
+                time.sleep(0.1)
+    finally:
+        print("stopping…", flush=True)
+        platform.stop()
+        print("stopped.", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="gongpei", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the whole platform on the embedded runtime")
+    up.add_argument("--state-dir", default=".state")
+    up.add_argument("--port", type=int, default=8000, help="API port (0: any free port)")
+    up.add_argument("--county", default=str(DEMO_COUNTY))
+    up.add_argument("--no-demo", action="store_true", help="do not feed demo traffic")
+    up.set_defaults(func=cmd_up)
+
+    api = sub.add_parser("api", help="serve the HTTP API (settings from the environment)")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    api.set_defaults(func=cmd_api)
+    sub.add_parser("relay", help="publish the journal to Kafka").set_defaults(func=cmd_relay)
+    sub.add_parser("worker", help="run the stream worker").set_defaults(func=cmd_worker)
+    sub.add_parser("migrate", help="create the app role and apply the schema").set_defaults(
+        func=cmd_migrate)
+
+    tok = sub.add_parser("token", help="create, revoke or list tokens")
+    tsub = tok.add_subparsers(dest="action", required=True)
+    create = tsub.add_parser("create")
+    create.add_argument("--role", required=True)
+    create.add_argument("--name", required=True)
+    create.add_argument("--brand", action="append", help="repeat for several brands")
+    revoke = tsub.add_parser("revoke")
+    revoke.add_argument("id", type=int)
+    tsub.add_parser("list")
+    tok.set_defaults(func=cmd_token)
+
+    rebuild = sub.add_parser("rebuild", help="rebuild projections from the journal")
+    rebuild.add_argument("projection", choices=["tracking"])
+    rebuild.set_defaults(func=cmd_rebuild)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

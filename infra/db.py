@@ -1,0 +1,64 @@
+"""Schema migrations and connection pools."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+from infra.settings import APP_ROLE
+
+log = logging.getLogger("gongpei.db")
+SCHEMA_DIR = Path(__file__).parent / "schema"
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # jsonb in and out through orjson: the hot path never touches the stdlib json module.
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", format="text",
+        encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
+    )
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """A pool whose connections speak jsonb through orjson."""
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
+                                     init=_init_connection)
+    assert pool is not None
+    return pool
+
+
+async def migrate(owner_dsn: str, app_password: str) -> list[str]:
+    """Create the restricted role and apply pending schema files in order; returns those applied."""
+    conn = await asyncpg.connect(owner_dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_lock(7710001)")  # one migrator at a time
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", APP_ROLE)
+        verb = "ALTER" if exists else "CREATE"
+        # A role name and password cannot be bound parameters; the password is quoted by PG itself.
+        quoted = await conn.fetchval("SELECT quote_literal($1)", app_password)
+        await conn.execute(
+            f"{verb} ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE "
+            f"PASSWORD {quoted}"
+        )
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+        applied = []
+        for path in sorted(SCHEMA_DIR.glob("*.sql")):
+            if path.name in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", path.name)
+            applied.append(path.name)
+            log.info("applied %s", path.name)
+        # Grants are re-applied every time: cheap, and a re-created role gets them back.
+        await conn.execute((SCHEMA_DIR / "002_grants.sql").read_text())
+        return applied
+    finally:
+        await conn.close()

@@ -1,0 +1,186 @@
+"""The whole platform on this machine: embedded PostgreSQL and broker, migrations, and the API,
+relay and worker as supervised child processes. Used by `gongpei up` and by the test tiers."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from infra.db import migrate
+from infra.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from infra.settings import DEMO_COUNTY, Settings
+
+log = logging.getLogger("gongpei.platform")
+SERVICES = ("relay", "worker", "api")
+
+
+def _die_with_parent() -> None:
+    # Children get SIGTERM if the supervisor dies without cleaning up (e.g. SIGKILL).
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+    def start(self) -> None:
+        out = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@dataclass
+class Platform:
+    """Start with `start()`, stop with `stop()`; everything lives under `state_dir`."""
+
+    state_dir: Path
+    county_file: Path = DEMO_COUNTY
+    api_port: int = 0
+    services: tuple[str, ...] = SERVICES
+    topic_partitions: int = 4
+    pg: EmbeddedPostgres | None = None
+    broker: EmbeddedBroker | None = None
+    settings: Settings | None = None
+    children: dict[str, Child] = field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def _app_password(self) -> str:
+        path = self.state_dir / "app-password"
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "logs").mkdir(exist_ok=True)
+        metrics_dir = self.state_dir / "metrics"
+        metrics_dir.mkdir(exist_ok=True)
+        for stale in metrics_dir.glob("*.db"):
+            stale.unlink()
+        self.pg = EmbeddedPostgres(self.state_dir / "pg")
+        self.pg.start()
+        self.broker = EmbeddedBroker(log_path=self.state_dir / "logs" / "broker.log")
+        self.broker.start()
+        self.settings = Settings(
+            database_url=self.pg.superuser_dsn, app_password=self._app_password(),
+            kafka_bootstrap_servers=self.broker.bootstrap, county_file=self.county_file,
+            profile="embedded", topic_partitions=self.topic_partitions,
+        )
+        asyncio.run(migrate(self.settings.database_url, self.settings.app_password))
+        self.api_port = self.api_port or free_port()
+        env = {**os.environ, **self.settings.to_env(), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+               "GONGPEI_STATE_DIR": str(self.state_dir), "PYTHONUNBUFFERED": "1"}
+        for name in self.services:
+            argv = [sys.executable, "-m", "infra.cli", name]
+            if name == "api":
+                argv += ["--port", str(self.api_port)]
+            self.children[name] = Child(name, argv, env, self.state_dir / "logs" / f"{name}.log")
+        ready = self.state_dir / "worker.ready"
+        ready.unlink(missing_ok=True)
+        for child in self.children.values():
+            child.start()
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until the API answers and the worker has its partitions."""
+        deadline = time.monotonic() + timeout
+        pending = set(self.services)
+        while pending and time.monotonic() < deadline:
+            for name in list(pending):
+                child = self.children[name]
+                if not child.alive():
+                    raise RuntimeError(f"{name} exited during start-up; see {child.log_path}")
+                if name == "api" and self._api_healthy():
+                    pending.discard(name)
+                elif name == "worker" and (self.state_dir / "worker.ready").exists():
+                    pending.discard(name)
+                elif name == "relay":
+                    pending.discard(name)
+            time.sleep(0.1)
+        if pending:
+            raise RuntimeError(f"not ready within {timeout:.0f} s: {', '.join(sorted(pending))}")
+
+    def _api_healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.api_url}/healthz", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def supervise_once(self) -> list[str]:
+        """Restart any child that died; returns the names restarted."""
+        restarted = []
+        for child in self.children.values():
+            if not child.alive():
+                child.restarts += 1
+                log.warning("%s exited (code %s); restarting", child.name,
+                            child.proc.returncode if child.proc else None)
+                child.start()
+                restarted.append(child.name)
+        return restarted
+
+    def restart_service(self, name: str, *, kill: bool = False) -> None:
+        child = self.children[name]
+        child.kill() if kill else child.stop()
+        if name == "worker":
+            (self.state_dir / "worker.ready").unlink(missing_ok=True)
+        child.start()
+
+    def restart_broker(self) -> None:
+        """Crash the in-memory broker and start a new, empty one on the same port."""
+        assert self.broker is not None
+        self.broker.kill()
+        self.broker = EmbeddedBroker(port=self.broker.port, log_path=self.broker.log_path)
+        self.broker.start()
+
+    def stop(self) -> None:
+        for name in ("api", "worker", "relay"):
+            if name in self.children:
+                self.children[name].stop()
+        if self.broker:
+            self.broker.stop()
+        if self.pg:
+            self.pg.stop()

@@ -1,0 +1,6 @@
+-- The application role: no superuser, no BYPASSRLS, only what the services need.
+GRANT SELECT, INSERT ON journal TO gongpei_app;
+GRANT USAGE ON SEQUENCE journal_seq_seq TO gongpei_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON relay_cursor, relay_partition_marks, consumer_offsets TO gongpei_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON tracking_events, parcels, consumer_offsets TO gongpei_app;
+GRANT SELECT ON tokens TO gongpei_app;

@@ -1,0 +1,84 @@
+"""One Settings object, read from the environment once, at the composition root."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+DEMO_COUNTY = Path(__file__).parent / "counties" / "haicheng.toml"
+APP_ROLE = "gongpei_app"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or unusable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the platform's parts are and how they behave."""
+
+    database_url: str            # schema owner: migrations and token administration
+    app_password: str            # password of the restricted application role
+    kafka_bootstrap_servers: str
+    county_file: Path = DEMO_COUNTY
+    profile: str = "production"  # "embedded" tunes Kafka clients for the in-memory Tansu broker
+    topic_partitions: int = 8
+    topic_replication: int = 1
+    max_batch_events: int = 500
+    max_body_bytes: int = 1 << 20
+    worker_batch_size: int = 500
+
+    @property
+    def app_database_url(self) -> str:
+        """The owner URL with the restricted role's credentials."""
+        parts = urlsplit(self.database_url)
+        host = parts.hostname or "127.0.0.1"
+        netloc = f"{APP_ROLE}:{quote(self.app_password, safe='')}@{host}"
+        if parts.port:
+            netloc += f":{parts.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+    @property
+    def broker_session_timeout(self) -> float:
+        # Tansu makes every group join wait half the session timeout: keep it short there.
+        return 4.0 if self.profile == "embedded" else 30.0
+
+    def with_(self, **changes: object) -> "Settings":
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        """Read settings from the environment, refusing placeholders outside the embedded profile."""
+        env = dict(os.environ if env is None else env)
+        missing = [k for k in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "GONGPEI_APP_PASSWORD")
+                   if not env.get(k)]
+        if missing:
+            raise SettingsError(f"missing settings: {', '.join(missing)}")
+        profile = env.get("GONGPEI_PROFILE", "production")
+        password = env["GONGPEI_APP_PASSWORD"]
+        if profile != "embedded" and (len(password) < 16 or password in {"changeme", "password"}):
+            raise SettingsError("GONGPEI_APP_PASSWORD must be a real secret of 16+ characters")
+        return cls(
+            database_url=env["DATABASE_URL"],
+            app_password=password,
+            kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
+            county_file=Path(env.get("GONGPEI_COUNTY_FILE", str(DEMO_COUNTY))),
+            profile=profile,
+            topic_partitions=int(env.get("GONGPEI_TOPIC_PARTITIONS", "8")),
+            topic_replication=int(env.get("GONGPEI_TOPIC_REPLICATION",
+                                          "1" if profile == "embedded" else "3")),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The environment a child process needs to rebuild these settings."""
+        return {
+            "DATABASE_URL": self.database_url,
+            "GONGPEI_APP_PASSWORD": self.app_password,
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
+            "GONGPEI_COUNTY_FILE": str(self.county_file),
+            "GONGPEI_PROFILE": self.profile,
+            "GONGPEI_TOPIC_PARTITIONS": str(self.topic_partitions),
+            "GONGPEI_TOPIC_REPLICATION": str(self.topic_replication),
+        }

@@ -1,0 +1,84 @@
+"""A county's parcel traffic as wire-form events: the model the demo and the load drivers share."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from domain.county import County
+
+BRAND_PREFIX = {"EMS": "EM", "ZTO": "ZT", "YTO": "YT", "STO": "ST", "YUNDA": "YD", "JT": "JT",
+                "SF": "SF", "JD": "JD"}
+# The downward chain at county level and below: (action, tier of the node it happens at).
+LIFECYCLE = (("received", "county"), ("sorted", "county"), ("loaded", "county"),
+             ("arrived", "township"), ("out_for_delivery", "township"), ("stored", "village"),
+             ("delivered", "village"))
+
+
+def event_id() -> str:
+    """A fresh event id as a handheld would make one."""
+    return str(uuid.uuid4())
+
+
+@dataclass
+class Parcel:
+    waybill: str
+    brand: str
+    village: str
+    phone: str
+    step: int = -1  # index into LIFECYCLE of the last scan sent; -1: only registered
+
+
+@dataclass
+class CountyTraffic:
+    """Registers parcels and walks them down the chain, one scan per call, in event time."""
+
+    county: County
+    seed: int = 7
+    parcels: list[Parcel] = field(default_factory=list)
+    _serial: int = 0
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.villages = [n.id for n in self.county.villages]
+
+    def register(self, at: datetime) -> tuple[Parcel, dict[str, Any]]:
+        self._serial += 1
+        brand = self.rng.choice(self.county.brands)
+        waybill = f"{BRAND_PREFIX.get(brand, 'GP')}{self.seed:02d}{self._serial:011d}"
+        phone = f"1{self.rng.choice('3578')}{self.rng.randrange(10**9):09d}"
+        parcel = Parcel(waybill, brand, self.rng.choice(self.villages), phone)
+        self.parcels.append(parcel)
+        return parcel, envelope("parcel.registered", 2, at, brand, "manifest", {
+            "waybill": waybill, "recipient_phone": phone, "destination_village": parcel.village,
+            "weight_g": self.rng.randrange(100, 8000)})
+
+    def advance(self, parcel: Parcel, at: datetime) -> dict[str, Any] | None:
+        """The parcel's next scan, or None once it has been delivered."""
+        if parcel.step + 1 >= len(LIFECYCLE):
+            return None
+        parcel.step += 1
+        action, tier = LIFECYCLE[parcel.step]
+        chain = dict(zip(("county", "township", "village"), self.county.planned_chain(parcel.village)))
+        payload: dict[str, Any] = {"waybill": parcel.waybill, "action": action, "node_id": chain[tier]}
+        if action == "stored":
+            payload["pickup_code"] = (f"{self.rng.randrange(1, 20)}-{self.rng.randrange(1, 6)}-"
+                                      f"{self.rng.randrange(1000, 9999)}")
+        return envelope("parcel.scanned", 1, at, parcel.brand, f"op-{chain[tier][-6:]}", payload)
+
+
+def envelope(event_type: str, version: int, at: datetime, brand: str, operator: str,
+             payload: dict[str, Any]) -> dict[str, Any]:
+    return {"event_id": event_id(), "type": event_type, "schema_version": version,
+            "occurred_at": at.isoformat(), "brand": brand, "operator_id": operator,
+            "payload": payload}
+
+
+def county_time(county: County, now: datetime) -> datetime:
+    """`now` expressed in the county's own offset (how its handhelds stamp events)."""
+    from datetime import timezone
+
+    return now.astimezone(timezone(timedelta(minutes=county.utc_offset_minutes)))

@@ -1,0 +1,72 @@
+"""The event journal: the durable system of record every projection is rebuilt from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from domain.envelope import Envelope
+
+# Appends are serialised by this lock so that journal seq order equals commit order: the relay
+# reads "everything after seq N" and must never pass over a row committed later with a lower seq.
+JOURNAL_APPEND_LOCK = 7710002
+NOTIFY_CHANNEL = "journal_appended"
+
+_INSERT = """
+INSERT INTO journal (event_id, type, schema_version, brand, partition_key,
+                     occurred_at, recorded_at, device_id, body)
+SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
+                     $6::timestamptz[], $7::timestamptz[], $8::text[], $9::jsonb[])
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id
+"""
+
+
+async def append(conn: asyncpg.Connection, events: Sequence[Envelope]) -> set[str]:
+    """Append events in the caller's transaction; returns the ids that were new (others: duplicates)."""
+    if not events:
+        return set()
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", JOURNAL_APPEND_LOCK)
+    cols: list[list[Any]] = [[] for _ in range(9)]
+    for e in events:
+        for col, value in zip(cols, (
+            e.event_id, e.type, e.schema_version, e.brand, e.partition_key,
+            e.occurred_at, e.recorded_at, e.device_id, e.to_wire(),
+        )):
+            col.append(value)
+    rows = await conn.fetch(_INSERT, *cols)
+    if rows:
+        await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+    return {r["event_id"] for r in rows}
+
+
+async def read_after(conn: asyncpg.Connection, seq: int, limit: int) -> list[asyncpg.Record]:
+    """Journal rows after `seq`, in order: (seq, type, partition_key, body)."""
+    return await conn.fetch(
+        "SELECT seq, type, partition_key, body FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2",
+        seq, limit,
+    )
+
+
+async def read_page(conn: asyncpg.Connection, *, families: tuple[str, ...], after: int = 0,
+                    limit: int = 5000) -> list[asyncpg.Record]:
+    """A page of the journal's events of these families (type prefixes), in seq order."""
+    return await conn.fetch(
+        "SELECT seq, body FROM journal WHERE seq > $1 AND type LIKE ANY($2::text[])"
+        " ORDER BY seq LIMIT $3",
+        after, [f + "%" for f in families], limit,
+    )
+
+
+async def last_seq(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT coalesce(max(seq), 0) FROM journal"))
+
+
+def recorded_now() -> datetime:
+    """The server's stamp for `recorded_at` (the only place the ingest path reads the clock)."""
+    from datetime import UTC
+
+    return datetime.now(UTC)

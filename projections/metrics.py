@@ -1,0 +1,37 @@
+"""Prometheus metric families, defined once for the API, the relay and the workers.
+
+With PROMETHEUS_MULTIPROC_DIR set (as `gongpei up` does) every process writes its samples there and
+the API's /metrics serves them all together."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+INGEST_EVENTS = Counter(
+    "gongpei_ingest_events", "Events received by the ingest API, by result and reason",
+    ["result", "reason"],
+)
+INGEST_BATCHES = Counter(
+    "gongpei_ingest_batches", "Scan batches by HTTP outcome", ["outcome"],
+)
+RELAY_LAG = Gauge(
+    "gongpei_relay_lag_events", "Journal events not yet acknowledged by Kafka",
+    multiprocess_mode="livemax",
+)
+RELAY_PUBLISHED = Counter("gongpei_relay_published_events", "Journal events published to Kafka")
+RELAY_REPUBLISHES = Counter(
+    "gongpei_relay_broker_data_loss", "Times the broker was found to have lost data we had published",
+)
+CONSUMER_LAG = Gauge(
+    "gongpei_consumer_lag_messages", "Messages behind the partition end, per consumer and partition",
+    ["consumer", "topic", "partition"], multiprocess_mode="livemax",
+)
+PROJECTION_APPLY_SECONDS = Histogram(
+    "gongpei_projection_apply_seconds", "Time to apply one fetched batch to a read model",
+    ["projection"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+PROJECTION_EVENTS = Counter(
+    "gongpei_projection_events", "Events applied to a read model, new or duplicate",
+    ["projection", "result"],
+)
+DEAD_LETTERS = Counter("gongpei_dead_letters", "Messages sent to the dead-letter topic", ["reason"])

@@ -1,0 +1,156 @@
+"""The Faust app factory and the tracking agent.
+
+Agents are thin: decode, hand the batch to the store (a pure reducer underneath), record offsets in
+the same PostgreSQL transaction. PostgreSQL, not Kafka's committed offsets, is where a consumer
+resumes: Faust acks a `take` buffer even when its body raises, so on every assignment the agent
+seeks each partition back to the offset stored with the rows it produced."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import faust
+import orjson
+from pydantic import ValidationError
+
+from domain.county import County
+from domain.envelope import Envelope
+from infra.db import create_pool
+from infra.settings import Settings
+from projections import tracking_store
+from projections.metrics import (
+    CONSUMER_LAG,
+    DEAD_LETTERS,
+    PROJECTION_APPLY_SECONDS,
+    PROJECTION_EVENTS,
+)
+from streams.topics import DEAD_LETTER, PARCEL_EVENTS
+
+log = logging.getLogger("gongpei.worker")
+APP_ID = "gongpei-tracking"
+# A failing database is retried this long before the agent crashes the worker (loudly).
+APPLY_RETRY_SECONDS = 60.0
+
+
+class Resources:
+    """Connections the agents share, opened on first use inside the worker's event loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+
+    async def pool(self) -> asyncpg.Pool:
+        async with self._lock:
+            if self._pool is None:
+                self._pool = await create_pool(self.settings.app_database_url, max_size=4)
+            return self._pool
+
+
+def create_app(settings: Settings, county: County, data_dir: Path | None = None,
+               ready_file: Path | None = None) -> faust.App:
+    """Build the tracking worker's Faust app for these settings and this county."""
+    app = faust.App(
+        APP_ID,
+        broker=f"kafka://{settings.kafka_bootstrap_servers.replace(',', ';kafka://')}",
+        store="memory://",
+        datadir=str(data_dir or Path(tempfile.gettempdir()) / "gongpei-faust"),
+        web_enabled=False,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=settings.broker_session_timeout * 2,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_every=settings.worker_batch_size,
+        broker_commit_interval=1.0,
+    )
+    resources = Resources(settings)
+    parcel_topic = app.topic(PARCEL_EVENTS.name, key_type=bytes, value_type=bytes,
+                             key_serializer="raw", value_serializer="raw")
+    dead_letter = app.topic(DEAD_LETTER.name, key_type=bytes, value_type=bytes,
+                            key_serializer="raw", value_serializer="raw")
+
+    @app.on_partitions_assigned.connect
+    async def seek_to_stored(sender: Any, assigned: set[Any], **_: Any) -> None:
+        pool = await resources.pool()
+        async with pool.acquire() as conn:
+            stored = await tracking_store.stored_offsets(conn)
+        for tp in assigned:
+            offset = stored.get((tp.topic, tp.partition))
+            if offset is not None:
+                await app.consumer.seek(tp, offset)
+                log.info("resume %s[%s] at stored offset %s", tp.topic, tp.partition, offset)
+        if ready_file is not None and assigned:
+            ready_file.touch()  # the supervisor waits for this before calling the platform ready
+
+    @app.agent(parcel_topic)
+    async def track(stream: faust.StreamT[bytes]) -> None:
+        async for batch in stream.take_events(settings.worker_batch_size, within=0.05):
+            envelopes, offsets = await _decode(batch, dead_letter)
+            await _apply_with_retry(await resources.pool(), county, envelopes, offsets)
+            _report_lag(app, offsets)
+
+    return app
+
+
+async def _decode(batch: list[Any], dead_letter: Any) -> tuple[list[Envelope], dict[tuple[str, int], int]]:
+    envelopes: list[Envelope] = []
+    offsets: dict[tuple[str, int], int] = {}
+    for event in batch:
+        msg = event.message
+        tp = (msg.topic, msg.partition)
+        offsets[tp] = max(offsets.get(tp, 0), msg.offset + 1)
+        try:
+            envelopes.append(Envelope.from_wire(orjson.loads(event.value)))
+        except (orjson.JSONDecodeError, ValidationError, ValueError, KeyError, TypeError) as exc:
+            # A poison message must not stop the partition; it is kept where people can look.
+            reason = type(exc).__name__
+            DEAD_LETTERS.labels(reason=reason).inc()
+            log.error("dead-lettering %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, reason)
+            await dead_letter.send(key=msg.key, value=event.value, headers={
+                "reason": reason.encode(), "source": f"{msg.topic}/{msg.partition}/{msg.offset}".encode(),
+            })
+    return envelopes, offsets
+
+
+async def _apply_with_retry(pool: asyncpg.Pool, county: County, envelopes: list[Envelope],
+                            offsets: dict[tuple[str, int], int]) -> None:
+    deadline = time.monotonic() + APPLY_RETRY_SECONDS
+    delay = 0.2
+    while True:
+        started = time.perf_counter()
+        try:
+            async with pool.acquire() as conn:
+                result = await tracking_store.apply_batch(conn, county, envelopes, offsets)
+        except (asyncpg.PostgresConnectionError, OSError, asyncpg.exceptions.InterfaceError) as exc:
+            if time.monotonic() > deadline:
+                raise  # crash loudly: the supervisor restarts us and we resume from stored offsets
+            log.warning("database unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        PROJECTION_APPLY_SECONDS.labels(projection="tracking").observe(time.perf_counter() - started)
+        PROJECTION_EVENTS.labels(projection="tracking", result="new").inc(result.new)
+        PROJECTION_EVENTS.labels(projection="tracking", result="duplicate").inc(result.duplicate)
+        return
+
+
+def _report_lag(app: faust.App, offsets: dict[tuple[str, int], int]) -> None:
+    for (topic, partition), next_offset in offsets.items():
+        try:
+            from faust.types import TP
+
+            high = app.consumer.highwater(TP(topic, partition))
+        except Exception:  # noqa: BLE001 - lag is best-effort telemetry
+            continue
+        if high is not None:
+            CONSUMER_LAG.labels(consumer="tracking", topic=topic, partition=str(partition)).set(
+                max(0, high - next_offset))

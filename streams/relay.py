@@ -1,0 +1,209 @@
+"""Journal → Kafka relay (the outbox): publishes every journal row, in order, keyed by entity.
+
+It advances its cursor only after the broker acknowledged a whole page (acks=all), so a crash
+re-publishes at most a page and consumers dedupe by event_id. If the broker reports a partition
+shorter than what it once acknowledged, it lost data (the embedded Tansu keeps all in memory):
+the relay re-publishes from the start of the journal and invalidates stored consumer offsets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from infra.settings import Settings
+from projections import journal
+from projections.metrics import RELAY_LAG, RELAY_PUBLISHED, RELAY_REPUBLISHES
+from streams.topics import ALL_TOPICS, topic_for
+
+log = logging.getLogger("gongpei.relay")
+CURSOR = "kafka"
+RELAY_LOCK = 7710003
+PAGE = 2000
+
+
+def make_producer(settings: Settings) -> AIOKafkaProducer:
+    """A producer that waits for every replica and retries: the relay's only writer to Kafka.
+
+    The idempotent producer stays off because the embedded broker rejects InitProducerId;
+    duplicates that retries may cause are removed downstream by event_id."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all", enable_idempotence=False, linger_ms=5,
+        max_batch_size=256 * 1024, request_timeout_ms=15000, retry_backoff_ms=200,
+        compression_type=None,
+    )
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create every registry topic with the configured partition count, if missing."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        self_rf = settings.topic_replication
+        existing = set(await admin.list_topics())
+        wanted = [NewTopic(t.name, num_partitions=settings.topic_partitions, replication_factor=self_rf)
+                  for t in ALL_TOPICS if t.name not in existing]
+        if wanted:
+            try:
+                await admin.create_topics(wanted)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+class Relay:
+    """Publishes the journal to Kafka; one instance per deployment (it holds an advisory lock)."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings,
+                 producer_factory: Callable[[Settings], AIOKafkaProducer] = make_producer) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.producer_factory = producer_factory
+        self.producer: AIOKafkaProducer | None = None
+        self.wake = asyncio.Event()
+        self.acked: dict[tuple[str, int], int] = {}
+
+    async def _cursor(self, conn: asyncpg.Connection) -> int:
+        await conn.execute("INSERT INTO relay_cursor (name) VALUES ($1) ON CONFLICT DO NOTHING",
+                           CURSOR)
+        return int(await conn.fetchval("SELECT seq FROM relay_cursor WHERE name = $1", CURSOR))
+
+    async def publish_page(self) -> int:
+        """Publish the next page of the journal; returns how many rows were published."""
+        assert self.producer is not None
+        async with self.pool.acquire() as conn:
+            cursor = await self._cursor(conn)
+            rows = await journal.read_after(conn, cursor, PAGE)
+            RELAY_LAG.set(await journal.last_seq(conn) - cursor)
+        if not rows:
+            return 0
+        futures = []
+        for row in rows:
+            futures.append(await self.producer.send(
+                topic_for(row["type"]), key=row["partition_key"].encode(),
+                value=orjson.dumps(row["body"]),
+            ))
+        results = await asyncio.gather(*futures)
+        page_marks: dict[tuple[str, int], int] = {}
+        for meta in results:
+            tp = (meta.topic, meta.partition)
+            page_marks[tp] = max(page_marks.get(tp, -1), meta.offset)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("UPDATE relay_cursor SET seq = $2, updated_at = now() WHERE name = $1",
+                               CURSOR, rows[-1]["seq"])
+            await conn.executemany(
+                "INSERT INTO relay_partition_marks (topic, partition, acked_offset) VALUES ($1,$2,$3)"
+                " ON CONFLICT (topic, partition) DO UPDATE SET acked_offset ="
+                " greatest(relay_partition_marks.acked_offset, EXCLUDED.acked_offset)",
+                [(t, p, o) for (t, p), o in page_marks.items()],
+            )
+        for tp, offset in page_marks.items():
+            self.acked[tp] = max(self.acked.get(tp, -1), offset)
+        RELAY_PUBLISHED.inc(len(rows))
+        return len(rows)
+
+    async def broker_lost_data(self) -> bool:
+        """True if any partition ends below an offset the broker once acknowledged to us."""
+        async with self.pool.acquire() as conn:
+            marks = await conn.fetch("SELECT topic, partition, acked_offset FROM relay_partition_marks")
+        if not marks:
+            return False
+        probe = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                                 enable_auto_commit=False)
+        await probe.start()
+        try:
+            tps = [TopicPartition(m["topic"], m["partition"]) for m in marks]
+            ends = await probe.end_offsets(tps)
+        finally:
+            await probe.stop()
+        return any(ends.get(TopicPartition(m["topic"], m["partition"]), 0) <= m["acked_offset"]
+                   for m in marks)
+
+    async def rewind(self) -> None:
+        """The broker lost data: re-publish the whole journal and forget stored consumer offsets."""
+        log.warning("broker lost acknowledged data; re-publishing the journal from the start")
+        RELAY_REPUBLISHES.inc()
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("UPDATE relay_cursor SET seq = 0, updated_at = now() WHERE name = $1",
+                               CURSOR)
+            await conn.execute("DELETE FROM relay_partition_marks")
+            # Offsets point into partitions that no longer exist; consumers restart from the
+            # beginning and their inboxes drop what they had already applied.
+            await conn.execute("UPDATE consumer_offsets SET next_offset = 0, updated_at = now()")
+        self.acked.clear()
+
+    async def _listen(self, conn: asyncpg.Connection) -> None:
+        await conn.add_listener(journal.NOTIFY_CHANNEL, lambda *_: self.wake.set())
+
+    async def run(self, stop: asyncio.Event, on_ready: Callable[[], Awaitable[None]] | None = None,
+                  check_every: float = 2.0) -> None:
+        """Publish until `stop` is set, surviving broker outages and restarts."""
+        listen_conn = await self.pool.acquire()
+        try:
+            # One relay per journal: a second instance waits here as a hot standby.
+            await listen_conn.execute("SELECT pg_advisory_lock($1)", RELAY_LOCK)
+            await self._listen(listen_conn)
+            if on_ready:
+                await on_ready()
+            while not stop.is_set():
+                try:
+                    await self._session(stop, check_every)
+                except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+                    log.warning("broker unavailable (%s); retrying in 1 s", type(exc).__name__)
+                    await self._close_producer()
+                    await _sleep_or_stop(stop, 1.0)
+        finally:
+            await self._close_producer()
+            await self.pool.release(listen_conn)
+
+    async def _session(self, stop: asyncio.Event, check_every: float) -> None:
+        await ensure_topics(self.settings)
+        if await self.broker_lost_data():
+            await self.rewind()
+        self.producer = self.producer_factory(self.settings)
+        await self.producer.start()
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + check_every
+        while not stop.is_set():
+            published = await self.publish_page()
+            if loop.time() >= next_check:
+                next_check = loop.time() + check_every
+                if await self.broker_lost_data():
+                    await ensure_topics(self.settings)
+                    await self.rewind()
+                    continue
+            if published < PAGE:
+                self.wake.clear()
+                await _wait_any(stop, self.wake, timeout=0.5)
+
+    async def _close_producer(self) -> None:
+        if self.producer is not None:
+            try:
+                await self.producer.stop()
+            except Exception:  # noqa: BLE001 - a dead broker cannot make closing fail the relay
+                log.debug("producer stop failed", exc_info=True)
+            self.producer = None
+
+
+async def _wait_any(stop: asyncio.Event, wake: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass

@@ -1,0 +1,1 @@
+"""Shared test helpers; the embedded platform fixture lives in tests/integration/conftest.py."""

@@ -1,0 +1,76 @@
+"""The README's first command, from a fresh clone: it comes up, serves, moves parcels, stops clean."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dest = tmp_path_factory.mktemp("clone") / "gongpei"
+    subprocess.run(["git", "clone", "-q", "--local", str(ROOT), str(dest)], check=True)
+    return dest
+
+
+def _read_until(proc: subprocess.Popen[str], pattern: str, timeout: float, seen: list[str]) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    buf = ""
+    while time.monotonic() < deadline:
+        chunk = proc.stdout.read()
+        if chunk:
+            buf += chunk
+            seen.append(chunk)
+            if m := re.search(pattern, buf):
+                return m
+        elif proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise AssertionError(f"no {pattern!r} within {timeout} s; output:\n{''.join(seen)[-4000:]}")
+
+
+def test_given_a_fresh_clone_when_bin_up_runs_then_it_serves_moves_parcels_and_stops_clean(
+        clone: Path) -> None:
+    state = clone / ".state"
+    proc = subprocess.Popen(["./bin/up", "--port", "0"], cwd=clone, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen: list[str] = []
+    descendants: list[psutil.Process] = []
+    try:
+        # The first run creates the clone's own virtual environment: allow for the install.
+        api = _read_until(proc, r"API\s+(http://127\.0\.0\.1:\d+)", 600, seen).group(1)
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+        token = (state / "demo-tokens" / "manager").read_text().strip()
+        with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {token}"}) as c:
+            assert c.get("/healthz").json() == {"status": "ok"}
+            assert c.get("/openapi.json").status_code == 200
+            deadline = time.monotonic() + 60
+            moved = set()
+            while time.monotonic() < deadline and len(moved) < 3:
+                parcels = c.get("/v1/parcels", params={"limit": 200}).json()["parcels"]
+                moved = {p["status"] for p in parcels} - {"info_received"}
+                time.sleep(1)
+            assert len(moved) >= 3, f"demo parcels did not move: {moved}"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    assert proc.returncode == 0, "".join(seen)[-3000:]
+    time.sleep(1)
+    left = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"processes left behind: {[(p.pid, p.name()) for p in left]}"

@@ -1,0 +1,97 @@
+"""The integration tier runs against the real embedded broker and PostgreSQL, started here once per
+session on free ports, with the relay, the worker and the API as real child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from api import auth
+from domain.county import County, load_county
+from infra.platform import Platform
+from infra.settings import DEMO_COUNTY
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    p = Platform(tmp_path_factory.mktemp("gongpei-state"), topic_partitions=4)
+    try:
+        p.start(timeout=90)
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.fixture(scope="session")
+def county() -> County:
+    return load_county(DEMO_COUNTY)
+
+
+def issue(platform: Platform, role: str, name: str, brands: list[str]) -> str:
+    async def go() -> str:
+        assert platform.settings is not None
+        conn = await asyncpg.connect(platform.settings.database_url)
+        try:
+            return (await auth.create(conn, role=role, name=name, brands=brands))[1]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+@pytest.fixture(scope="session")
+def tokens(platform: Platform, county: County) -> dict[str, str]:
+    out = {
+        "scanner": issue(platform, "scanner", "pda-test", list(county.brands)),
+        "scanner-zto": issue(platform, "scanner", "pda-zto", ["ZTO"]),
+        "manager": issue(platform, "manager", "manager", []),
+    }
+    for brand in county.brands:
+        out[f"{brand}-system"] = issue(platform, "brand-system", f"{brand}-sys", [brand])
+        out[f"{brand}-brand"] = issue(platform, "brand", f"{brand}-brand", [brand])
+    return out
+
+
+@pytest.fixture(scope="session")
+def client(platform: Platform) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=platform.api_url, timeout=15) as c:
+        yield c
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll until `predicate` returns something truthy; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def db_fetch(platform: Platform, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """Run a query as the schema owner (superuser): for checks of what is stored, not tenancy."""
+    async def go() -> list[asyncpg.Record]:
+        assert platform.settings is not None
+        conn = await asyncpg.connect(platform.settings.database_url)
+        try:
+            return await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+__all__ = ["bearer", "db_fetch", "issue", "wait_for", "Path"]
