@@ -1,0 +1,128 @@
+"""The ingest contract: every rejection reason, with the exact JSON path of the offending field."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from domain.county import load_county
+from domain.envelope import Envelope
+from domain.validation import Reason, Rejection, validate_batch, validate_event
+from infra.settings import DEMO_COUNTY
+
+COUNTY = load_county(DEMO_COUNTY)
+NOW = datetime(2026, 11, 11, 2, 0, tzinfo=UTC)
+ALL = frozenset(COUNTY.brands)
+
+
+def scan(**over: Any) -> dict[str, Any]:
+    e: dict[str, Any] = {
+        "event_id": "0193b6c4-6f1e-7cc2-9a55-3c1f0e6f2a10", "type": "parcel.scanned",
+        "schema_version": 1, "occurred_at": "2026-11-11T09:15:32+08:00", "brand": "ZTO",
+        "operator_id": "op-8812",
+        "payload": {"waybill": "ZT7300012345678", "action": "arrived", "node_id": "TWN-XILIU"}}
+    payload = over.pop("payload", {})
+    e.update(over)
+    e["payload"] = {k: v for k, v in {**e["payload"], **payload}.items() if v is not ...}
+    return {k: v for k, v in e.items() if v is not ...}
+
+
+def registered(**payload: Any) -> dict[str, Any]:
+    base = {"waybill": "ZT7300012345678", "recipient_phone": "13812345678",
+            "destination_village": "VIL-XILIU-01", "weight_g": 1200}
+    return scan(type="parcel.registered", schema_version=2,
+                payload={**{k: ... for k in ("action", "node_id")}, **base, **payload})
+
+
+def check(raw: object, brands: frozenset[str] = ALL, types: frozenset[str] | None = None):
+    return validate_event(raw, index=3, county=COUNTY, permitted_brands=brands, device_id="pda-1",
+                          recorded_at=NOW, permitted_types=types)
+
+
+CASES = [
+    ("not_an_object", ["x"], "$.events[3]"),
+    ("missing_field", scan(brand=...), "$.events[3].brand"),
+    ("wrong_type", scan(schema_version="1"), "$.events[3].schema_version"),
+    ("wrong_type", scan(payload={"node_id": 7}), "$.events[3].payload.node_id"),
+    ("invalid_value", scan(payload={"waybill": "zt-lower"}), "$.events[3].payload.waybill"),
+    ("invalid_value", scan(occurred_at="11/11/2026 09:15"), "$.events[3].occurred_at"),
+    ("invalid_value", scan(occurred_at="2026-11-13T09:15:32+08:00"), "$.events[3].occurred_at"),
+    ("invalid_event_id", scan(event_id="12345"), "$.events[3].event_id"),
+    ("naive_timestamp", scan(occurred_at="2026-11-11T09:15:32"), "$.events[3].occurred_at"),
+    ("unknown_type", scan(type="parcel.teleported"), "$.events[3].type"),
+    ("unsupported_version", scan(schema_version=9), "$.events[3].schema_version"),
+    ("unknown_action", scan(payload={"action": "yeeted"}), "$.events[3].payload.action"),
+    ("unknown_node", scan(payload={"node_id": "TWN-NOWHERE"}), "$.events[3].payload.node_id"),
+    ("node_wrong_tier", registered(destination_village="TWN-XILIU"),
+     "$.events[3].payload.destination_village"),
+    ("unknown_brand", scan(brand="DHL"), "$.events[3].brand"),
+    ("unknown_field", scan(recorded_at="2026-11-11T09:15:32+08:00"), "$.events[3].recorded_at"),
+    ("unknown_field", scan(colour="red"), "$.events[3].colour"),
+    ("unknown_field", scan(payload={"colour": "red"}), "$.events[3].payload.colour"),
+    ("missing_field", scan(payload={"action": "problem"}), "$.events[3].payload.problem_reason"),
+    ("invalid_value", scan(payload={"pickup_code": "10-2-7507"}), "$.events[3].payload.pickup_code"),
+    ("invalid_value", registered(recipient_phone="12345"), "$.events[3].payload.recipient_phone"),
+]
+
+
+@pytest.mark.parametrize("reason, raw, path", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_given_an_invalid_event_then_rejected_with_reason_and_path(reason: str, raw: object,
+                                                                   path: str) -> None:
+    result = check(raw)
+    assert isinstance(result, Rejection), result
+    assert (result.reason, result.path) == (Reason(reason), path)
+    assert result.message
+
+
+def test_given_a_device_of_one_brand_when_it_scans_another_then_brand_not_permitted() -> None:
+    result = check(scan(brand="SF"), brands=frozenset({"ZTO"}))
+    assert isinstance(result, Rejection) and result.reason == Reason.brand_not_permitted
+
+
+def test_given_a_scanner_when_it_emits_an_sms_event_then_type_not_permitted() -> None:
+    result = check(scan(type="sms.submitted"), types=frozenset({"parcel.scanned"}))
+    assert isinstance(result, Rejection) and result.reason == Reason.type_not_permitted
+    assert result.path == "$.events[3].type"
+
+
+def test_given_duplicate_ids_in_one_batch_then_only_the_first_is_accepted() -> None:
+    out = validate_batch([scan(), scan()], county=COUNTY, permitted_brands=ALL, device_id="d",
+                         recorded_at=NOW)
+    assert isinstance(out[0], Envelope)
+    assert isinstance(out[1], Rejection) and out[1].reason == Reason.duplicate_in_batch
+    assert out[1].path == "$.events[1].event_id"
+
+
+def test_every_reason_is_produced_by_some_test() -> None:
+    produced = {Reason(c[0]) for c in CASES} | {Reason.brand_not_permitted,
+                                                Reason.type_not_permitted, Reason.duplicate_in_batch}
+    assert produced == set(Reason)
+
+
+def test_given_a_valid_scan_then_the_envelope_has_server_stamps_and_a_normalised_id() -> None:
+    e = check(scan(event_id="0193B6C4-6F1E-7CC2-9A55-3C1F0E6F2A10"))
+    assert isinstance(e, Envelope)
+    assert e.event_id == "0193b6c4-6f1e-7cc2-9a55-3c1f0e6f2a10"
+    assert (e.recorded_at, e.device_id) == (NOW, "pda-1")
+    assert e.occurred_at.utcoffset().total_seconds() == 8 * 3600  # type: ignore[union-attr]
+
+
+def test_given_a_ulid_then_it_is_accepted_uppercased() -> None:
+    e = check(scan(event_id="01jdk7qwz8x3v5m2n4p6r8t0ya"))
+    assert isinstance(e, Envelope) and e.event_id == "01JDK7QWZ8X3V5M2N4P6R8T0YA"
+
+
+def test_given_a_v1_manifest_then_it_is_accepted_and_upcast() -> None:
+    v1 = scan(type="parcel.registered", payload={"action": ..., "node_id": ...,
+              "waybill": "ZT7300012345678", "phone": "13812345678", "village": "VIL-XILIU-01",
+              "weight_g": 900})
+    e = check(v1)
+    assert isinstance(e, Envelope) and e.schema_version == 2
+    assert e.payload.destination_village == "VIL-XILIU-01"  # type: ignore[attr-defined]
+
+
+def test_a_rejection_never_echoes_a_phone_number() -> None:
+    result = check(registered(recipient_phone="23812345678"))
+    assert isinstance(result, Rejection) and "23812345678" not in result.message
