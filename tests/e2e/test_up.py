@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -23,22 +24,31 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
-def _read_until(proc: subprocess.Popen[str], pattern: str, timeout: float, seen: list[str]) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    buf = ""
-    while time.monotonic() < deadline:
-        chunk = proc.stdout.read()
-        if chunk:
-            buf += chunk
-            seen.append(chunk)
-            if m := re.search(pattern, buf):
+class Output:
+    """Collects a child's output on a thread so the test can wait for a line without blocking."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._pump, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def _pump(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float, proc: subprocess.Popen[str]) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if m := re.search(pattern, self.text()):
                 return m
-        elif proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    raise AssertionError(f"no {pattern!r} within {timeout} s; output:\n{''.join(seen)[-4000:]}")
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"no {pattern!r} within {timeout} s; output:\n{self.text()[-4000:]}")
 
 
 def test_given_a_fresh_clone_when_bin_up_runs_then_it_serves_moves_parcels_and_stops_clean(
@@ -46,11 +56,11 @@ def test_given_a_fresh_clone_when_bin_up_runs_then_it_serves_moves_parcels_and_s
     state = clone / ".state"
     proc = subprocess.Popen(["./bin/up", "--port", "0"], cwd=clone, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    seen: list[str] = []
+    out = Output(proc)
     descendants: list[psutil.Process] = []
     try:
         # The first run creates the clone's own virtual environment: allow for the install.
-        api = _read_until(proc, r"API\s+(http://127\.0\.0\.1:\d+)", 600, seen).group(1)
+        api = out.wait_for(r"API\s+(http://127\.0\.0\.1:\d+)", 600, proc).group(1)
         descendants = psutil.Process(proc.pid).children(recursive=True)
         token = (state / "demo-tokens" / "manager").read_text().strip()
         with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {token}"}) as c:
@@ -70,7 +80,7 @@ def test_given_a_fresh_clone_when_bin_up_runs_then_it_serves_moves_parcels_and_s
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
-    assert proc.returncode == 0, "".join(seen)[-3000:]
+    assert proc.returncode == 0, out.text()[-3000:]
     time.sleep(1)
     left = [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, f"processes left behind: {[(p.pid, p.name()) for p in left]}"
