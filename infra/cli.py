@@ -140,18 +140,20 @@ def cmd_up(args: argparse.Namespace) -> None:
     try:
         platform.start()
         assert platform.settings is not None
-        print(f"\nGongpei is up in {time.monotonic() - started:.1f} s", flush=True)
-        print(f"  API       {platform.api_url}\n  API docs  {platform.api_url}/docs")
-        print(f"  metrics   {platform.api_url}/metrics\n  state     {state}")
-        print(f"  broker    {platform.settings.kafka_bootstrap_servers} (Tansu, in memory)")
-        print(f"  database  {platform.settings.database_url}")
         demo = None
         if not args.no_demo:
             from loadtest.demo import DemoTraffic
 
             demo = DemoTraffic(platform, state)
             demo.prepare()
-            print(f"  tokens    {state / 'demo-tokens'}/<role> (manager, ZTO-brand, …)")
+        print(f"\nGongpei is up in {time.monotonic() - started:.1f} s", flush=True)
+        print(f"  API       {platform.api_url}\n  API docs  {platform.api_url}/docs")
+        print(f"  metrics   {platform.api_url}/metrics\n  state     {state}")
+        print(f"  broker    {platform.settings.kafka_bootstrap_servers} (Tansu, in memory)")
+        print(f"  database  {platform.settings.database_url}")
+        if demo is not None:
+            print(f"  tokens    {state / 'demo-tokens'}/<name> (manager, pda-demo, ZTO-brand, …)")
+            print("  demo      a few parcels registered and moved every 2 s (--no-demo: none)")
         print("Ctrl-C stops everything.\n", flush=True)
         while not stopping:
             if demo is not None:

@@ -52,6 +52,9 @@ class DemoTraffic:
         try:
             out = {}
             for role, name, brands in wanted:
+                # A restart issues fresh demo tokens; the previous run's stop working.
+                await conn.execute("UPDATE tokens SET revoked_at = now() WHERE name = $1"
+                                   " AND revoked_at IS NULL", name)
                 _, out[name] = await auth.create(conn, role=role, name=name, brands=brands)
             return out
         finally:
