@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import ORJSONResponse
 
 from api import errors
 from api.routes import ingest, meta, parcels
@@ -31,7 +30,7 @@ def create_app(settings: Settings, county: County) -> FastAPI:
             await app.state.pool.close()
 
     app = FastAPI(title="Gongpei API", version="0.1.0", description=DESCRIPTION,
-                  lifespan=lifespan, default_response_class=ORJSONResponse)
+                  lifespan=lifespan)
     app.state.settings = settings
     app.state.county = county
     errors.install(app)

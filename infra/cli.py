@@ -14,6 +14,12 @@ from pathlib import Path
 from infra.settings import DEMO_COUNTY, Settings, SettingsError
 
 
+def _log_to_stderr(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for noisy in ("httpx", "aiokafka", "faust", "mode"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 def _settings() -> Settings:
     try:
         return Settings.from_env()
@@ -45,6 +51,7 @@ def cmd_relay(args: argparse.Namespace) -> None:
     from streams.relay import Relay
 
     settings = _settings()
+    _log_to_stderr()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -125,7 +132,7 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
 def cmd_up(args: argparse.Namespace) -> None:
     from infra.platform import Platform
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    _log_to_stderr()
     state = Path(args.state_dir).resolve()
     platform = Platform(state, county_file=Path(args.county), api_port=args.port)
     stopping = False

@@ -59,6 +59,10 @@ async def ensure_topics(settings: Settings) -> None:
         await admin.close()
 
 
+class BrokerLostData(Exception):
+    """The broker no longer has records it acknowledged to us."""
+
+
 class Relay:
     """Publishes the journal to Kafka; one instance per deployment (it holds an advisory lock)."""
 
@@ -92,40 +96,58 @@ class Relay:
                 value=orjson.dumps(row["body"]),
             ))
         results = await asyncio.gather(*futures)
-        page_marks: dict[tuple[str, int], int] = {}
+        low: dict[tuple[str, int], int] = {}
+        high: dict[tuple[str, int], int] = {}
         for meta in results:
             tp = (meta.topic, meta.partition)
-            page_marks[tp] = max(page_marks.get(tp, -1), meta.offset)
+            low[tp] = min(low.get(tp, meta.offset), meta.offset)
+            high[tp] = max(high.get(tp, -1), meta.offset)
+        # Offsets only grow: an ack at or below one we had before means the log was lost.
+        if any(low[tp] <= self.acked.get(tp, -1) for tp in low):
+            raise BrokerLostData("the broker acknowledged offsets it had already given out")
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("UPDATE relay_cursor SET seq = $2, updated_at = now() WHERE name = $1",
                                CURSOR, rows[-1]["seq"])
             await conn.executemany(
-                "INSERT INTO relay_partition_marks (topic, partition, acked_offset) VALUES ($1,$2,$3)"
-                " ON CONFLICT (topic, partition) DO UPDATE SET acked_offset ="
-                " greatest(relay_partition_marks.acked_offset, EXCLUDED.acked_offset)",
-                [(t, p, o) for (t, p), o in page_marks.items()],
+                "INSERT INTO relay_partition_marks (topic, partition, acked_offset, page_low)"
+                " VALUES ($1, $2, $3, $4) ON CONFLICT (topic, partition) DO UPDATE"
+                " SET acked_offset = EXCLUDED.acked_offset, page_low = EXCLUDED.page_low",
+                [(t, p, high[(t, p)], low[(t, p)]) for (t, p) in low],
             )
-        for tp, offset in page_marks.items():
-            self.acked[tp] = max(self.acked.get(tp, -1), offset)
+        self.acked.update(high)
         RELAY_PUBLISHED.inc(len(rows))
         return len(rows)
 
-    async def broker_lost_data(self) -> bool:
-        """True if any partition ends below an offset the broker once acknowledged to us."""
+    async def load_marks(self) -> None:
         async with self.pool.acquire() as conn:
-            marks = await conn.fetch("SELECT topic, partition, acked_offset FROM relay_partition_marks")
+            rows = await conn.fetch("SELECT topic, partition, acked_offset FROM relay_partition_marks")
+        self.acked = {(r["topic"], r["partition"]): r["acked_offset"] for r in rows}
+
+    async def broker_lost_data(self) -> bool:
+        """True if a partition now ends at or below the first offset of the last page we published.
+
+        Not "below the highest acknowledged offset": Tansu reports a partition's end as the base
+        offset of its last record batch + 1, which lags the true end when a batch holds several
+        records; the page's lowest offset is a bound that holds on Tansu and on Kafka alike."""
+        async with self.pool.acquire() as conn:
+            marks = await conn.fetch("SELECT topic, partition, page_low FROM relay_partition_marks")
         if not marks:
             return False
         probe = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap_servers,
                                  enable_auto_commit=False)
         await probe.start()
         try:
-            tps = [TopicPartition(m["topic"], m["partition"]) for m in marks]
-            ends = await probe.end_offsets(tps)
+            ends = await probe.end_offsets([TopicPartition(m["topic"], m["partition"]) for m in marks])
         finally:
             await probe.stop()
-        return any(ends.get(TopicPartition(m["topic"], m["partition"]), 0) <= m["acked_offset"]
-                   for m in marks)
+        lost = False
+        for m in marks:
+            end = ends.get(TopicPartition(m["topic"], m["partition"]), 0)
+            if end <= m["page_low"]:
+                log.warning("%s[%s] ends at %s, below offset %s we published", m["topic"],
+                            m["partition"], end, m["page_low"])
+                lost = True
+        return lost
 
     async def rewind(self) -> None:
         """The broker lost data: re-publish the whole journal and forget stored consumer offsets."""
@@ -140,8 +162,8 @@ class Relay:
             await conn.execute("UPDATE consumer_offsets SET next_offset = 0, updated_at = now()")
         self.acked.clear()
 
-    async def _listen(self, conn: asyncpg.Connection) -> None:
-        await conn.add_listener(journal.NOTIFY_CHANNEL, lambda *_: self.wake.set())
+    def _on_notify(self, *_: object) -> None:
+        self.wake.set()
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], Awaitable[None]] | None = None,
                   check_every: float = 2.0) -> None:
@@ -150,7 +172,7 @@ class Relay:
         try:
             # One relay per journal: a second instance waits here as a hot standby.
             await listen_conn.execute("SELECT pg_advisory_lock($1)", RELAY_LOCK)
-            await self._listen(listen_conn)
+            await listen_conn.add_listener(journal.NOTIFY_CHANNEL, self._on_notify)
             if on_ready:
                 await on_ready()
             while not stop.is_set():
@@ -162,10 +184,12 @@ class Relay:
                     await _sleep_or_stop(stop, 1.0)
         finally:
             await self._close_producer()
+            await listen_conn.remove_listener(journal.NOTIFY_CHANNEL, self._on_notify)
             await self.pool.release(listen_conn)
 
     async def _session(self, stop: asyncio.Event, check_every: float) -> None:
         await ensure_topics(self.settings)
+        await self.load_marks()
         if await self.broker_lost_data():
             await self.rewind()
         self.producer = self.producer_factory(self.settings)
@@ -173,7 +197,13 @@ class Relay:
         loop = asyncio.get_running_loop()
         next_check = loop.time() + check_every
         while not stop.is_set():
-            published = await self.publish_page()
+            try:
+                published = await self.publish_page()
+            except BrokerLostData as exc:
+                log.warning("%s", exc)
+                await ensure_topics(self.settings)
+                await self.rewind()
+                continue
             if loop.time() >= next_check:
                 next_check = loop.time() + check_every
                 if await self.broker_lost_data():

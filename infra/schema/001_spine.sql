@@ -21,11 +21,13 @@ CREATE TABLE relay_cursor (
     seq  bigint NOT NULL DEFAULT 0,
     updated_at timestamptz NOT NULL DEFAULT now()
 );
--- Highest offset the broker acknowledged per partition: if the broker reports less, it lost data.
+-- What the broker acknowledged per partition: the highest offset, and the lowest offset of the
+-- latest page. A partition that now ends at or below page_low has lost data we published.
 CREATE TABLE relay_partition_marks (
     topic       text    NOT NULL,
     partition   integer NOT NULL,
     acked_offset bigint NOT NULL,
+    page_low    bigint NOT NULL,
     PRIMARY KEY (topic, partition)
 );
 
