@@ -47,7 +47,7 @@ class Envelope(BaseModel):
         }
 
     @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> "Envelope":
+    def from_wire(cls, d: dict[str, Any]) -> Envelope:
         """Read an event back from the journal or Kafka, upcasting old versions."""
         version, payload = upcast(d["type"], int(d["schema_version"]), d["payload"])
         model = PAYLOADS[(d["type"], version)]

@@ -7,7 +7,16 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+)
 
 from domain.phone import is_mobile
 
@@ -165,4 +174,4 @@ for _type, _version in PAYLOADS:
 NODE_FIELDS: dict[str, str | None] = {"node_id": None, "destination_village": "village",
                                       "village": "village"}
 
-__all__ = ["PAYLOADS", "CURRENT_VERSION", "NODE_FIELDS", "ScanAction", "ProblemReason", "datetime"]
+__all__ = ["CURRENT_VERSION", "NODE_FIELDS", "PAYLOADS", "ProblemReason", "ScanAction", "datetime"]

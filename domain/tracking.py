@@ -130,7 +130,7 @@ def project_parcel(events: Iterable[Envelope], county: County) -> ParcelView:
 
     status = Status.info_received
     if latest is not None:
-        status = ACTION_STATUS[ScanAction(_action(latest))]
+        status = ACTION_STATUS[ScanAction(_action(latest) or "")]
     code, label, _ = PUBLIC_CODES[status]
 
     chain: tuple[str, ...] = ()

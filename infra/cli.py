@@ -27,7 +27,7 @@ def _settings() -> Settings:
         sys.exit(f"gongpei: {exc}")
 
 
-def _county(settings: Settings):  # noqa: ANN202 - domain type imported lazily
+def _county(settings: Settings):
     from domain.county import CountyConfigError, load_county
 
     try:

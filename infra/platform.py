@@ -42,10 +42,12 @@ class Child:
     restarts: int = 0
 
     def start(self) -> None:
-        out = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True,
-                                     preexec_fn=_die_with_parent)
+        with open(self.log_path, "ab") as out:
+            # preexec_fn only calls prctl, which is safe between fork and exec.
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=_die_with_parent)  # noqa: PLW1509
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -133,11 +135,7 @@ class Platform:
                 child = self.children[name]
                 if not child.alive():
                     raise RuntimeError(f"{name} exited during start-up; see {child.log_path}")
-                if name == "api" and self._api_healthy():
-                    pending.discard(name)
-                elif name == "worker" and (self.state_dir / "worker.ready").exists():
-                    pending.discard(name)
-                elif name == "relay":
+                if name == "api" and self._api_healthy() or name == "worker" and (self.state_dir / "worker.ready").exists() or name == "relay":
                     pending.discard(name)
             time.sleep(0.1)
         if pending:

@@ -45,11 +45,11 @@ class Settings:
         # Tansu makes every group join wait half the session timeout: keep it short there.
         return 4.0 if self.profile == "embedded" else 30.0
 
-    def with_(self, **changes: object) -> "Settings":
+    def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         """Read settings from the environment, refusing placeholders outside the embedded profile."""
         env = dict(os.environ if env is None else env)
         missing = [k for k in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "GONGPEI_APP_PASSWORD")

@@ -34,8 +34,8 @@ def build_events(parcels: int, seed: int) -> tuple[dict[str, list[dict[str, Any]
     for _ in range(parcels):
         p, e = traffic.register(t0)
         regs.setdefault(p.brand, []).append(e)
-    scans = [e for step in range(7) for p in traffic.parcels
-             if (e := traffic.advance(p, t0 + timedelta(hours=step + 1)))]
+    scans = [s for step in range(7) for p in traffic.parcels
+             if (s := traffic.advance(p, t0 + timedelta(hours=step + 1)))]
     return regs, scans
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import faust
 import orjson
+from faust.types import TP
 from pydantic import ValidationError
 
 from domain.county import County
@@ -78,7 +79,7 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
     dead_letter = app.topic(DEAD_LETTER.name, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw")
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def seek_to_stored(sender: Any, assigned: set[Any], **_: Any) -> None:
         pool = await resources.pool()
         async with pool.acquire() as conn:
@@ -93,7 +94,8 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
 
     @app.agent(parcel_topic)
     async def track(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take_events(settings.worker_batch_size, within=0.05):
+        batches = stream.take_events(settings.worker_batch_size, within=0.05)  # type: ignore[attr-defined]
+        async for batch in batches:
             envelopes, offsets = await _decode(batch, dead_letter)
             await _apply_with_retry(await resources.pool(), county, envelopes, offsets)
             _report_lag(app, offsets)
@@ -145,12 +147,7 @@ async def _apply_with_retry(pool: asyncpg.Pool, county: County, envelopes: list[
 
 def _report_lag(app: faust.App, offsets: dict[tuple[str, int], int]) -> None:
     for (topic, partition), next_offset in offsets.items():
-        try:
-            from faust.types import TP
-
-            high = app.consumer.highwater(TP(topic, partition))
-        except Exception:  # noqa: BLE001 - lag is best-effort telemetry
-            continue
+        high = app.consumer.highwater(TP(topic, partition))
         if high is not None:
             CONSUMER_LAG.labels(consumer="tracking", topic=topic, partition=str(partition)).set(
                 max(0, high - next_offset))

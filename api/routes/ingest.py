@@ -130,7 +130,8 @@ async def post_scan_batch(request: Request, principal: PrincipalDep, pool: PoolD
                                        reason=str(o.reason), path=o.path, message=o.message))
             INGEST_EVENTS.labels(result="rejected", reason=str(o.reason)).inc()
         else:
-            status = "accepted" if o.event_id in new_ids else "duplicate"
+            status: Literal["accepted", "duplicate"] = (
+                "accepted" if o.event_id in new_ids else "duplicate")
             results.append(EventResult(index=i, event_id=o.event_id, status=status))
             INGEST_EVENTS.labels(result=status, reason="").inc()
     INGEST_BATCHES.labels(outcome="ok").inc()

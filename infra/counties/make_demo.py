@@ -42,8 +42,8 @@ def main() -> None:
         stops = ", ".join(f'"{s}"' for s in ["CTY-HAICHENG", twn, *villages])
         lines += ["[[routes]]", f'id = "R-{code}"', f'name = "县中心—{name}线"', f"stops = [{stops}]",
                   f"distance_m = {distance}",
-                  f'runs = [{{ id = "R-{code}-AM", departs = "08:00", arrives = "11:00" }},'
-                  f' {{ id = "R-{code}-PM", departs = "14:30", arrives = "17:30" }}]', ""]
+                  (f'runs = [{{ id = "R-{code}-AM", departs = "08:00", arrives = "11:00" }},'
+                   f' {{ id = "R-{code}-PM", departs = "14:30", arrives = "17:30" }}]'), ""]
     Path(__file__).with_name("haicheng.toml").write_text("\n".join(lines), encoding="utf-8")
 
 

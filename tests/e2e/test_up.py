@@ -67,7 +67,7 @@ def test_given_a_fresh_clone_when_bin_up_runs_then_it_serves_moves_parcels_and_s
             assert c.get("/healthz").json() == {"status": "ok"}
             assert c.get("/openapi.json").status_code == 200
             deadline = time.monotonic() + 60
-            moved = set()
+            moved: set[str] = set()
             while time.monotonic() < deadline and len(moved) < 3:
                 parcels = c.get("/v1/parcels", params={"limit": 200}).json()["parcels"]
                 moved = {p["status"] for p in parcels} - {"info_received"}

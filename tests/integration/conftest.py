@@ -94,4 +94,4 @@ def db_fetch(platform: Platform, sql: str, *args: Any) -> list[asyncpg.Record]:
     return asyncio.run(go())
 
 
-__all__ = ["bearer", "db_fetch", "issue", "wait_for", "Path"]
+__all__ = ["Path", "bearer", "db_fetch", "issue", "wait_for"]

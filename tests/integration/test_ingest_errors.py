@@ -13,7 +13,7 @@ from tests.integration.conftest import bearer, db_fetch
 
 
 def scan(**overrides: Any) -> dict[str, Any]:
-    event = {"event_id": event_id(), "type": "parcel.scanned", "schema_version": 1,
+    event: dict[str, Any] = {"event_id": event_id(), "type": "parcel.scanned", "schema_version": 1,
              "occurred_at": "2026-11-11T09:15:32+08:00", "brand": "ZTO", "operator_id": "op-8812",
              "payload": {"waybill": "ZT7300012345678", "action": "arrived", "node_id": "TWN-XILIU"}}
     payload = overrides.pop("payload", {})

@@ -24,6 +24,15 @@ def _parcel(client: httpx.Client, token: str, waybill: str) -> dict[str, Any] | 
     return r.json() if r.status_code == 200 else None
 
 
+def _wait_timeline(client: httpx.Client, token: str, waybill: str, entries: int,
+                   timeout: float) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        view = _parcel(client, token, waybill)
+        return view if view and len(view["timeline"]) == entries else None
+
+    return wait_for(ready, timeout, f"{waybill} with {entries} timeline entries")  # type: ignore[no-any-return]
+
+
 def metric(client: httpx.Client, name: str, **labels: str) -> float:
     """The summed value of one sample name on /metrics (0 when absent)."""
     from prometheus_client.parser import text_string_to_metric_families
@@ -96,8 +105,7 @@ def test_given_the_worker_is_down_when_a_batch_is_acknowledged_then_it_is_in_the
         platform.restart_service("worker")
         platform.wait_ready(60)
     for p in traffic.parcels:
-        wait_for(lambda: (v := _parcel(client, tokens["manager"], p.waybill))
-                 and len(v["timeline"]) == 4, 15.0, f"{p.waybill} projected after restart")
+        _wait_timeline(client, tokens["manager"], p.waybill, 4, 15.0)
 
 
 def test_given_the_broker_crashes_when_it_restarts_empty_then_the_projection_still_ends_complete(
@@ -119,8 +127,7 @@ def test_given_the_broker_crashes_when_it_restarts_empty_then_the_projection_sti
         platform.wait_ready(60)
     # Then the relay re-publishes from the journal and every parcel ends complete
     for p in traffic.parcels:
-        wait_for(lambda: (v := _parcel(client, tokens["manager"], p.waybill))
-                 and len(v["timeline"]) == 8, 60.0, f"{p.waybill} complete after broker restart")
+        _wait_timeline(client, tokens["manager"], p.waybill, 8, 60.0)
     assert metric(client, "gongpei_relay_broker_data_loss_total") >= 1
 
 
@@ -178,7 +185,13 @@ def test_given_a_rebuild_from_the_journal_then_the_read_model_is_identical(
 
 
 def test_metrics_expose_ingest_results_lag_and_apply_latency(
-        platform: Platform, client: httpx.Client) -> None:
+        platform: Platform, client: httpx.Client, tokens: dict[str, str], county: County) -> None:
+    _, regs, scans = _lifecycle(county, seed=17, parcels=1, steps=1)
+    bad = {**scans[0], "event_id": "00000000-0000-7000-8000-0000000000aa",
+           "payload": {**scans[0]["payload"], "node_id": "TWN-NOWHERE"}}
+    _ingest(client, tokens, regs, scans)
+    _post(client, tokens["scanner"], [bad])
+    wait_for(lambda: metric(client, "gongpei_projection_apply_seconds_count") > 0, 5.0, "an apply")
     assert metric(client, "gongpei_ingest_events_total", result="accepted") > 0
     assert metric(client, "gongpei_ingest_events_total", result="rejected",
                   reason="unknown_node") > 0

@@ -31,15 +31,15 @@ def _as_app(platform: Platform, scope: str | None) -> tuple[set[str], int, bool]
 
 def test_given_the_app_role_then_rls_scopes_rows_and_denies_by_default(platform: Platform,
                                                                       client, tokens) -> None:
-    from tests.integration.test_spine import _ingest, _lifecycle
     from domain.county import load_county
     from infra.settings import DEMO_COUNTY
+    from tests.integration.test_spine import _ingest, _lifecycle
 
-    traffic, regs, scans = _lifecycle(load_county(DEMO_COUNTY), seed=21, parcels=24, steps=1)
+    _, regs, scans = _lifecycle(load_county(DEMO_COUNTY), seed=21, parcels=24, steps=1)
     _ingest(client, tokens, regs, scans)
     wait_for(lambda: len(_as_app(platform, "*")[0]) >= 2, 10.0, "parcels of several brands")
 
-    everything, _, superuser = _as_app(platform, "*")
+    _, _, superuser = _as_app(platform, "*")
     assert not superuser
     assert _as_app(platform, "ZTO")[0] <= {"ZTO"}
     assert _as_app(platform, "ZTO,SF")[0] <= {"ZTO", "SF"}

@@ -26,7 +26,8 @@ def event(n: int, event_type: str, at: datetime, **payload: Any) -> Envelope:
     return Envelope(
         event_id=f"00000000-0000-7000-8000-{n:012d}", type=event_type, schema_version=version,
         occurred_at=at, recorded_at=at + timedelta(hours=3), device_id="pda-1", brand="ZTO",
-        operator_id="op-1", payload=PAYLOADS[(event_type, version)](waybill=WAYBILL, **payload))
+        operator_id="op-1",
+        payload=PAYLOADS[(event_type, version)].model_validate({"waybill": WAYBILL, **payload}))
 
 
 def registered(n: int = 0, village: str = "VIL-XILIU-01") -> Envelope:

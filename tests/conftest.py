@@ -1,1 +1,0 @@
-"""Shared test helpers; the embedded platform fixture lives in tests/integration/conftest.py."""
