@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,7 +58,7 @@ class County:
     nodes: dict[str, Node]
     routes: tuple[Route, ...]
 
-    @property
+    @cached_property
     def centre(self) -> Node:
         return next(n for n in self.nodes.values() if n.tier == "county")
 

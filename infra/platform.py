@@ -174,6 +174,13 @@ class Platform:
         self.broker = EmbeddedBroker(port=self.broker.port, log_path=self.broker.log_path)
         self.broker.start()
 
+    def restart_postgres(self) -> None:
+        """Crash PostgreSQL (SIGKILL) and start it again over the same data folder."""
+        assert self.pg is not None
+        self.pg.kill()
+        self.pg = EmbeddedPostgres(self.pg.data_dir, port=self.pg.port)
+        self.pg.start()
+
     def stop(self) -> None:
         for name in ("api", "worker", "relay"):
             if name in self.children:

@@ -69,11 +69,17 @@ async def run(parcels: int, uploaders: int, seed: int) -> dict[str, float]:
         async with httpx.AsyncClient(base_url=plat.api_url, timeout=60) as client:
             await asyncio.gather(*(uploader(client) for _ in range(uploaders)))
         ingested = time.perf_counter() - started
+        last = await conn.fetchval("SELECT max(seq) FROM journal")
+        relayed = None
         while await conn.fetchval("SELECT count(*) FROM tracking_events") < total:
+            if relayed is None and await conn.fetchval("SELECT seq FROM relay_cursor") >= last:
+                relayed = time.perf_counter() - started
             await asyncio.sleep(0.05)
         projected = time.perf_counter() - started
+        relayed = relayed or projected
         await conn.close()
-        return {"events": total, "ingest_s": ingested, "end_to_end_s": projected,
+        return {"events": total, "ingest_s": ingested, "relayed_s": relayed,
+                "end_to_end_s": projected,
                 "ingest_eps": total / ingested, "end_to_end_eps": total / projected}
     finally:
         await asyncio.to_thread(plat.stop)
