@@ -98,10 +98,6 @@ def _action(e: Envelope) -> str | None:
     return None
 
 
-def _order(e: Envelope) -> tuple[datetime, int, str]:
-    return (e.occurred_at, ACTION_RANK.get(_action(e) or "", -1), e.event_id)
-
-
 def _detail(e: Envelope) -> dict[str, Any]:
     p = e.payload.model_dump(mode="json", exclude_none=True)
     # The recipient's phone never enters a read model's timeline.
@@ -110,51 +106,73 @@ def _detail(e: Envelope) -> dict[str, Any]:
     return p
 
 
-def _entry(e: Envelope, county: County) -> TimelineEntry:
+def entry_for(e: Envelope, county: County) -> TimelineEntry:
+    """The timeline entry an event contributes: everything tracking needs, and no phone."""
     node_id = getattr(e.payload, "node_id", None)
     node = county.nodes.get(node_id) if node_id else None
     return TimelineEntry(e.event_id, e.type, e.occurred_at, e.recorded_at, _action(e), node_id,
                          node.name if node else None, e.brand, e.operator_id, _detail(e))
 
 
+def entries_from_view(view: dict[str, Any]) -> list[TimelineEntry]:
+    """The timeline of a stored view, read back so new events can be folded into it."""
+    return [TimelineEntry(t["event_id"], t["type"], datetime.fromisoformat(t["occurred_at"]),
+                          datetime.fromisoformat(t["recorded_at"]), t["action"], t["node_id"],
+                          t["node_name"], t["brand"], t["operator_id"], t["detail"])
+            for t in view["timeline"]]
+
+
+def _order(t: TimelineEntry) -> tuple[datetime, int, str]:
+    return (t.occurred_at, ACTION_RANK.get(t.action or "", -1), t.event_id)
+
+
 def project_parcel(events: Iterable[Envelope], county: County) -> ParcelView:
     """Derive one parcel's view from its events (any order, any duplicates)."""
-    history = sorted({e.event_id: e for e in events}.values(), key=_order)
+    events = list(events)
+    return project_entries([entry_for(e, county) for e in events], county, waybill_of(events))
+
+
+def waybill_of(events: Iterable[Envelope]) -> str:
+    for e in events:
+        return str(e.payload.waybill)  # type: ignore[attr-defined]
+    raise ValueError("a parcel view needs at least one event")
+
+
+def project_entries(entries: Iterable[TimelineEntry], county: County, waybill: str) -> ParcelView:
+    """Derive the view from timeline entries (any order, any duplicates): the whole rule."""
+    history = sorted({t.event_id: t for t in entries}.values(), key=_order)
     if not history:
         raise ValueError("a parcel view needs at least one event")
-    registrations = [e for e in history if e.type == "parcel.registered"]
+    registrations = [t for t in history if t.type == "parcel.registered"]
     registration = registrations[-1] if registrations else None
-    destination = registration.payload.destination_village if registration else None  # type: ignore[attr-defined]
-    scans = [e for e in history if e.type in SCAN_TYPES]
+    destination = registration.detail.get("destination_village") if registration else None
+    scans = [t for t in history if t.type in SCAN_TYPES]
     latest = scans[-1] if scans else None
 
-    status = Status.info_received
-    if latest is not None:
-        status = ACTION_STATUS[ScanAction(_action(latest) or "")]
+    status = ACTION_STATUS[ScanAction(latest.action)] if latest and latest.action else Status.info_received
     code, label, _ = PUBLIC_CODES[status]
 
     chain: tuple[str, ...] = ()
     if destination in county.nodes and county.nodes[destination].tier == "village":
         chain = county.planned_chain(destination)
     off_chain = tuple(dict.fromkeys(
-        e.payload.node_id for e in scans  # type: ignore[attr-defined]
-        if chain and e.payload.node_id not in chain))  # type: ignore[attr-defined]
+        t.node_id for t in scans if chain and t.node_id and t.node_id not in chain))
 
-    stored = [e for e in scans if _action(e) == "stored"]
-    consents = [e for e in history if e.type == "consent.recorded"]
-    problem = latest.payload.problem_reason if latest is not None and _action(latest) == "problem" else None  # type: ignore[attr-defined]
+    stored = [t for t in scans if t.action == "stored"]
+    consents = [t for t in history if t.type == "consent.recorded"]
+    problem = latest.detail.get("problem_reason") if latest and latest.action == "problem" else None
     return ParcelView(
-        waybill=history[0].payload.waybill,  # type: ignore[attr-defined]
+        waybill=waybill,
         brand=(registration or history[0]).brand,
         destination_village=destination,
         status=status, public_code=code, public_label=label,
-        current_node=latest.payload.node_id if latest is not None else None,  # type: ignore[attr-defined]
+        current_node=latest.node_id if latest is not None else None,
         misrouted=bool(off_chain), misrouted_nodes=off_chain,
-        pickup_code=getattr(stored[-1].payload, "pickup_code", None) if stored else None,
-        problem_reason=str(problem) if problem else None,
-        consent_to_station=consents[-1].payload.consent if consents else None,  # type: ignore[attr-defined]
+        pickup_code=stored[-1].detail.get("pickup_code") if stored else None,
+        problem_reason=problem,
+        consent_to_station=consents[-1].detail.get("consent") if consents else None,
         last_event_at=history[-1].occurred_at,
-        timeline=tuple(_entry(e, county) for e in history),
+        timeline=tuple(history),
     )
 
 

@@ -1,21 +1,23 @@
 """Tracking read model in PostgreSQL: the inbox of parcel events and each parcel's derived view.
 
 One transaction per fetched batch: new events are inserted (their event_id dedupes redeliveries),
-every touched parcel is re-derived from all its events (so order and duplicates never matter), and
-the consumer offsets are stored in the same transaction."""
+every touched parcel's view is re-derived from its stored timeline plus the new events (the reducer
+sorts by event time, so order and duplicates never matter), and the consumer offsets are stored in
+the same transaction."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
 from domain.county import County
 from domain.envelope import Envelope
 from domain.phone import last4, mask_phone
-from domain.tracking import ParcelView, project_parcel, view_to_dict
+from domain.tracking import ParcelView, entries_from_view, entry_for, project_entries, view_to_dict
 
 PROJECTION = "tracking"
 
@@ -38,9 +40,13 @@ async def apply_batch(conn: asyncpg.Connection, county: County, events: Sequence
         await use_all_brands(conn)
         parcel_events = [e for e in events if e.type.startswith(("parcel.", "consent."))]
         new_ids = await _insert_events(conn, parcel_events)
-        touched = {e.payload.waybill for e in parcel_events if e.event_id in new_ids}  # type: ignore[attr-defined]
-        if touched:
-            await _rederive(conn, county, touched)
+        fresh: dict[str, list[Envelope]] = defaultdict(list)
+        for e in parcel_events:
+            if e.event_id in new_ids:
+                fresh[e.payload.waybill].append(e)  # type: ignore[attr-defined]
+                new_ids.discard(e.event_id)  # a redelivery inside the batch counts once
+        if fresh:
+            await _fold(conn, county, fresh)
         if offsets:
             await conn.executemany(
                 "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset)"
@@ -49,7 +55,8 @@ async def apply_batch(conn: asyncpg.Connection, county: County, events: Sequence
                 " updated_at = now()",
                 [(consumer, t, p, o) for (t, p), o in offsets.items()],
             )
-    return Applied(new=len(new_ids), duplicate=len(events) - len(new_ids))
+    applied = sum(map(len, fresh.values()))
+    return Applied(new=applied, duplicate=len(events) - applied)
 
 
 async def _insert_events(conn: asyncpg.Connection, events: Sequence[Envelope]) -> set[str]:
@@ -65,42 +72,48 @@ async def _insert_events(conn: asyncpg.Connection, events: Sequence[Envelope]) -
     return {r["event_id"] for r in rows}
 
 
-async def _rederive(conn: asyncpg.Connection, county: County, waybills: Iterable[str]) -> None:
+async def _fold(conn: asyncpg.Connection, county: County,
+                fresh: Mapping[str, Sequence[Envelope]]) -> None:
+    """Fold new events into each parcel's stored view; the view's timeline is its whole history
+    (kept in step with tracking_events in the same transaction), so nothing is re-read."""
     rows = await conn.fetch(
-        "SELECT waybill, body FROM tracking_events WHERE waybill = ANY($1::text[])", list(waybills)
-    )
-    by_waybill: dict[str, list[Envelope]] = defaultdict(list)
-    for r in rows:
-        by_waybill[r["waybill"]].append(Envelope.from_wire(r["body"]))
-    params = [_parcel_row(project_parcel(evs, county), evs) for evs in by_waybill.values()]
-    await conn.executemany(
+        "SELECT waybill, view, phone_last4, phone_masked FROM parcels WHERE waybill = ANY($1)",
+        list(fresh))
+    stored = {r["waybill"]: r for r in rows}
+    out: list[tuple[Any, ...]] = []
+    for waybill, events in fresh.items():
+        row = stored.get(waybill)
+        entries = entries_from_view(row["view"]) if row else []
+        view = project_entries(entries + [entry_for(e, county) for e in events], county, waybill)
+        phone_last4, phone_masked = _phone_columns(view, events, row)
+        out.append((view.waybill, view.brand, str(view.status), view.public_code,
+                    view.destination_village, view.current_node, view.misrouted, phone_last4,
+                    phone_masked, view.last_event_at, view_to_dict(view)))
+    await conn.execute(
         "INSERT INTO parcels (waybill, brand, status, public_code, destination_village,"
-        " current_node, misrouted, phone_last4, phone_masked, last_event_at, view, updated_at)"
-        " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11, now())"
+        " current_node, misrouted, phone_last4, phone_masked, last_event_at, view)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],"
+        " $6::text[], $7::bool[], $8::text[], $9::text[], $10::timestamptz[], $11::jsonb[])"
         " ON CONFLICT (waybill) DO UPDATE SET brand = EXCLUDED.brand, status = EXCLUDED.status,"
         " public_code = EXCLUDED.public_code, destination_village = EXCLUDED.destination_village,"
         " current_node = EXCLUDED.current_node, misrouted = EXCLUDED.misrouted,"
         " phone_last4 = EXCLUDED.phone_last4, phone_masked = EXCLUDED.phone_masked,"
         " last_event_at = EXCLUDED.last_event_at, view = EXCLUDED.view, updated_at = now()",
-        params,
+        *map(list, zip(*out)),
     )
 
 
-def _recipient_phone(events: Sequence[Envelope]) -> str | None:
-    phones = [e for e in events if e.type == "parcel.registered"]
-    if not phones:
-        return None
-    latest = max(phones, key=lambda e: (e.occurred_at, e.event_id))
-    return str(latest.payload.recipient_phone)  # type: ignore[attr-defined]
-
-
-def _parcel_row(view: ParcelView, events: Sequence[Envelope]) -> tuple[object, ...]:
-    phone = _recipient_phone(events)
-    return (
-        view.waybill, view.brand, str(view.status), view.public_code, view.destination_village,
-        view.current_node, view.misrouted, last4(phone) if phone else None,
-        mask_phone(phone) if phone else None, view.last_event_at, view_to_dict(view),
-    )
+def _phone_columns(view: ParcelView, events: Sequence[Envelope],
+                   row: asyncpg.Record | None) -> tuple[str | None, str | None]:
+    """Last 4 and masked phone from the registration the view follows (the latest one)."""
+    registrations = [t for t in view.timeline if t.type == "parcel.registered"]
+    if registrations:
+        latest_id = registrations[-1].event_id
+        for e in events:
+            if e.event_id == latest_id:
+                phone = str(e.payload.recipient_phone)  # type: ignore[attr-defined]
+                return last4(phone), mask_phone(phone)
+    return (row["phone_last4"], row["phone_masked"]) if row else (None, None)
 
 
 async def reset(conn: asyncpg.Connection, consumer: str = PROJECTION) -> None:

@@ -129,3 +129,21 @@ def test_property_any_scans_with_tied_times_project_order_independently(
     shuffled = events + events[: rnd.randrange(len(events))]
     rnd.shuffle(shuffled)
     assert view_to_dict(project_parcel(shuffled, COUNTY)) == view_to_dict(project_parcel(events, COUNTY))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.randoms(use_true_random=False), st.integers(0, len(LIFECYCLE)))
+def test_property_folding_new_events_into_a_stored_view_equals_projecting_all(
+        rnd: random.Random, cut: int) -> None:
+    from domain.tracking import entries_from_view, entry_for, project_entries
+
+    events = LIFECYCLE + [scan(9, 5, "problem", "TWN-TENGAO", problem_reason="damaged")]
+    rnd.shuffle(events)
+    seen, new = events[:cut], events[cut:] + events[: cut // 2]  # redeliveries included
+    whole = view_to_dict(project_parcel(events, COUNTY))
+    if not seen:
+        return
+    stored = view_to_dict(project_parcel(seen, COUNTY))
+    folded = project_entries(entries_from_view(stored) + [entry_for(e, COUNTY) for e in new],
+                             COUNTY, WAYBILL)
+    assert view_to_dict(folded) == whole
