@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
-ROLES = ("scanner", "brand-system", "brand", "manager", "finance", "admin")
+ROLES = ("scanner", "brand-system", "brand", "manager", "finance", "finance-admin", "admin")
 DEVICE_ROLES = ("scanner",)
-ALL_BRANDS_ROLES = ("manager", "finance", "admin")
+ALL_BRANDS_ROLES = ("manager", "finance-admin", "admin")
 TOKEN_PREFIX = "gp_"
 
 
@@ -31,7 +31,9 @@ class Principal:
     @property
     def brand_scope(self) -> str:
         """The row-level-security scope: '*' or a comma-separated list of brands."""
-        return "*" if self.role in ALL_BRANDS_ROLES else ",".join(sorted(self.brands))
+        if self.role in ALL_BRANDS_ROLES or (self.role == "finance" and not self.brands):
+            return "*"  # the operator's finance sees every brand; a brand's finance only its own
+        return ",".join(sorted(self.brands))
 
 
 def hash_token(token: str) -> bytes:

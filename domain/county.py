@@ -57,6 +57,7 @@ class County:
     brands: tuple[str, ...]
     nodes: dict[str, Node]
     routes: tuple[Route, ...]
+    settlement: Any = None  # domain.settlement.config.SettlementConfig, when the file has one
 
     @cached_property
     def centre(self) -> Node:
@@ -74,6 +75,9 @@ class County:
         parent = self.nodes[village_id].parent
         assert parent is not None
         return parent
+
+    def route(self, route_id: str) -> Route | None:
+        return next((r for r in self.routes if r.id == route_id), None)
 
     def planned_chain(self, destination_village: str) -> tuple[str, str, str]:
         """The nodes a parcel for this village should pass: centre, its township, the village."""
@@ -161,8 +165,13 @@ def parse_county(doc: dict[str, Any], source: str = "county") -> County:
             raise _fail(source, where, "a fixed route needs at least one run")
         routes.append(Route(route_id, _req(raw, "name", str, source, where), stops, distance,
                             tuple(runs)))
+    settlement = None
+    if "settlement" in doc:
+        from domain.settlement.config import parse_settlement
+
+        settlement = parse_settlement(doc, source, {r.id for r in routes})
     return County(code, _req(head, "name", str, source, "[county]"), offset, brands, nodes,
-                  tuple(routes))
+                  tuple(routes), settlement)
 
 
 def load_county(path: str | Path) -> County:

@@ -32,8 +32,10 @@ class Envelope(BaseModel):
 
     @property
     def partition_key(self) -> str:
-        """The Kafka key: the waybill for parcel, consent and SMS events; the trip for vehicles."""
-        key = getattr(self.payload, "waybill", None) or getattr(self.payload, "trip_id", None)
+        """The Kafka key: the waybill for parcel, consent and SMS events; the trip for vehicles;
+        the period for ledger events."""
+        key = (getattr(self.payload, "waybill", None) or getattr(self.payload, "trip_id", None)
+               or getattr(self.payload, "period", None))
         assert isinstance(key, str)
         return key
 

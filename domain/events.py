@@ -153,6 +153,12 @@ class ConsentRecorded(Payload):
     channel: Annotated[StrictStr, Field(min_length=1, max_length=32)]
 
 
+class PeriodClosed(Payload):
+    """Finance closed a settlement period: its postings are final from this point of the journal."""
+
+    period: Annotated[StrictStr, Field(pattern=r"^\d{4}-\d{2}(-\d{2}\.\.\d{4}-\d{2}-\d{2})?$")]
+
+
 PAYLOADS: dict[tuple[str, int], type[Payload]] = {
     ("parcel.registered", 1): ParcelRegisteredV1,
     ("parcel.registered", 2): ParcelRegistered,
@@ -165,6 +171,7 @@ PAYLOADS: dict[tuple[str, int], type[Payload]] = {
     ("sms.delivered", 1): SmsDelivered,
     ("sms.failed", 1): SmsFailed,
     ("consent.recorded", 1): ConsentRecorded,
+    ("period.closed", 1): PeriodClosed,
 }
 CURRENT_VERSION: dict[str, int] = {}
 for _type, _version in PAYLOADS:

@@ -122,9 +122,14 @@ def cmd_token(args: argparse.Namespace) -> None:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> None:
-    from streams.rebuild import rebuild_tracking
+    from streams.rebuild import rebuild_ledger_check, rebuild_tracking
 
     settings = _settings()
+    if args.projection == "ledger":
+        found = asyncio.run(rebuild_ledger_check(settings, _county(settings)))
+        print(f"ledger replayed from the journal: {found['rebuilt']} lines rebuilt,"
+              f" {found['live']} live, {found['differing']} differing")
+        sys.exit(1 if found["differing"] else 0)
     count = asyncio.run(rebuild_tracking(settings, _county(settings)))
     print(f"tracking rebuilt from {count} journal events")
 
@@ -208,8 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     tsub.add_parser("list")
     tok.set_defaults(func=cmd_token)
 
-    rebuild = sub.add_parser("rebuild", help="rebuild projections from the journal")
-    rebuild.add_argument("projection", choices=["tracking"])
+    rebuild = sub.add_parser("rebuild", help="rebuild tracking from the journal; for the ledger,"
+                             " replay it beside the books and report any difference")
+    rebuild.add_argument("projection", choices=["tracking", "ledger"])
     rebuild.set_defaults(func=cmd_rebuild)
 
     args = parser.parse_args(argv)

@@ -13,6 +13,15 @@ from infra.settings import APP_ROLE
 log = logging.getLogger("gongpei.db")
 SCHEMA_DIR = Path(__file__).parent / "schema"
 
+# Errors that mean "the database is not there right now" (down, restarting, shutting down), as
+# opposed to errors in what we asked of it: retry the first kind, never the second.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # 57P01 admin shutdown, 57P03 starting up, …
+    asyncpg.exceptions.InterfaceError,
+    OSError,
+)
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb in and out through orjson: the hot path never touches the stdlib json module.
@@ -49,7 +58,7 @@ async def migrate(owner_dsn: str, app_password: str) -> list[str]:
         )
         done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
         applied = []
-        for path in sorted(SCHEMA_DIR.glob("*.sql")):
+        for path in sorted(SCHEMA_DIR.glob("[0-9][0-9][0-9]_*.sql")):
             if path.name in done:
                 continue
             async with conn.transaction():
@@ -58,7 +67,7 @@ async def migrate(owner_dsn: str, app_password: str) -> list[str]:
             applied.append(path.name)
             log.info("applied %s", path.name)
         # Grants are re-applied every time: cheap, and a re-created role gets them back.
-        await conn.execute((SCHEMA_DIR / "002_grants.sql").read_text())
+        await conn.execute((SCHEMA_DIR / "grants.sql").read_text())
         return applied
     finally:
         await conn.close()

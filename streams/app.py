@@ -22,9 +22,9 @@ from pydantic import ValidationError
 
 from domain.county import County
 from domain.envelope import Envelope
-from infra.db import create_pool
+from infra.db import TRANSIENT_DB_ERRORS, create_pool
 from infra.settings import Settings
-from projections import tracking_store
+from projections import ledger_store, tracking_store
 from projections.metrics import (
     CONSUMER_LAG,
     DEAD_LETTERS,
@@ -92,6 +92,24 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
         if ready_file is not None and assigned:
             ready_file.touch()  # the supervisor waits for this before calling the platform ready
 
+    @app.timer(interval=0.5)
+    async def keep_ledger() -> None:
+        # The ledger follows the journal in seq order (see projections/ledger_store.py); Kafka
+        # partitions cannot tell it whether an event came before or after a period's close.
+        if county.settlement is None:
+            return
+        try:
+            pool = await resources.pool()
+            async with pool.acquire() as conn:
+                started = time.perf_counter()
+                applied = await ledger_store.catch_up(conn, county)
+        except TRANSIENT_DB_ERRORS as exc:
+            log.warning("ledger: database unavailable (%s); next tick retries", type(exc).__name__)
+            return
+        if applied:
+            PROJECTION_APPLY_SECONDS.labels(projection="ledger").observe(time.perf_counter() - started)
+            PROJECTION_EVENTS.labels(projection="ledger", result="new").inc(applied)
+
     @app.agent(parcel_topic)
     async def track(stream: faust.StreamT[bytes]) -> None:
         batches = stream.take_events(settings.worker_batch_size, within=0.05)  # type: ignore[attr-defined]
@@ -132,7 +150,7 @@ async def _apply_with_retry(pool: asyncpg.Pool, county: County, envelopes: list[
         try:
             async with pool.acquire() as conn:
                 result = await tracking_store.apply_batch(conn, county, envelopes, offsets)
-        except (asyncpg.PostgresConnectionError, OSError, asyncpg.exceptions.InterfaceError) as exc:
+        except TRANSIENT_DB_ERRORS as exc:
             if time.monotonic() > deadline:
                 raise  # crash loudly: the supervisor restarts us and we resume from stored offsets
             log.warning("database unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)

@@ -30,3 +30,41 @@ async def rebuild_tracking(settings: Settings, county: County, page: int = 5000)
     finally:
         await pool.close()
     return count
+
+
+LEDGER_TABLES = ("settlement_events", "ledger_cursor", "ledger_periods", "ledger_lines")
+SCRATCH = "ledger_rebuild"
+
+
+async def rebuild_ledger_check(settings: Settings, county: County) -> dict[str, int]:
+    """Replay the journal into a scratch schema and compare with the live ledger, line by line.
+
+    The live ledger is never wiped: its closed periods are immutable. Returns the counts of lines
+    live, rebuilt and differing (0 differing means byte-identical postings)."""
+    import asyncpg
+
+    from infra.db import _init_connection
+    from projections import ledger_store
+
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await _init_connection(conn)
+        await conn.execute(f"DROP SCHEMA IF EXISTS {SCRATCH} CASCADE; CREATE SCHEMA {SCRATCH}")
+        for table in LEDGER_TABLES:
+            await conn.execute(f"CREATE TABLE {SCRATCH}.{table} (LIKE public.{table} INCLUDING ALL)")
+        await conn.execute(f"SET search_path TO {SCRATCH}, public")
+        # Its own lock: the live worker may be applying at the same moment.
+        await ledger_store.catch_up(conn, county, page=5000, lock=ledger_store.LEDGER_LOCK + 1)
+        columns = "entry_id, line_no, period, posting_date, unit, kind, account, brand, ref," \
+                  " amount_fen, event_ids, adjusts_period, late_event_id"
+        live = await conn.fetchval("SELECT count(*) FROM public.ledger_lines")
+        rebuilt = await conn.fetchval(f"SELECT count(*) FROM {SCRATCH}.ledger_lines")
+        differing = await conn.fetchval(
+            f"SELECT count(*) FROM ((SELECT {columns} FROM public.ledger_lines EXCEPT ALL"
+            f" SELECT {columns} FROM {SCRATCH}.ledger_lines) UNION ALL"
+            f" (SELECT {columns} FROM {SCRATCH}.ledger_lines EXCEPT ALL"
+            f" SELECT {columns} FROM public.ledger_lines)) d")
+        return {"live": live, "rebuilt": rebuilt, "differing": differing}
+    finally:
+        await conn.execute(f"RESET search_path; DROP SCHEMA IF EXISTS {SCRATCH} CASCADE")
+        await conn.close()

@@ -15,9 +15,11 @@ class TopicSpec:
 PARCEL_EVENTS = TopicSpec("parcel-events", ("parcel.", "consent."), "waybill")
 VEHICLE_EVENTS = TopicSpec("vehicle-events", ("vehicle.",), "trip_id")
 SMS_EVENTS = TopicSpec("sms-events", ("sms.",), "waybill")
+LEDGER_EVENTS = TopicSpec("ledger-events", ("period.",), "period")
 DEAD_LETTER = TopicSpec("dead-letter", (), "original key")
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (PARCEL_EVENTS, VEHICLE_EVENTS, SMS_EVENTS, DEAD_LETTER)
+ALL_TOPICS: tuple[TopicSpec, ...] = (PARCEL_EVENTS, VEHICLE_EVENTS, SMS_EVENTS, LEDGER_EVENTS,
+                                     DEAD_LETTER)
 
 
 class UnroutableEvent(ValueError):

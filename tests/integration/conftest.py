@@ -52,10 +52,13 @@ def tokens(platform: Platform, county: County) -> dict[str, str]:
         "scanner": issue(platform, "scanner", "pda-test", list(county.brands)),
         "scanner-zto": issue(platform, "scanner", "pda-zto", ["ZTO"]),
         "manager": issue(platform, "manager", "manager", []),
+        "finance": issue(platform, "finance", "operator-finance", []),
+        "finance-admin": issue(platform, "finance-admin", "finance-admin", []),
     }
     for brand in county.brands:
         out[f"{brand}-system"] = issue(platform, "brand-system", f"{brand}-sys", [brand])
         out[f"{brand}-brand"] = issue(platform, "brand", f"{brand}-brand", [brand])
+        out[f"{brand}-finance"] = issue(platform, "finance", f"{brand}-finance", [brand])
     return out
 
 

@@ -4,3 +4,6 @@ GRANT USAGE ON SEQUENCE journal_seq_seq TO gongpei_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON relay_cursor, relay_partition_marks, consumer_offsets TO gongpei_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON tracking_events, parcels, consumer_offsets TO gongpei_app;
 GRANT SELECT ON tokens TO gongpei_app;
+GRANT SELECT, INSERT ON settlement_events TO gongpei_app;
+GRANT SELECT, INSERT, UPDATE ON ledger_cursor, ledger_periods TO gongpei_app;
+GRANT SELECT, INSERT, DELETE ON ledger_lines TO gongpei_app;
