@@ -36,10 +36,12 @@ class DemoTraffic:
         self.tokens_dir.mkdir(exist_ok=True)
         wanted: list[tuple[str, str, list[str]]] = [
             ("manager", "manager", []), ("admin", "admin", []),
+            ("finance", "finance", []), ("finance-admin", "finance-admin", []),
             ("scanner", "pda-demo", list(self.county.brands)),
         ]
         for brand in self.county.brands:
-            wanted += [("brand-system", f"{brand}-system", [brand]), ("brand", f"{brand}-brand", [brand])]
+            wanted += [("brand-system", f"{brand}-system", [brand]), ("brand", f"{brand}-brand", [brand]),
+                       ("finance", f"{brand}-finance", [brand])]
         self.tokens = asyncio.run(self._issue(wanted))
         for name, token in self.tokens.items():
             path = self.tokens_dir / name
@@ -76,6 +78,7 @@ class DemoTraffic:
         for brand, events in by_brand.items():
             self._post(self.tokens[f"{brand}-system"], events)
         scans = [e for p in in_flight if (e := self.traffic.advance(p, now))]
+        scans += self.traffic.departures(scans, now)
         try:
             self._post(self.tokens["pda-demo"], scans)
         except httpx.HTTPError as exc:

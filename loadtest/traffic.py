@@ -39,6 +39,7 @@ class CountyTraffic:
     county: County
     seed: int = 7
     parcels: list[Parcel] = field(default_factory=list)
+    departed: set[str] = field(default_factory=set)
     _serial: int = 0
 
     def __post_init__(self) -> None:
@@ -64,10 +65,38 @@ class CountyTraffic:
         action, tier = LIFECYCLE[parcel.step]
         chain = dict(zip(("county", "township", "village"), self.county.planned_chain(parcel.village)))
         payload: dict[str, Any] = {"waybill": parcel.waybill, "action": action, "node_id": chain[tier]}
+        if action in ("loaded", "arrived"):
+            payload["trip_id"] = self.trip_for(parcel.village, at)
         if action == "stored":
             payload["pickup_code"] = (f"{self.rng.randrange(1, 20)}-{self.rng.randrange(1, 6)}-"
                                       f"{self.rng.randrange(1000, 9999)}")
         return envelope("parcel.scanned", 1, at, parcel.brand, f"op-{chain[tier][-6:]}", payload)
+
+
+    def trip_for(self, village: str, at: datetime) -> str:
+        """The fixed run that carries a parcel for this village: its route, day and half-day."""
+        route = self.route_of(village)
+        return f"T-{at:%Y%m%d}-{route}-{'AM' if at.hour < 12 else 'PM'}"
+
+    def route_of(self, village: str) -> str:
+        return next(r.id for r in self.county.routes if village in r.stops)
+
+    def departures(self, scans: list[dict[str, Any]], at: datetime) -> list[dict[str, Any]]:
+        """One `vehicle.departed` for each run first seen in these scans."""
+        out = []
+        for scan in scans:
+            trip = scan["payload"].get("trip_id")
+            if trip and trip not in self.departed:
+                self.departed.add(trip)
+                route = trip.split("-", 2)[2].rsplit("-", 1)[0]
+                run = next(r for r in self.county.route(route).runs  # type: ignore[union-attr]
+                           if r.id.endswith(trip[-2:]))
+                scheduled = at.replace(hour=int(run.departs[:2]), minute=int(run.departs[3:]),
+                                       second=0, microsecond=0)
+                out.append(envelope("vehicle.departed", 1, at, scan["brand"], "driver", {
+                    "trip_id": trip, "route_id": route, "run_id": run.id,
+                    "node_id": self.county.centre.id, "scheduled_at": scheduled.isoformat()}))
+        return out
 
 
 def envelope(event_type: str, version: int, at: datetime, brand: str, operator: str,
