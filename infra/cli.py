@@ -67,6 +67,32 @@ def cmd_relay(args: argparse.Namespace) -> None:
     asyncio.run(main())
 
 
+def cmd_ledger(args: argparse.Namespace) -> None:
+    from infra.db import create_pool
+    from streams import ledger_service
+
+    settings = _settings()
+    county = _county(settings)
+    _log_to_stderr()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if county.settlement is None:
+            logging.getLogger("gongpei.ledger").warning("no [settlement] in the county file; idle")
+            await stop.wait()
+            return
+        pool = await create_pool(settings.app_database_url, max_size=3)
+        try:
+            await ledger_service.run(pool, county, stop)
+        finally:
+            await pool.close()
+
+    asyncio.run(main())
+
+
 def cmd_worker(args: argparse.Namespace) -> None:
     import faust
 
@@ -199,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
     api.set_defaults(func=cmd_api)
     sub.add_parser("relay", help="publish the journal to Kafka").set_defaults(func=cmd_relay)
     sub.add_parser("worker", help="run the stream worker").set_defaults(func=cmd_worker)
+    sub.add_parser("ledger", help="keep the settlement ledger level with the journal").set_defaults(
+        func=cmd_ledger)
     sub.add_parser("migrate", help="create the app role and apply the schema").set_defaults(
         func=cmd_migrate)
 

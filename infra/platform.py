@@ -21,7 +21,7 @@ from infra.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from infra.settings import DEMO_COUNTY, Settings
 
 log = logging.getLogger("gongpei.platform")
-SERVICES = ("relay", "worker", "api")
+SERVICES = ("relay", "worker", "ledger", "api")
 
 
 def _die_with_parent() -> None:
@@ -135,11 +135,18 @@ class Platform:
                 child = self.children[name]
                 if not child.alive():
                     raise RuntimeError(f"{name} exited during start-up; see {child.log_path}")
-                if name == "api" and self._api_healthy() or name == "worker" and (self.state_dir / "worker.ready").exists() or name == "relay":
+                if self._ready(name):
                     pending.discard(name)
             time.sleep(0.1)
         if pending:
             raise RuntimeError(f"not ready within {timeout:.0f} s: {', '.join(sorted(pending))}")
+
+    def _ready(self, name: str) -> bool:
+        if name == "api":
+            return self._api_healthy()
+        if name == "worker":
+            return (self.state_dir / "worker.ready").exists()
+        return True  # relay and ledger are ready once running: they catch up from PostgreSQL
 
     def _api_healthy(self) -> bool:
         try:
@@ -182,7 +189,7 @@ class Platform:
         self.pg.start()
 
     def stop(self) -> None:
-        for name in ("api", "worker", "relay"):
+        for name in ("api", "worker", "ledger", "relay"):
             if name in self.children:
                 self.children[name].stop()
         if self.broker:

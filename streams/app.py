@@ -24,7 +24,7 @@ from domain.county import County
 from domain.envelope import Envelope
 from infra.db import TRANSIENT_DB_ERRORS, create_pool
 from infra.settings import Settings
-from projections import ledger_store, tracking_store
+from projections import tracking_store
 from projections.metrics import (
     CONSUMER_LAG,
     DEAD_LETTERS,
@@ -91,24 +91,6 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
                 log.info("resume %s[%s] at stored offset %s", tp.topic, tp.partition, offset)
         if ready_file is not None and assigned:
             ready_file.touch()  # the supervisor waits for this before calling the platform ready
-
-    @app.timer(interval=0.5)
-    async def keep_ledger() -> None:
-        # The ledger follows the journal in seq order (see projections/ledger_store.py); Kafka
-        # partitions cannot tell it whether an event came before or after a period's close.
-        if county.settlement is None:
-            return
-        try:
-            pool = await resources.pool()
-            async with pool.acquire() as conn:
-                started = time.perf_counter()
-                applied = await ledger_store.catch_up(conn, county)
-        except TRANSIENT_DB_ERRORS as exc:
-            log.warning("ledger: database unavailable (%s); next tick retries", type(exc).__name__)
-            return
-        if applied:
-            PROJECTION_APPLY_SECONDS.labels(projection="ledger").observe(time.perf_counter() - started)
-            PROJECTION_EVENTS.labels(projection="ledger", result="new").inc(applied)
 
     @app.agent(parcel_topic)
     async def track(stream: faust.StreamT[bytes]) -> None:
