@@ -58,6 +58,7 @@ class County:
     nodes: dict[str, Node]
     routes: tuple[Route, ...]
     settlement: Any = None  # domain.settlement.config.SettlementConfig, when the file has one
+    sla: Any = None         # domain.sla.SlaConfig, when the file has one
 
     @cached_property
     def centre(self) -> Node:
@@ -170,8 +171,13 @@ def parse_county(doc: dict[str, Any], source: str = "county") -> County:
         from domain.settlement.config import parse_settlement
 
         settlement = parse_settlement(doc, source, {r.id for r in routes})
+    sla = None
+    if "sla" in doc:
+        from domain.sla import parse_sla
+
+        sla = parse_sla(doc, source)
     return County(code, _req(head, "name", str, source, "[county]"), offset, brands, nodes,
-                  tuple(routes), settlement)
+                  tuple(routes), settlement, sla)
 
 
 def load_county(path: str | Path) -> County:

@@ -35,3 +35,11 @@ PROJECTION_EVENTS = Counter(
     ["projection", "result"],
 )
 DEAD_LETTERS = Counter("gongpei_dead_letters", "Messages sent to the dead-letter topic", ["reason"])
+SLA_ON_TIME = Gauge(
+    "gongpei_sla_on_time_ratio", "Today's share of finished legs on time (county-local day)",
+    ["leg"], multiprocess_mode="livemax",
+)
+SLA_AT_RISK = Gauge(
+    "gongpei_sla_at_risk_legs", "Open legs past their at-risk point and not yet due", ["leg"],
+    multiprocess_mode="livemax",
+)

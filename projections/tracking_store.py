@@ -125,8 +125,20 @@ async def reset(conn: asyncpg.Connection, consumer: str = PROJECTION) -> None:
         await conn.execute("DELETE FROM consumer_offsets WHERE consumer = $1", consumer)
 
 
-async def stored_offsets(conn: asyncpg.Connection, consumer: str = PROJECTION) -> dict[tuple[str, int], int]:
-    rows = await conn.fetch(
-        "SELECT topic, partition, next_offset FROM consumer_offsets WHERE consumer = $1", consumer
-    )
-    return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+async def stored_offsets(conn: asyncpg.Connection,
+                         consumers: Mapping[str, Sequence[str]]) -> dict[tuple[str, int], int]:
+    """Where to resume each partition: the lowest offset any consumer reading that topic stored
+    (0 when one of them has none yet); re-read events are dropped by each inbox."""
+    rows = await conn.fetch("SELECT consumer, topic, partition, next_offset FROM consumer_offsets")
+    stored: dict[tuple[str, str, int], int] = {
+        (r["consumer"], r["topic"], r["partition"]): r["next_offset"] for r in rows}
+    out: dict[tuple[str, int], int] = {}
+    for consumer, topics in consumers.items():
+        for (c, topic, partition), offset in stored.items():
+            if c == consumer and topic in topics:
+                out[(topic, partition)] = min(out.get((topic, partition), offset), offset)
+    for (topic, partition) in list(out):
+        readers = [c for c, topics in consumers.items() if topic in topics]
+        if any((c, topic, partition) not in stored for c in readers):
+            out[(topic, partition)] = 0
+    return out

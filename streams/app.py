@@ -11,6 +11,7 @@ import asyncio
 import logging
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,17 @@ from domain.county import County
 from domain.envelope import Envelope
 from infra.db import TRANSIENT_DB_ERRORS, create_pool
 from infra.settings import Settings
-from projections import tracking_store
+from projections import sla_queries, sla_store, tracking_store
 from projections.metrics import (
     CONSUMER_LAG,
     DEAD_LETTERS,
     PROJECTION_APPLY_SECONDS,
     PROJECTION_EVENTS,
 )
-from streams.topics import DEAD_LETTER, PARCEL_EVENTS
+from streams.topics import DEAD_LETTER, PARCEL_EVENTS, VEHICLE_EVENTS
+
+# Which topics each projection reads: a partition resumes at the lowest offset among its readers.
+READERS = {"tracking": (PARCEL_EVENTS.name,), "sla": (PARCEL_EVENTS.name, VEHICLE_EVENTS.name)}
 
 log = logging.getLogger("gongpei.worker")
 APP_ID = "gongpei-tracking"
@@ -76,6 +80,8 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
     resources = Resources(settings)
     parcel_topic = app.topic(PARCEL_EVENTS.name, key_type=bytes, value_type=bytes,
                              key_serializer="raw", value_serializer="raw")
+    movements = app.topic(PARCEL_EVENTS.name, VEHICLE_EVENTS.name, key_type=bytes,
+                          value_type=bytes, key_serializer="raw", value_serializer="raw")
     dead_letter = app.topic(DEAD_LETTER.name, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw")
 
@@ -83,7 +89,7 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
     async def seek_to_stored(sender: Any, assigned: set[Any], **_: Any) -> None:
         pool = await resources.pool()
         async with pool.acquire() as conn:
-            stored = await tracking_store.stored_offsets(conn)
+            stored = await tracking_store.stored_offsets(conn, READERS)
         for tp in assigned:
             offset = stored.get((tp.topic, tp.partition))
             if offset is not None:
@@ -92,12 +98,34 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
         if ready_file is not None and assigned:
             ready_file.touch()  # the supervisor waits for this before calling the platform ready
 
+    @app.agent(movements)
+    async def keep_sla(stream: faust.StreamT[bytes]) -> None:
+        batches = stream.take_events(settings.worker_batch_size, within=0.05)  # type: ignore[attr-defined]
+        async for batch in batches:
+            envelopes, offsets = await _decode(batch, dead_letter)
+            if county.sla is not None:
+                await _apply_with_retry(await resources.pool(), county, envelopes, offsets,
+                                        sla_store.apply_batch, "sla")
+
+    @app.timer(interval=15.0)
+    async def sla_gauges() -> None:
+        # Gauges for alert rules; "now" is the worker's clock here, never inside a reducer.
+        if county.sla is None:
+            return
+        try:
+            pool = await resources.pool()
+            async with pool.acquire() as conn:
+                await sla_queries.export_gauges(conn, county, datetime.now(UTC))
+        except TRANSIENT_DB_ERRORS:
+            log.warning("sla gauges: database unavailable")
+
     @app.agent(parcel_topic)
     async def track(stream: faust.StreamT[bytes]) -> None:
         batches = stream.take_events(settings.worker_batch_size, within=0.05)  # type: ignore[attr-defined]
         async for batch in batches:
             envelopes, offsets = await _decode(batch, dead_letter)
-            await _apply_with_retry(await resources.pool(), county, envelopes, offsets)
+            await _apply_with_retry(await resources.pool(), county, envelopes, offsets,
+                                    tracking_store.apply_batch, "tracking")
             _report_lag(app, offsets)
 
     return app
@@ -124,14 +152,15 @@ async def _decode(batch: list[Any], dead_letter: Any) -> tuple[list[Envelope], d
 
 
 async def _apply_with_retry(pool: asyncpg.Pool, county: County, envelopes: list[Envelope],
-                            offsets: dict[tuple[str, int], int]) -> None:
+                            offsets: dict[tuple[str, int], int], apply: Any,
+                            projection: str) -> None:
     deadline = time.monotonic() + APPLY_RETRY_SECONDS
     delay = 0.2
     while True:
         started = time.perf_counter()
         try:
             async with pool.acquire() as conn:
-                result = await tracking_store.apply_batch(conn, county, envelopes, offsets)
+                result = await apply(conn, county, envelopes, offsets)
         except TRANSIENT_DB_ERRORS as exc:
             if time.monotonic() > deadline:
                 raise  # crash loudly: the supervisor restarts us and we resume from stored offsets
@@ -139,9 +168,9 @@ async def _apply_with_retry(pool: asyncpg.Pool, county: County, envelopes: list[
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
             continue
-        PROJECTION_APPLY_SECONDS.labels(projection="tracking").observe(time.perf_counter() - started)
-        PROJECTION_EVENTS.labels(projection="tracking", result="new").inc(result.new)
-        PROJECTION_EVENTS.labels(projection="tracking", result="duplicate").inc(result.duplicate)
+        PROJECTION_APPLY_SECONDS.labels(projection=projection).observe(time.perf_counter() - started)
+        PROJECTION_EVENTS.labels(projection=projection, result="new").inc(result.new)
+        PROJECTION_EVENTS.labels(projection=projection, result="duplicate").inc(result.duplicate)
         return
 
 

@@ -18,6 +18,45 @@ TOWNSHIPS = [
 VILLAGE_NAMES = ["王家村", "李家村", "张家堡", "刘家沟", "河东村", "山前村", "新立村", "三台子村"]
 
 
+SLA = """
+# Service levels (the SLA clocks of the programme plans). A leg starts at the parcel's first scan at
+# a node of from_tier and ends at its first later scan at a node of to_tier.
+[sla]
+run_tolerance_minutes = 15   # a run within 15 min of its timetable is punctual
+at_risk_permille = 750       # an open leg past 75 % of its budget is at risk
+target_permille = 950        # the on-time target shown on the dashboard
+
+[[sla.legs]]
+id = "county_to_township"
+name = "县仓→乡镇站 12小时"
+from_tier = "county"
+to_tier = "township"
+budget_minutes = 720
+expect_actions = ["loaded"]
+
+[[sla.legs]]
+id = "township_to_village"
+name = "乡镇站→村服务点 24小时"
+from_tier = "township"
+to_tier = "village"
+budget_minutes = 1440
+
+[[sla.legs]]
+id = "centre_to_village"
+name = "县中心→村服务点 48小时"
+from_tier = "county"
+to_tier = "village"
+budget_minutes = 2880
+
+[[sla.legs]]
+id = "village_to_county"
+name = "村收寄→县仓 14:00前当日"
+direction = "up"
+from_tier = "village"
+to_tier = "county"
+cutoff = "14:00"
+"""
+
 SETTLEMENT = """
 # Settlement: what brands pay the co-delivery operator, and what it pays stations and carriers.
 # Amounts in fen. A new [[settlement.versions]] entry with a later effective_from changes them.
@@ -61,7 +100,7 @@ def main() -> None:
                   f"distance_m = {distance}",
                   (f'runs = [{{ id = "R-{code}-AM", departs = "08:00", arrives = "11:00" }},'
                    f' {{ id = "R-{code}-PM", departs = "14:30", arrives = "17:30" }}]'), ""]
-    lines += SETTLEMENT.splitlines()
+    lines += SLA.splitlines() + SETTLEMENT.splitlines()
     Path(__file__).with_name("haicheng.toml").write_text("\n".join(lines), encoding="utf-8")
 
 

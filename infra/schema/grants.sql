@@ -7,3 +7,5 @@ GRANT SELECT ON tokens TO gongpei_app;
 GRANT SELECT, INSERT ON settlement_events TO gongpei_app;
 GRANT SELECT, INSERT, UPDATE ON ledger_cursor, ledger_periods TO gongpei_app;
 GRANT SELECT, INSERT, DELETE ON ledger_lines TO gongpei_app;
+GRANT SELECT, INSERT ON sla_events TO gongpei_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON sla_legs, sla_daily, sla_runs TO gongpei_app;

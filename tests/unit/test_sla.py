@@ -1,0 +1,154 @@
+"""SLA legs: every outcome and every breach cause from a small narrated scenario."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from domain.county import load_county
+from domain.envelope import Envelope
+from domain.events import PAYLOADS
+from domain.sla import LegOutcome, evaluate_parcel, live_status
+from infra.settings import DEMO_COUNTY
+
+COUNTY = load_county(DEMO_COUNTY)
+SLA = COUNTY.sla
+CST = timezone(timedelta(hours=8))
+DAY = datetime(2026, 11, 11, 0, 0, tzinfo=CST)
+W = "ZT7300012345678"
+_n = iter(range(10**6))
+
+
+def at(hours: float) -> datetime:
+    return DAY + timedelta(hours=hours)
+
+
+def ev(event_type: str, when: datetime, **payload: Any) -> Envelope:
+    version = 2 if event_type == "parcel.registered" else 1
+    return Envelope(event_id=f"00000000-0000-7000-8000-{next(_n):012d}", type=event_type,
+                    schema_version=version, occurred_at=when, recorded_at=when, device_id="d",
+                    brand="ZTO", operator_id="op",
+                    payload=PAYLOADS[(event_type, version)].model_validate(payload))
+
+
+def reg() -> Envelope:
+    return ev("parcel.registered", at(-2), waybill=W, recipient_phone="13812345678",
+              destination_village="VIL-XILIU-01", weight_g=900)
+
+
+def scan(hours: float, action: str, node: str, **kw: Any) -> Envelope:
+    return ev("parcel.scanned", at(hours), waybill=W, action=action, node_id=node, **kw)
+
+
+def run(kind: str, hours: float, scheduled: float, node: str = "CTY-HAICHENG") -> Envelope:
+    return ev(f"vehicle.{kind}", at(hours), trip_id="T1", route_id="R-XILIU", run_id="R-XILIU-AM",
+              node_id=node, scheduled_at=at(scheduled).isoformat())
+
+
+def legs(events: list[Envelope], trips: list[Envelope] | None = None) -> dict[str, LegOutcome]:
+    return {o.leg: o for o in evaluate_parcel(W, events, {"T1": trips or []}, COUNTY, SLA)}
+
+
+def down(to_township: float, to_village: float, *extra: Envelope, loaded: bool = True) -> list[Envelope]:
+    events = [reg(), scan(6, "received", "CTY-HAICHENG")]
+    if loaded:
+        events.append(scan(7.5, "loaded", "CTY-HAICHENG", trip_id="T1"))
+    return events + [scan(to_township, "arrived", "TWN-XILIU"),
+                     scan(to_village, "stored", "VIL-XILIU-01", pickup_code="1-1-1"), *extra]
+
+
+def test_given_a_parcel_that_keeps_every_clock_then_all_downward_legs_are_on_time() -> None:
+    # received at the centre 06:00, at the township 10:00, stored in the village 16:00
+    result = legs(down(10, 16))
+    assert {k: v.outcome for k, v in result.items()} == {
+        "county_to_township": "on_time", "township_to_village": "on_time",
+        "centre_to_village": "on_time"}
+    assert result["county_to_township"].route_id == "R-XILIU"
+
+
+def test_given_a_parcel_still_on_its_way_then_open_then_at_risk_then_late_as_time_passes() -> None:
+    leg = legs([reg(), scan(6, "received", "CTY-HAICHENG")])["county_to_township"]
+    assert leg.outcome == "open" and leg.end_at is None
+    assert live_status(leg, at(10)) == "open"        # 4 of 12 hours used
+    assert live_status(leg, at(15.5)) == "at_risk"   # past 75 % (9 h)
+    assert live_status(leg, at(18.5)) == "late"      # past 12 h, with no scan at the township
+
+
+def test_given_a_late_run_departure_then_the_breach_is_run_departed_late() -> None:
+    result = legs(down(20, 30), [run("departed", 11, 8)])  # the 08:00 run left at 11:00
+    leg = result["county_to_township"]
+    assert (leg.outcome, leg.minutes_over, leg.cause) == ("late", 120, "run_departed_late")
+
+
+def test_given_a_late_run_arrival_then_the_breach_is_run_arrived_late() -> None:
+    result = legs(down(20, 30), [run("departed", 8.1, 8), run("arrived", 20, 11, "TWN-XILIU")])
+    assert result["county_to_township"].cause == "run_arrived_late"
+
+
+def test_given_a_parcel_that_missed_its_run_then_the_breach_is_missed_run() -> None:
+    # at the centre at 06:00, but it rode the 14:30 run (on time), not the 08:00 one
+    trips = [ev("vehicle.departed", at(14.5), trip_id="T1", route_id="R-XILIU", run_id="R-XILIU-PM",
+                node_id="CTY-HAICHENG", scheduled_at=at(14.5).isoformat())]
+    result = legs(down(19, 30), trips)
+    assert result["county_to_township"].cause == "missed_run"
+
+
+def test_given_no_loaded_scan_then_the_breach_is_a_missing_scan() -> None:
+    assert legs(down(20, 30, loaded=False))["county_to_township"].cause == "missing_scan"
+
+
+def test_given_a_problem_scan_then_the_breach_is_a_problem_parcel() -> None:
+    events = down(20, 30, scan(9, "problem", "CTY-HAICHENG", problem_reason="damaged"))
+    assert legs(events)["county_to_township"].cause == "problem"
+
+
+def test_given_a_detour_through_another_township_then_the_breach_is_misrouting() -> None:
+    events = down(20, 30, scan(12, "arrived", "TWN-TENGAO"))
+    assert legs(events)["county_to_township"].cause == "misrouted"
+
+
+def test_given_nothing_explains_the_delay_then_the_cause_is_unknown() -> None:
+    assert legs(down(20, 30))["county_to_township"].cause == "unknown"
+
+
+def upward(hand_in: datetime, at_county: datetime) -> LegOutcome:
+    events = [ev("parcel.scanned", hand_in, waybill=W, action="received", node_id="VIL-XILIU-01"),
+              ev("parcel.scanned", at_county, waybill=W, action="arrived", node_id="CTY-HAICHENG")]
+    return {o.leg: o for o in evaluate_parcel(W, events, {}, COUNTY, SLA)}["village_to_county"]
+
+
+def test_the_14_00_cutoff_on_both_sides_of_the_minute() -> None:
+    # handed in at 13:59: due the same day; at 14:00: due the next day
+    assert upward(at(13 + 59 / 60), at(23.5)).outcome == "on_time"
+    assert upward(at(13 + 59 / 60), at(24.5)).outcome == "late"
+    assert upward(at(14), at(24.5)).outcome == "on_time"
+    assert upward(at(14), at(48.5)).outcome == "late"
+
+
+def test_the_cutoff_across_midnight_and_the_utc_date_boundary() -> None:
+    # 07:30 county time is 23:30 UTC the day before: the county's day decides, not UTC's
+    early = upward(at(7.5), at(23.9))
+    assert early.outcome == "on_time" and early.due_at == DAY + timedelta(days=1)
+    assert early.day == DAY.date()
+    # handed in at 23:00 (after the cut-off), reaching the centre at 01:00: due the next midnight
+    late_evening = upward(at(23), at(25))
+    assert late_evening.due_at == DAY + timedelta(days=2) and late_evening.outcome == "on_time"
+
+
+LIFE = down(20, 30, scan(33, "delivered", "VIL-XILIU-01"))
+TRIPS = [run("departed", 11, 8), run("arrived", 13, 11, "TWN-XILIU")]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.randoms(use_true_random=False), st.lists(st.integers(0, len(LIFE) - 1), max_size=6))
+def test_property_shuffled_and_duplicated_events_give_the_same_outcomes(
+        rnd: random.Random, dups: list[int]) -> None:
+    events = LIFE + [LIFE[i] for i in dups]
+    trips = TRIPS + TRIPS[:1]
+    rnd.shuffle(events)
+    rnd.shuffle(trips)
+    assert legs(events, trips) == legs(LIFE, TRIPS)
