@@ -136,7 +136,8 @@ async def dashboard_data(principal: PrincipalDep, pool: PoolDep, county: CountyD
                          for a in await q.by_area(conn, day, "township_to_village", "village")],
             "causes": [{"cause": c, "label": CAUSE_LABELS.get(c, c), "count": n}
                        for c, n in (await q.causes(conn, day, where)).items()],
-            "at_risk": await q.at_risk(conn, now, where, limit=30),
+            "at_risk": [{**a, "village_name": names.get(a["village"] or "", a["village"])}
+                        for a in await q.at_risk(conn, now, where, limit=30)],
             "runs": await q.runs(conn, day, sla.run_tolerance_minutes),
             "coverage": await q.coverage(conn, county, day),
         }

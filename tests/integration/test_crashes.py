@@ -7,7 +7,7 @@ import httpx
 
 from domain.county import County
 from infra.platform import Platform
-from tests.integration.conftest import bearer, db_fetch, wait_for
+from tests.conftest import bearer, db_fetch, wait_for
 from tests.integration.test_spine import _ingest, _lifecycle, _post, _wait_timeline
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from infra.platform import Platform
 from loadtest.traffic import event_id
-from tests.integration.conftest import bearer, db_fetch
+from tests.conftest import bearer, db_fetch
 
 
 def scan(**overrides: Any) -> dict[str, Any]:

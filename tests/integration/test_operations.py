@@ -11,7 +11,7 @@ import httpx
 
 from domain.events import CURRENT_VERSION
 from infra.platform import Platform
-from tests.integration.conftest import bearer
+from tests.conftest import bearer
 
 
 def gongpei(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:

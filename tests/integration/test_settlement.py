@@ -15,8 +15,8 @@ from openpyxl import load_workbook
 
 from domain.county import County
 from infra.platform import Platform
+from tests.conftest import bearer, wait_for
 from tests.fixtures.settlement import october
-from tests.integration.conftest import bearer, wait_for
 from tests.integration.test_spine import _post
 
 

@@ -10,7 +10,7 @@ import httpx
 from domain.county import County
 from infra.platform import Platform
 from loadtest.traffic import CountyTraffic, county_time
-from tests.integration.conftest import bearer, db_fetch, wait_for
+from tests.conftest import bearer, db_fetch, wait_for
 
 
 def _post(client: httpx.Client, token: str, events: list[dict[str, Any]]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import asyncio
 import asyncpg
 
 from infra.platform import Platform
-from tests.integration.conftest import wait_for
+from tests.conftest import wait_for
 
 
 def _as_app(platform: Platform, scope: str | None) -> tuple[set[str], int, bool]:

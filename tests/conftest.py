@@ -1,4 +1,4 @@
-"""The integration tier runs against the real embedded broker and PostgreSQL, started here once per
+"""The integration and e2e tiers run against the real embedded broker and PostgreSQL, started here once per
 session on free ports, with the relay, the worker and the API as real child processes."""
 
 from __future__ import annotations
