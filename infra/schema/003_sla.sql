@@ -31,6 +31,9 @@ CREATE TABLE sla_legs (
 );
 CREATE INDEX sla_legs_day ON sla_legs (day, leg);
 CREATE INDEX sla_legs_open ON sla_legs (due_at) WHERE outcome = 'open';
+-- Breaches are a few percent of a day's legs: read them without scanning the day.
+CREATE INDEX sla_legs_late ON sla_legs (day, minutes_over DESC) WHERE outcome = 'late';
+CREATE INDEX sla_legs_late_cause ON sla_legs (day, cause) WHERE outcome = 'late';
 
 -- Finished legs counted per day and slice: a day's rates are read from here, not from sla_legs.
 CREATE TABLE sla_daily (
