@@ -19,6 +19,7 @@ COUNTY = load_county(DEMO_COUNTY)
 SLA = COUNTY.sla
 CST = timezone(timedelta(hours=8))
 DAY = datetime(2026, 11, 11, 0, 0, tzinfo=CST)
+SCRIPT_DAY = datetime(2026, 9, 15, tzinfo=CST)
 W = "ZT7300012345678"
 _n = iter(range(10**6))
 
@@ -152,3 +153,43 @@ def test_property_shuffled_and_duplicated_events_give_the_same_outcomes(
     rnd.shuffle(events)
     rnd.shuffle(trips)
     assert legs(events, trips) == legs(LIFE, TRIPS)
+
+
+def _envelopes_of(raw_events: list[dict[str, Any]]) -> list[Envelope]:
+    from domain.validation import validate_batch
+
+    envs = validate_batch(raw_events, county=COUNTY, permitted_brands=frozenset(COUNTY.brands),
+                          device_id="d", recorded_at=datetime(2026, 9, 20, tzinfo=CST))
+    assert all(isinstance(e, Envelope) for e in envs)
+    return envs  # type: ignore[return-value]
+
+
+def _day_counts(envs: list[Envelope]) -> dict[tuple[Any, ...], int]:
+    """Evaluate every parcel of a day and count outcomes per (day, leg, brand, outcome, cause)."""
+    from collections import Counter, defaultdict
+
+    by_waybill: dict[str, list[Envelope]] = defaultdict(list)
+    trips: dict[str, list[Envelope]] = defaultdict(list)
+    for e in envs:
+        key = getattr(e.payload, "waybill", None)
+        if key is not None:
+            by_waybill[key].append(e)
+        else:
+            trips[e.payload.trip_id].append(e)  # type: ignore[attr-defined]
+    return Counter((o.day, o.leg, o.brand, o.outcome, o.cause)
+                   for w, evs in by_waybill.items()
+                   for o in evaluate_parcel(w, evs, trips, COUNTY, SLA))
+
+
+def test_property_a_whole_day_shuffled_and_duplicated_counts_the_same() -> None:
+    from tests.fixtures.sla import day as script
+
+    regs, scans = script.day()
+    envs = _envelopes_of([e for evs in regs.values() for e in evs] + scans)
+    expected = _day_counts(envs)
+    assert expected[(SCRIPT_DAY.date(), "county_to_township", "ZTO", "late", "missed_run")] == 15
+    rnd = random.Random(20260915)
+    for _ in range(3):
+        redelivered = envs + rnd.sample(envs, 400)  # the same events again, same event_ids
+        rnd.shuffle(redelivered)
+        assert _day_counts(redelivered) == expected
