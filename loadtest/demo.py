@@ -24,7 +24,10 @@ class DemoTraffic:
         assert platform.settings is not None
         self.platform = platform
         self.county = load_county(platform.settings.county_file)
-        self.traffic = CountyTraffic(self.county, seed=int(datetime.now(UTC).timestamp()) % 97)
+        # One parcel in eight comes from a scanner that was offline half a day: the dashboard then
+        # has breaches to explain, as on a real morning.
+        self.traffic = CountyTraffic(self.county, seed=int(datetime.now(UTC).timestamp()) % 97,
+                                     late_share=0.125)
         self.tokens_dir = state / "demo-tokens"
         self.new_per_step = new_per_step
         self.max_in_flight = max_in_flight

@@ -30,6 +30,7 @@ class Parcel:
     village: str
     phone: str
     step: int = -1  # index into LIFECYCLE of the last scan sent; -1: only registered
+    late_upload_hours: int = 0  # its centre scan reaches us this many hours after it happened
 
 
 @dataclass
@@ -38,6 +39,8 @@ class CountyTraffic:
 
     county: County
     seed: int = 7
+    late_share: float = 0.0       # share of parcels whose centre scan is uploaded late
+    late_upload_hours: int = 13
     parcels: list[Parcel] = field(default_factory=list)
     departed: set[str] = field(default_factory=set)
     _serial: int = 0
@@ -51,7 +54,8 @@ class CountyTraffic:
         brand = self.rng.choice(self.county.brands)
         waybill = f"{BRAND_PREFIX.get(brand, 'GP')}{self.seed:02d}{self._serial:011d}"
         phone = f"1{self.rng.choice('3578')}{self.rng.randrange(10**9):09d}"
-        parcel = Parcel(waybill, brand, self.rng.choice(self.villages), phone)
+        parcel = Parcel(waybill, brand, self.rng.choice(self.villages), phone,
+                        late_upload_hours=self.late_upload_hours if self.rng.random() < self.late_share else 0)
         self.parcels.append(parcel)
         return parcel, envelope("parcel.registered", 2, at, brand, "manifest", {
             "waybill": waybill, "recipient_phone": phone, "destination_village": parcel.village,
@@ -65,6 +69,9 @@ class CountyTraffic:
         action, tier = LIFECYCLE[parcel.step]
         chain = dict(zip(("county", "township", "village"), self.county.planned_chain(parcel.village)))
         payload: dict[str, Any] = {"waybill": parcel.waybill, "action": action, "node_id": chain[tier]}
+        if action == "received" and parcel.late_upload_hours:
+            # A handheld that was offline: the scan happened hours ago and reaches us only now.
+            at = at - timedelta(hours=parcel.late_upload_hours)
         if action in ("loaded", "arrived"):
             payload["trip_id"] = self.trip_for(parcel.village, at)
         if action == "stored":
