@@ -89,7 +89,8 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
     async def seek_to_stored(sender: Any, assigned: set[Any], **_: Any) -> None:
         pool = await resources.pool()
         async with pool.acquire() as conn:
-            stored = await tracking_store.stored_offsets(conn, READERS)
+            readers = READERS if county.sla is not None else {"tracking": READERS["tracking"]}
+            stored = await tracking_store.stored_offsets(conn, readers)
         for tp in assigned:
             offset = stored.get((tp.topic, tp.partition))
             if offset is not None:
