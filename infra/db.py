@@ -31,6 +31,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def discard(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+    """Close a pooled connection and hand it back, whatever state an outage left it in.
+
+    Closing drops its LISTEN and session advisory locks with it; asyncpg may already have
+    detached a connection that died, in which case there is nothing left to do."""
+    try:
+        conn.terminate()
+        await pool.release(conn)
+    except asyncpg.exceptions.InterfaceError:
+        pass
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """A pool whose connections speak jsonb through orjson."""
     pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,

@@ -87,15 +87,26 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def seek_to_stored(sender: Any, assigned: set[Any], **_: Any) -> None:
-        pool = await resources.pool()
-        async with pool.acquire() as conn:
-            readers = READERS if county.sla is not None else {"tracking": READERS["tracking"]}
-            stored = await tracking_store.stored_offsets(conn, readers)
-        for tp in assigned:
-            offset = stored.get((tp.topic, tp.partition))
-            if offset is not None:
-                await app.consumer.seek(tp, offset)
-                log.info("resume %s[%s] at stored offset %s", tp.topic, tp.partition, offset)
+        readers = READERS if county.sla is not None else {"tracking": READERS["tracking"]}
+        deadline = time.monotonic() + APPLY_RETRY_SECONDS
+        while True:  # no partition is consumed before we know where its read models left off
+            try:
+                pool = await resources.pool()
+                async with pool.acquire() as conn:
+                    stored = await tracking_store.stored_offsets(conn, readers)
+                break
+            except TRANSIENT_DB_ERRORS as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("resume: database unavailable (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(0.5)
+        # seek_wait runs inside the consumer's own thread; Faust's plain seek() touches aiokafka's
+        # fetcher from ours and races it (a KeyError in fetched_records after a restart).
+        resume = {tp: stored[(tp.topic, tp.partition)] for tp in assigned
+                  if (tp.topic, tp.partition) in stored}
+        if resume:
+            await app.consumer.seek_wait(resume)
+            log.info("resumed %d partitions at their stored offsets", len(resume))
         if ready_file is not None and assigned:
             ready_file.touch()  # the supervisor waits for this before calling the platform ready
 

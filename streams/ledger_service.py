@@ -13,7 +13,7 @@ import time
 import asyncpg
 
 from domain.county import County
-from infra.db import TRANSIENT_DB_ERRORS
+from infra.db import TRANSIENT_DB_ERRORS, discard
 from projections import journal, ledger_store
 from projections.metrics import PROJECTION_APPLY_SECONDS, PROJECTION_EVENTS
 
@@ -39,7 +39,7 @@ async def run(pool: asyncpg.Pool, county: County, stop: asyncio.Event, tick: flo
         except TRANSIENT_DB_ERRORS as exc:
             log.warning("database unavailable (%s); retrying", type(exc).__name__)
             if listener is not None:
-                await pool.release(listener)
+                await discard(pool, listener)  # a fresh one, listening again, next time round
                 listener = None
         wake.clear()
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
@@ -47,4 +47,4 @@ async def run(pool: asyncpg.Pool, county: County, stop: asyncio.Event, tick: flo
         for w in waiters:
             w.cancel()
     if listener is not None:
-        await pool.release(listener)
+        await discard(pool, listener)

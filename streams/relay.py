@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from infra.db import TRANSIENT_DB_ERRORS, discard
 from infra.settings import Settings
 from projections import journal
 from projections.metrics import RELAY_LAG, RELAY_PUBLISHED, RELAY_REPUBLISHES
@@ -167,25 +168,32 @@ class Relay:
 
     async def run(self, stop: asyncio.Event, on_ready: Callable[[], Awaitable[None]] | None = None,
                   check_every: float = 2.0) -> None:
-        """Publish until `stop` is set, surviving broker outages and restarts."""
-        listen_conn = await self.pool.acquire()
-        try:
-            # One relay per journal: a second instance waits here as a hot standby.
-            await listen_conn.execute("SELECT pg_advisory_lock($1)", RELAY_LOCK)
-            await listen_conn.add_listener(journal.NOTIFY_CHANNEL, self._on_notify)
-            if on_ready:
-                await on_ready()
-            while not stop.is_set():
-                try:
-                    await self._session(stop, check_every)
-                except (TimeoutError, KafkaError, OSError) as exc:
-                    log.warning("broker unavailable (%s); retrying in 1 s", type(exc).__name__)
-                    await self._close_producer()
-                    await _sleep_or_stop(stop, 1.0)
-        finally:
-            await self._close_producer()
-            await listen_conn.remove_listener(journal.NOTIFY_CHANNEL, self._on_notify)
-            await self.pool.release(listen_conn)
+        """Publish until `stop` is set, surviving broker and database outages and restarts."""
+        ready = False
+        while not stop.is_set():
+            listen_conn: asyncpg.Connection | None = None
+            try:
+                listen_conn = await self.pool.acquire()
+                # One relay per journal: a second instance waits here as a hot standby.
+                await listen_conn.execute("SELECT pg_advisory_lock($1)", RELAY_LOCK)
+                await listen_conn.add_listener(journal.NOTIFY_CHANNEL, self._on_notify)
+                if on_ready and not ready:
+                    ready = True
+                    await on_ready()
+                while not stop.is_set():
+                    try:
+                        await self._session(stop, check_every)
+                    except (TimeoutError, KafkaError) as exc:
+                        log.warning("broker unavailable (%s); retrying in 1 s", type(exc).__name__)
+                        await self._close_producer()
+                        await _sleep_or_stop(stop, 1.0)
+            except TRANSIENT_DB_ERRORS as exc:
+                log.warning("database unavailable (%s); retrying in 1 s", type(exc).__name__)
+                await _sleep_or_stop(stop, 1.0)
+            finally:
+                await self._close_producer()
+                if listen_conn is not None:
+                    await discard(self.pool, listen_conn)
 
     async def _session(self, stop: asyncio.Event, check_every: float) -> None:
         await ensure_topics(self.settings)

@@ -6,6 +6,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from infra.platform import Platform
 from loadtest.traffic import event_id
@@ -46,6 +48,18 @@ def test_given_a_malformed_body_then_a_precise_4xx(
     r = post(client, tokens["scanner"], raw=body_bytes)
     assert r.status_code == status, r.text
     assert r.json()["error"]["code"] == code and r.json()["error"]["path"] == path
+
+
+def test_given_an_integer_beyond_64_bits_then_that_event_is_rejected_as_wrong_type(
+        client: httpx.Client, tokens: dict[str, str]) -> None:
+    import orjson
+
+    raw = orjson.dumps({"events": [scan(schema_version=0)]}).replace(
+        b'"schema_version":0', b'"schema_version":123456789012345678901234567890')
+    r = post(client, tokens["scanner"], raw=raw)
+    assert r.status_code == 200
+    result = r.json()["results"][0]
+    assert (result["reason"], result["path"]) == ("wrong_type", "$.events[0].schema_version")
 
 
 def test_given_more_than_500_events_then_422(client: httpx.Client, tokens: dict[str, str]) -> None:
@@ -123,3 +137,33 @@ def test_given_garbage_on_read_endpoints_then_never_a_500(
         client: httpx.Client, tokens: dict[str, str], method: str, url: str, body: Any) -> None:
     r = client.request(method, url, json=body, headers=bearer(tokens["manager"]))
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12)
+event_like = st.fixed_dictionaries({}, optional={
+    "event_id": st.one_of(st.uuids().map(str), json_values),
+    "type": st.sampled_from(["parcel.scanned", "parcel.registered", "vehicle.departed"]) | json_values,
+    "schema_version": st.integers(-1, 3) | json_values,
+    "occurred_at": st.datetimes().map(lambda d: d.isoformat()) | json_values,
+    "brand": st.sampled_from(["ZTO", "SF", "XX"]) | json_values,
+    "operator_id": json_values,
+    "payload": st.dictionaries(st.sampled_from(["waybill", "action", "node_id", "pickup_code",
+                                                "recipient_phone", "trip_id", "scheduled_at"]),
+                               json_values, max_size=5) | json_values,
+})
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(json_values, st.fixed_dictionaries({"events": st.lists(event_like | json_values,
+                                                                          max_size=5)})))
+def test_property_no_body_however_malformed_gets_a_server_error(
+        client: httpx.Client, tokens: dict[str, str], body: Any) -> None:
+    r = post(client, tokens["scanner"], body)
+    assert r.status_code < 500, r.text
+    if r.status_code == 200:
+        for result in r.json()["results"]:
+            assert result["status"] != "rejected" or (result["reason"] and result["path"])
