@@ -91,13 +91,28 @@ def public_view(view: dict[str, Any], phone_masked: str | None, county: County) 
     }
 
 
+# Ten wrong guesses per waybill per hour, then 429: four digits are 10,000 tries otherwise.
+LOOKUP_FAILURES_PER_HOUR = 10
+
+
 @router.post("/v1/public/track", summary="Public lookup by waybill and the last 4 phone digits",
-             responses={404: {"description": "No such parcel, or the digits do not match"}})
+             responses={404: {"description": "No such parcel, or the digits do not match"},
+                        429: {"description": "Too many wrong tries for this waybill this hour"}})
 async def public_track(body: PublicLookup, pool: PoolDep, county: CountyDep) -> dict[str, Any]:
     async with pool.acquire() as conn:
+        failures = await conn.fetchval(
+            "SELECT failures FROM public_lookup_failures WHERE waybill = $1"
+            " AND hour = date_trunc('hour', now())", body.waybill)
+        if failures is not None and failures >= LOOKUP_FAILURES_PER_HOUR:
+            raise ApiError(429, "too_many_attempts", "too many tries for this waybill; try again"
+                           " within the hour, or ask at the service point", headers={"Retry-After": "3600"})
         row = await fetch_parcel(conn, body.waybill, "*")
-    # The same answer for "no parcel" and "wrong digits": a waybill alone reveals nothing.
-    if row is None or not row["phone_last4"] or not hmac.compare_digest(
-            row["phone_last4"], body.phone_last4):
-        raise ApiError(404, "not_found", "no parcel matches this waybill and phone digits")
+        # The same answer for "no parcel" and "wrong digits": a waybill alone reveals nothing.
+        if row is None or not row["phone_last4"] or not hmac.compare_digest(
+                row["phone_last4"], body.phone_last4):
+            await conn.execute(
+                "INSERT INTO public_lookup_failures (waybill, hour, failures)"
+                " VALUES ($1, date_trunc('hour', now()), 1) ON CONFLICT (waybill, hour)"
+                " DO UPDATE SET failures = public_lookup_failures.failures + 1", body.waybill)
+            raise ApiError(404, "not_found", "no parcel matches this waybill and phone digits")
     return public_view(row["view"], row["phone_masked"], county)

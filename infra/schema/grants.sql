@@ -9,3 +9,4 @@ GRANT SELECT, INSERT, UPDATE ON ledger_cursor, ledger_periods TO gongpei_app;
 GRANT SELECT, INSERT, DELETE ON ledger_lines TO gongpei_app;
 GRANT SELECT, INSERT ON sla_events TO gongpei_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sla_legs, sla_daily, sla_runs TO gongpei_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON public_lookup_failures TO gongpei_app;
