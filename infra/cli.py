@@ -9,7 +9,9 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from infra.settings import DEMO_COUNTY, Settings, SettingsError
 
@@ -46,12 +48,9 @@ def cmd_api(args: argparse.Namespace) -> None:
                 log_level="warning", access_log=False, limit_concurrency=200)
 
 
-def cmd_relay(args: argparse.Namespace) -> None:
+def _serve(settings: Settings, service: Callable[[Any, asyncio.Event], Awaitable[object]]) -> None:
+    """Run a database-backed service until SIGTERM or SIGINT, with a pool of the app role."""
     from infra.db import create_pool
-    from streams.relay import Relay
-
-    settings = _settings()
-    _log_to_stderr()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -60,37 +59,33 @@ def cmd_relay(args: argparse.Namespace) -> None:
             loop.add_signal_handler(sig, stop.set)
         pool = await create_pool(settings.app_database_url, max_size=3)
         try:
-            await Relay(pool, settings).run(stop)
+            await service(pool, stop)
         finally:
             await pool.close()
 
     asyncio.run(main())
 
 
+def cmd_relay(args: argparse.Namespace) -> None:
+    from streams.relay import Relay
+
+    settings = _settings()
+    _log_to_stderr()
+    _serve(settings, lambda pool, stop: Relay(pool, settings).run(stop))
+
+
 def cmd_ledger(args: argparse.Namespace) -> None:
-    from infra.db import create_pool
     from streams import ledger_service
 
     settings = _settings()
     county = _county(settings)
     _log_to_stderr()
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        if county.settlement is None:
-            logging.getLogger("gongpei.ledger").warning("no [settlement] in the county file; idle")
-            await stop.wait()
-            return
-        pool = await create_pool(settings.app_database_url, max_size=3)
-        try:
-            await ledger_service.run(pool, county, stop)
-        finally:
-            await pool.close()
-
-    asyncio.run(main())
+    if county.settlement is None:
+        # Idle rather than exit: a supervisor would only restart it, over and over.
+        logging.getLogger("gongpei.ledger").warning("no [settlement] in the county file; idle")
+        _serve(settings, lambda pool, stop: stop.wait())
+    else:
+        _serve(settings, lambda pool, stop: ledger_service.run(pool, county, stop))
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
