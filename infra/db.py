@@ -19,6 +19,9 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,  # 57P01 admin shutdown, 57P03 starting up, …
     asyncpg.exceptions.InterfaceError,
+    # Raised when the pool resets a connection that died mid-transaction ("cannot switch to
+    # state …; another operation is in progress"): the outage again, seen from the client side.
+    asyncpg.exceptions._base.InternalClientError,
     OSError,
 )
 
