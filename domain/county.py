@@ -11,10 +11,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+from domain.brands import BRANDS
+
 Tier = Literal["county", "township", "village"]
 PARENT_TIER: dict[str, str | None] = {"county": None, "township": "county", "village": "township"}
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 
 
 class CountyConfigError(ValueError):
@@ -23,6 +25,8 @@ class CountyConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Node:
+    """A place parcels pass: the county centre, a township station or a village point."""
+
     id: str
     name: str
     tier: Tier
@@ -51,6 +55,8 @@ class Route:
 
 @dataclass(frozen=True)
 class County:
+    """One county's network, as loaded from its TOML file."""
+
     code: str
     name: str
     utc_offset_minutes: int
@@ -62,22 +68,27 @@ class County:
 
     @cached_property
     def centre(self) -> Node:
+        """The county co-delivery centre (the one county-tier node; the loader guarantees it)."""
         return next(n for n in self.nodes.values() if n.tier == "county")
 
     @property
     def townships(self) -> list[Node]:
+        """Township stations, in file order."""
         return [n for n in self.nodes.values() if n.tier == "township"]
 
     @property
     def villages(self) -> list[Node]:
+        """Village points, in file order."""
         return [n for n in self.nodes.values() if n.tier == "village"]
 
     def township_of(self, village_id: str) -> str:
+        """The id of the township station that serves this village point."""
         parent = self.nodes[village_id].parent
         assert parent is not None
         return parent
 
     def route(self, route_id: str) -> Route | None:
+        """The route with this id, if the county runs one."""
         return next((r for r in self.routes if r.id == route_id), None)
 
     def planned_chain(self, destination_village: str) -> tuple[str, str, str]:
@@ -87,6 +98,19 @@ class County:
 
 def _fail(source: str, where: str, why: str) -> CountyConfigError:
     return CountyConfigError(f"{source}: {where}: {why}")
+
+
+def _table(raw: object, source: str, where: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise _fail(source, where, f"must be a table, got {type(raw).__name__}")
+    return raw
+
+
+def _list(doc: dict[str, Any], key: str, source: str) -> list[Any]:
+    value = doc.get(key, [])
+    if not isinstance(value, list):
+        raise _fail(source, key, f"must be an array of tables ([[{key}]]), got {type(value).__name__}")
+    return value
 
 
 def _req(entry: dict[str, Any], key: str, kind: type, source: str, where: str) -> Any:
@@ -108,25 +132,29 @@ def parse_county(doc: dict[str, Any], source: str = "county") -> County:
     if not -720 <= offset <= 840:
         raise _fail(source, "[county]", f"utc_offset_minutes {offset} is not a real offset")
     brands = tuple(_req(head, "brands", list, source, "[county]"))
-    from domain.brands import BRANDS
-
     for b in brands:
         if b not in BRANDS:
             raise _fail(source, "[county].brands", f"unknown brand {b!r}; known: {', '.join(BRANDS)}")
+    if len(set(brands)) != len(brands):
+        raise _fail(source, "[county].brands", "a brand is listed twice")
     nodes: dict[str, Node] = {}
-    for i, raw in enumerate(doc.get("nodes", [])):
+    for i, item in enumerate(_list(doc, "nodes", source)):
         where = f"nodes[{i}]"
+        raw = _table(item, source, where)
         node_id = _req(raw, "id", str, source, where)
         where = f"nodes[{i}] ({node_id})"
-        if not _ID.match(node_id):
+        if not _ID.fullmatch(node_id):
             raise _fail(source, where, "id must be 1–64 of A–Z a–z 0–9 . _ : -")
         if node_id in nodes:
             raise _fail(source, where, "duplicate id")
         tier = _req(raw, "tier", str, source, where)
         if tier not in PARENT_TIER:
             raise _fail(source, where, f"tier {tier!r} is not county, township or village")
+        parent = raw.get("parent")
+        if parent is not None and not isinstance(parent, str):
+            raise _fail(source, where, f"'parent' must be str, got {type(parent).__name__}")
         nodes[node_id] = Node(node_id, _req(raw, "name", str, source, where), tier,  # type: ignore[arg-type]
-                              raw.get("parent"))
+                              parent)
     centres = [n for n in nodes.values() if n.tier == "county"]
     if len(centres) != 1:
         raise _fail(source, "nodes", f"exactly one county-tier node is needed, found {len(centres)}")
@@ -137,16 +165,26 @@ def parse_county(doc: dict[str, Any], source: str = "county") -> County:
             if node.parent is not None:
                 raise _fail(source, where, "the county centre has no parent")
             continue
+        if node.parent is None:
+            raise _fail(source, where, f"a {node.tier} needs a 'parent' {want}")
         if node.parent not in nodes:
             raise _fail(source, where, f"parent {node.parent!r} is not a node")
         if nodes[node.parent].tier != want:
             raise _fail(source, where, f"parent {node.parent!r} is not a {want}")
-    routes = []
-    for i, raw in enumerate(doc.get("routes", [])):
+    routes: list[Route] = []
+    run_ids: set[str] = set()
+    for i, item in enumerate(_list(doc, "routes", source)):
         where = f"routes[{i}]"
+        raw = _table(item, source, where)
         route_id = _req(raw, "id", str, source, where)
         where = f"routes[{i}] ({route_id})"
+        if not _ID.fullmatch(route_id):
+            raise _fail(source, where, "id must be 1–64 of A–Z a–z 0–9 . _ : -")
+        if any(r.id == route_id for r in routes):
+            raise _fail(source, where, "duplicate route id")
         stops = tuple(_req(raw, "stops", list, source, where))
+        if len(stops) < 2:
+            raise _fail(source, where, "a route needs at least two stops")
         for s in stops:
             if s not in nodes:
                 raise _fail(source, where, f"stop {s!r} is not a node")
@@ -154,14 +192,22 @@ def parse_county(doc: dict[str, Any], source: str = "county") -> County:
         if distance <= 0:
             raise _fail(source, where, "distance_m must be positive")
         runs = []
-        for j, run in enumerate(raw.get("runs", [])):
+        for j, item in enumerate(_list(raw, "runs", f"{source}: {where}")):
             rwhere = f"{where}.runs[{j}]"
+            run = _table(item, source, rwhere)
+            run_id = _req(run, "id", str, source, rwhere)
+            if not _ID.fullmatch(run_id) or run_id in run_ids:
+                raise _fail(source, rwhere, f"run id {run_id!r} is malformed or used twice")
+            run_ids.add(run_id)
             departs = _req(run, "departs", str, source, rwhere)
             arrives = run.get("arrives")
             for label, t in (("departs", departs), ("arrives", arrives)):
-                if t is not None and not _HHMM.match(t):
+                if t is not None and (not isinstance(t, str) or not _HHMM.fullmatch(t)):
                     raise _fail(source, rwhere, f"{label} {t!r} is not HH:MM")
-            runs.append(Run(_req(run, "id", str, source, rwhere), departs, arrives))
+            # Fixed rural runs leave and return the same day; "HH:MM" strings compare in order.
+            if arrives is not None and arrives <= departs:
+                raise _fail(source, rwhere, f"arrives {arrives} is not after departs {departs}")
+            runs.append(Run(run_id, departs, arrives))
         if not runs:
             raise _fail(source, where, "a fixed route needs at least one run")
         routes.append(Route(route_id, _req(raw, "name", str, source, where), stops, distance,

@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, SerializeAsAny
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    SerializeAsAny,
+    field_validator,
+    model_validator,
+)
 
 from domain.brands import BRANDS
 from domain.events import PAYLOADS, Payload
 from domain.upcasting import upcast
 
-__all__ = ["BRANDS", "Envelope"]
+__all__ = ["BRANDS", "Envelope", "normalise_event_id"]
+
+# Canonical hyphenated UUID only: uuid.UUID() alone would also take braces, "urn:uuid:" and
+# hyphens in any place, and two spellings of one id would defeat idempotency.
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# Crockford base32 (no I, L, O, U); a first character above 7 would overflow 128 bits.
+_ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$", re.IGNORECASE)
+
+
+def normalise_event_id(value: str) -> str | None:
+    """The canonical form of a UUID (lowercase) or ULID (uppercase); None if it is neither."""
+    if _UUID.fullmatch(value):
+        return value.lower()
+    if _ULID.fullmatch(value):
+        return value.upper()
+    return None
 
 
 class Envelope(BaseModel):
@@ -29,6 +52,38 @@ class Envelope(BaseModel):
     brand: str
     operator_id: str
     payload: SerializeAsAny[Payload]
+
+    @field_validator("event_id")
+    @classmethod
+    def _canonical_id(cls, v: str) -> str:
+        canonical = normalise_event_id(v)
+        if canonical is None:
+            raise ValueError("event_id must be a canonical UUID or a ULID")
+        return canonical
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_payload(cls, data: Any) -> Any:
+        # A payload given as a dict is validated by the model of its (type, schema_version).
+        if isinstance(data, dict) and isinstance(data.get("payload"), dict):
+            event_type, version = data.get("type"), data.get("schema_version")
+            model = (PAYLOADS.get((event_type, version))
+                     if isinstance(event_type, str) and isinstance(version, int) else None)
+            if model is None:
+                raise ValueError(f"no payload model for {data.get('type')!r} "
+                                 f"v{data.get('schema_version')!r}")
+            data = {**data, "payload": model.model_validate(data["payload"])}
+        return data
+
+    @model_validator(mode="after")
+    def _payload_matches_type(self) -> Envelope:
+        # The payload's class must be the one registered for this type and version, or the
+        # wire form would claim one shape and carry another.
+        model = PAYLOADS.get((self.type, self.schema_version))
+        if model is None or type(self.payload) is not model:
+            raise ValueError(f"payload {type(self.payload).__name__} does not belong to "
+                             f"{self.type!r} v{self.schema_version}")
+        return self
 
     @property
     def partition_key(self) -> str:

@@ -20,9 +20,10 @@ from pydantic import (
 
 from domain.phone import is_mobile
 
+# Patterns spell [0-9], not \d: the regex engine counts fullwidth and other scripts' digits as \d.
 Waybill = Annotated[StrictStr, Field(pattern=r"^[A-Z0-9]{8,32}$")]
 Ident = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
-PickupCode = Annotated[StrictStr, Field(pattern=r"^\d{1,3}-\d{1,2}-\d{1,5}$")]
+PickupCode = Annotated[StrictStr, Field(pattern=r"^[0-9]{1,3}-[0-9]{1,2}-[0-9]{1,5}$")]
 Grams = Annotated[StrictInt, Field(gt=0, le=1_000_000)]
 Millimetres = Annotated[StrictInt, Field(gt=0, le=10_000)]
 
@@ -121,7 +122,7 @@ class VehicleArrived(VehicleMoved):
 class SmsStep(Payload):
     waybill: Waybill
     sms_id: Ident
-    phone_masked: Annotated[StrictStr, Field(pattern=r"^\d{3}\*{4}\d{4}$")]
+    phone_masked: Annotated[StrictStr, Field(pattern=r"^[0-9]{3}\*{4}[0-9]{4}$")]
 
 
 class SmsRequested(SmsStep):
@@ -156,7 +157,8 @@ class ConsentRecorded(Payload):
 class PeriodClosed(Payload):
     """Finance closed a settlement period: its postings are final from this point of the journal."""
 
-    period: Annotated[StrictStr, Field(pattern=r"^\d{4}-\d{2}(-\d{2}\.\.\d{4}-\d{2}-\d{2})?$")]
+    period: Annotated[StrictStr, Field(
+        pattern=r"^[0-9]{4}-[0-9]{2}(-[0-9]{2}\.\.[0-9]{4}-[0-9]{2}-[0-9]{2})?$")]
 
 
 PAYLOADS: dict[tuple[str, int], type[Payload]] = {

@@ -17,6 +17,8 @@ from domain.events import ScanAction
 
 
 class Status(StrEnum):
+    """A parcel's status in our vocabulary, derived from its latest scan by event time."""
+
     info_received = "info_received"
     picked_up = "picked_up"
     in_transit = "in_transit"
@@ -27,16 +29,40 @@ class Status(StrEnum):
     returned = "returned"
 
 
-# Our status → the public set aggregators use (快递100 code and label; AfterShip tag).
-PUBLIC_CODES: dict[Status, tuple[int, str, str]] = {
-    Status.info_received: (101, "已下单", "InfoReceived"),
-    Status.picked_up: (1, "揽收", "InTransit"),
-    Status.in_transit: (0, "在途", "InTransit"),
-    Status.out_for_delivery: (5, "派件", "OutForDelivery"),
-    Status.stored_at_point: (501, "已入站", "AvailableForPickup"),
-    Status.delivered: (3, "签收", "Delivered"),
-    Status.problem: (2, "疑难", "Exception"),
-    Status.returned: (6, "退回", "Exception"),
+# Our status → 快递100's public code and label. Codes ≥ 100 are its sub-statuses: 101 已下单 sits
+# under 1 揽收 (the brand has the manifest, nobody has scanned the parcel yet), and 501 (put into a
+# locker or station) under 5 派件. Aggregators that only know the main set divide by 100.
+PUBLIC_CODES: dict[Status, tuple[int, str]] = {
+    Status.info_received: (101, "已下单"),
+    Status.picked_up: (1, "揽收"),
+    Status.in_transit: (0, "在途"),
+    Status.out_for_delivery: (5, "派件"),
+    Status.stored_at_point: (501, "已入站"),
+    Status.delivered: (3, "签收"),
+    Status.problem: (2, "疑难"),
+    Status.returned: (6, "退回"),
+}
+# Our own label, as staff and villagers read it on our pages.
+STATUS_LABELS: dict[Status, str] = {
+    Status.info_received: "已登记，待揽收",
+    Status.picked_up: "已揽收",
+    Status.in_transit: "运输中",
+    Status.out_for_delivery: "派送中",
+    Status.stored_at_point: "已到服务点，待取件",
+    Status.delivered: "已签收",
+    Status.problem: "问题件",
+    Status.returned: "已退回",
+}
+# AfterShip's tags, for partners that speak that vocabulary instead.
+AFTERSHIP_TAGS: dict[Status, str] = {
+    Status.info_received: "InfoReceived",
+    Status.picked_up: "InTransit",
+    Status.in_transit: "InTransit",
+    Status.out_for_delivery: "OutForDelivery",
+    Status.stored_at_point: "AvailableForPickup",
+    Status.delivered: "Delivered",
+    Status.problem: "Exception",
+    Status.returned: "Exception",
 }
 
 ACTION_STATUS: dict[ScanAction, Status] = {
@@ -60,6 +86,8 @@ SCAN_TYPES = ("parcel.scanned", "parcel.sorted")
 
 @dataclass(frozen=True)
 class TimelineEntry:
+    """One event as the timeline shows it: both clocks, where, who, and no phone number."""
+
     event_id: str
     type: str
     occurred_at: datetime
@@ -74,6 +102,8 @@ class TimelineEntry:
 
 @dataclass(frozen=True)
 class ParcelView:
+    """One parcel's tracking read model: status, where it is, and its whole timeline."""
+
     waybill: str
     brand: str
     destination_village: str | None
@@ -133,6 +163,7 @@ def project_parcel(events: Iterable[Envelope], county: County) -> ParcelView:
 
 
 def waybill_of(events: Iterable[Envelope]) -> str:
+    """The waybill the events are about (they all name the same one)."""
     for e in events:
         return str(e.payload.waybill)  # type: ignore[attr-defined]
     raise ValueError("a parcel view needs at least one event")
@@ -150,7 +181,7 @@ def project_entries(entries: Iterable[TimelineEntry], county: County, waybill: s
     latest = scans[-1] if scans else None
 
     status = ACTION_STATUS[ScanAction(latest.action)] if latest and latest.action else Status.info_received
-    code, label, _ = PUBLIC_CODES[status]
+    code, label = PUBLIC_CODES[status]
 
     chain: tuple[str, ...] = ()
     if destination in county.nodes and county.nodes[destination].tier == "village":
@@ -181,8 +212,9 @@ def view_to_dict(view: ParcelView) -> dict[str, Any]:
     return {
         "waybill": view.waybill, "brand": view.brand,
         "destination_village": view.destination_village, "status": str(view.status),
+        "status_label": STATUS_LABELS[view.status],
         "public_code": view.public_code, "public_label": view.public_label,
-        "aftership_tag": PUBLIC_CODES[view.status][2],
+        "aftership_tag": AFTERSHIP_TAGS[view.status],
         "current_node": view.current_node, "misrouted": view.misrouted,
         "misrouted_nodes": list(view.misrouted_nodes), "pickup_code": view.pickup_code,
         "problem_reason": view.problem_reason, "consent_to_station": view.consent_to_station,

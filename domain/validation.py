@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -13,12 +12,15 @@ from pydantic import ValidationError
 
 from domain.brands import BRANDS
 from domain.county import County
-from domain.envelope import Envelope
+from domain.envelope import Envelope, normalise_event_id
 from domain.events import CURRENT_VERSION, NODE_FIELDS, PAYLOADS, ScanAction
+from domain.phone import mask_phone
 from domain.upcasting import upcast
 
 
 class Reason(StrEnum):
+    """Why an uploaded event was refused; the wire value is the name."""
+
     not_an_object = "not_an_object"
     missing_field = "missing_field"
     wrong_type = "wrong_type"
@@ -39,6 +41,8 @@ class Reason(StrEnum):
 
 @dataclass(frozen=True)
 class Rejection:
+    """One refused event: the reason, where (a JSON path) and a message naming field and cause."""
+
     reason: Reason
     path: str  # JSON path of the offending field, e.g. $.events[3].payload.node_id
     message: str
@@ -49,7 +53,7 @@ ENVELOPE_FIELDS = ("event_id", "type", "schema_version", "occurred_at", "brand",
 SERVER_FIELDS = ("recorded_at", "device_id")
 # A device clock this far ahead of the server is wrong, not early.
 MAX_CLOCK_AHEAD = timedelta(hours=24)
-_ULID = re.compile(r"^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$")
+_DIGITS = re.compile(r"\d{7,}")  # any script's digits: masking errs wide
 _OPERATOR = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -58,16 +62,10 @@ class _Reject(Exception):
         self.rejection = Rejection(reason, path, message)
 
 
-def normalise_event_id(value: str) -> str | None:
-    """Canonical form of a UUID (lowercase, hyphenated) or ULID (uppercase); None if neither."""
-    if _ULID.match(value):
-        return value.upper()
-    if len(value) == 36:
-        try:
-            return str(uuid.UUID(value))
-        except ValueError:
-            return None
-    return None
+def _quote(value: str, limit: int = 64) -> str:
+    """An uploaded value fit to echo in a message: cut short, and any run of 7+ digits masked,
+    because a device may put a phone number in any field."""
+    return _DIGITS.sub(lambda m: mask_phone(m.group()), value[:limit])
 
 
 def _typed(raw: dict[str, Any], key: str, kind: type, base: str) -> Any:
@@ -81,19 +79,24 @@ def _typed(raw: dict[str, Any], key: str, kind: type, base: str) -> Any:
 
 
 def _pydantic_rejection(err: ValidationError, base: str) -> _Reject:
+    """Map the first pydantic error onto a Reason, with the exact JSON path of the field."""
     first = err.errors()[0]
-    loc = [str(p) for p in first["loc"]]
-    path = base + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc)
-    field = loc[0] if loc else "payload"
-    kind = first["type"]
-    msg = first["msg"]
+    path = base + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
+    field = _quote(path[len(base) + 1:]) or "payload"
+    kind, msg = first["type"], _quote(first["msg"], 200)
     if kind == "missing":
         return _Reject(Reason.missing_field, path, f"'{field}' is required")
     if kind == "extra_forbidden":
         return _Reject(Reason.unknown_field, path, f"'{field}' is not a field of this event type")
+    if kind == "enum" and not isinstance(first.get("input"), str):
+        return _Reject(Reason.wrong_type, path, f"'{field}' must be a string: {msg}")
     if field == "action" and kind == "enum":
         allowed = ", ".join(a.value for a in ScanAction)
-        return _Reject(Reason.unknown_action, path, f"'action' must be one of: {allowed}")
+        return _Reject(Reason.unknown_action, path,
+                       f"'action' {_quote(first['input'], 32)!r} is not one of: {allowed}")
+    if kind == "timezone_aware":
+        return _Reject(Reason.naive_timestamp, path,
+                       f"'{field}' has no UTC offset (e.g. +08:00); it is ambiguous without it")
     if kind.endswith("_type") or kind in ("is_instance_of", "model_type", "dict_type"):
         return _Reject(Reason.wrong_type, path, f"'{field}': {msg}")
     return _Reject(Reason.invalid_value, path, f"'{field}': {msg}")
@@ -107,10 +110,10 @@ def _check_nodes(payload: dict[str, Any], county: County, base: str) -> None:
         node = county.nodes.get(node_id)
         if node is None:
             raise _Reject(Reason.unknown_node, f"{base}.{key}",
-                          f"'{node_id}' is not a node of {county.name} ({county.code})")
+                          f"'{_quote(node_id)}' is not a node of {county.name} ({county.code})")
         if tier is not None and node.tier != tier:
             raise _Reject(Reason.node_wrong_tier, f"{base}.{key}",
-                          f"'{node_id}' is a {node.tier}, not a {tier}")
+                          f"'{node_id}' is a {node.tier} ({node.name}), not a {tier}")
 
 
 def _check_scan(payload: dict[str, Any], base: str) -> None:
@@ -134,18 +137,19 @@ def _validate(raw: object, base: str, county: County, permitted_brands: frozense
     for key in raw:
         if key in SERVER_FIELDS:
             raise _Reject(Reason.unknown_field, f"{base}.{key}",
-                          f"'{key}' is set by the server, not by the device")
+                          f"'{key}' is set by the server, not by the device: leave it out")
         if key not in ENVELOPE_FIELDS:
-            raise _Reject(Reason.unknown_field, f"{base}.{key}", f"'{key}' is not an envelope field")
+            raise _Reject(Reason.unknown_field, f"{base}.{key}", f"'{_quote(key)}' is not an envelope field; allowed: {', '.join(ENVELOPE_FIELDS)}")
     raw_id = _typed(raw, "event_id", str, base)
     event_id = normalise_event_id(raw_id)
     if event_id is None:
         raise _Reject(Reason.invalid_event_id, f"{base}.event_id",
-                      "'event_id' must be a UUID (v7 preferred) or a ULID made on the device")
+                      f"'event_id' {_quote(raw_id)!r} is neither a canonical UUID (v7 preferred, "
+                      "8-4-4-4-12 hex) nor a 26-character ULID")
     event_type = _typed(raw, "type", str, base)
     if event_type not in CURRENT_VERSION:
         raise _Reject(Reason.unknown_type, f"{base}.type",
-                      f"unknown type '{event_type[:64]}'; known: {', '.join(sorted(CURRENT_VERSION))}")
+                      f"unknown type '{_quote(event_type)}'; known: {', '.join(sorted(CURRENT_VERSION))}")
     if permitted_types is not None and event_type not in permitted_types:
         raise _Reject(Reason.type_not_permitted, f"{base}.type",
                       f"this token may not emit '{event_type}' events")
@@ -169,12 +173,12 @@ def _validate(raw: object, base: str, county: County, permitted_brands: frozense
     brand = _typed(raw, "brand", str, base)
     if brand not in BRANDS:
         raise _Reject(Reason.unknown_brand, f"{base}.brand",
-                      f"unknown brand '{brand[:16]}'; known: {', '.join(BRANDS)}")
+                      f"unknown brand '{_quote(brand, 16)}'; known: {', '.join(BRANDS)}")
     if brand not in permitted_brands:
         raise _Reject(Reason.brand_not_permitted, f"{base}.brand",
                       f"this token is not registered for brand {brand}")
     operator_id = _typed(raw, "operator_id", str, base)
-    if not _OPERATOR.match(operator_id):
+    if not _OPERATOR.fullmatch(operator_id):
         raise _Reject(Reason.invalid_value, f"{base}.operator_id",
                       "'operator_id' must be 1–64 of A–Z a–z 0–9 . _ : -")
     payload = _typed(raw, "payload", dict, base)
@@ -209,18 +213,26 @@ def validate_event(raw: object, *, index: int, county: County, permitted_brands:
 def validate_batch(raw_events: list[Any], *, county: County, permitted_brands: frozenset[str],
                    device_id: str, recorded_at: datetime,
                    permitted_types: frozenset[str] | None = None) -> list[Envelope | Rejection]:
-    """Validate a batch; a second copy of an event_id inside the batch is `duplicate_in_batch`."""
-    seen: set[str] = set()
+    """Validate a batch. An event_id seen earlier in the batch (in any spelling, accepted or not)
+    is `duplicate_in_batch`: one id names one event, so a second copy is never a correction."""
+    first_at: dict[str, int] = {}
     out: list[Envelope | Rejection] = []
     for i, raw in enumerate(raw_events):
-        result = validate_event(raw, index=i, county=county, permitted_brands=permitted_brands,
-                                device_id=device_id, recorded_at=recorded_at,
-                                permitted_types=permitted_types)
-        if isinstance(result, Envelope):
-            if result.event_id in seen:
-                result = Rejection(Reason.duplicate_in_batch, f"$.events[{i}].event_id",
-                                   f"event_id {result.event_id} appears earlier in this batch")
-            else:
-                seen.add(result.event_id)
-        out.append(result)
+        event_id = _raw_event_id(raw)
+        if event_id is not None and event_id in first_at:
+            out.append(Rejection(Reason.duplicate_in_batch, f"$.events[{i}].event_id",
+                                 f"event_id {event_id} already appears at "
+                                 f"$.events[{first_at[event_id]}] in this batch"))
+            continue
+        if event_id is not None:
+            first_at[event_id] = i
+        out.append(validate_event(raw, index=i, county=county, permitted_brands=permitted_brands,
+                                  device_id=device_id, recorded_at=recorded_at,
+                                  permitted_types=permitted_types))
     return out
+
+
+def _raw_event_id(raw: object) -> str | None:
+    if isinstance(raw, dict) and isinstance(raw.get("event_id"), str):
+        return normalise_event_id(raw["event_id"])
+    return None

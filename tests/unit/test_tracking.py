@@ -147,3 +147,39 @@ def test_property_folding_new_events_into_a_stored_view_equals_projecting_all(
     folded = project_entries(entries_from_view(stored) + [entry_for(e, COUNTY) for e in new],
                              COUNTY, WAYBILL)
     assert view_to_dict(folded) == whole
+
+
+def test_every_status_has_a_public_code_a_chinese_label_and_an_aftership_tag() -> None:
+    from domain.tracking import AFTERSHIP_TAGS, PUBLIC_CODES, STATUS_LABELS
+
+    assert set(PUBLIC_CODES) == set(STATUS_LABELS) == set(AFTERSHIP_TAGS) == set(Status)
+    assert PUBLIC_CODES[Status.in_transit] == (0, "在途")
+    assert PUBLIC_CODES[Status.returned] == (6, "退回")
+    # Sub-statuses sit under a main 快递100 code: 101 under 1 揽收, 501 under 5 派件.
+    assert PUBLIC_CODES[Status.info_received][0] // 100 == 1
+    assert PUBLIC_CODES[Status.stored_at_point][0] // 100 == 5
+
+
+def test_given_a_combined_arrive_and_dispatch_scan_then_dispatch_wins_the_tie() -> None:
+    # 到派合一: both scans carry the same second; the chain's order decides, not the upload order.
+    both = [scan(11, 3, "out_for_delivery", "TWN-XILIU"), scan(12, 3, "arrived", "TWN-XILIU")]
+    for events in (both, both[::-1]):
+        view = project_parcel([registered(), *events], COUNTY)
+        assert view.status == Status.out_for_delivery and not view.misrouted
+
+
+def test_given_a_problem_when_the_parcel_is_returned_then_the_reason_is_cleared() -> None:
+    problem = scan(8, 5, "problem", "VIL-XILIU-01", problem_reason="refused")
+    returned = scan(9, 7, "returned", "TWN-XILIU")
+    view = project_parcel(LIFECYCLE[:6] + [problem, returned], COUNTY)
+    assert (view.status, view.public_code, view.problem_reason) == (Status.returned, 6, None)
+    assert [t.action for t in view.timeline][-2:] == ["problem", "returned"]
+
+
+def test_the_serialised_view_is_json_with_iso_offsets() -> None:
+    import orjson
+
+    d = view_to_dict(project_parcel(LIFECYCLE, COUNTY))
+    assert orjson.loads(orjson.dumps(d)) == d
+    assert d["status_label"] == "已签收"
+    assert d["last_event_at"] == "2026-11-12T12:00:00+08:00"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from domain.county import load_county
@@ -13,6 +15,7 @@ from domain.validation import Reason, Rejection, validate_batch, validate_event
 from infra.settings import DEMO_COUNTY
 
 COUNTY = load_county(DEMO_COUNTY)
+GOLDEN = Path(__file__).parents[1] / "fixtures" / "events"
 NOW = datetime(2026, 11, 11, 2, 0, tzinfo=UTC)
 ALL = frozenset(COUNTY.brands)
 
@@ -34,6 +37,24 @@ def registered(**payload: Any) -> dict[str, Any]:
             "destination_village": "VIL-XILIU-01", "weight_g": 1200}
     return scan(type="parcel.registered", schema_version=2,
                 payload={**{k: ... for k in ("action", "node_id")}, **base, **payload})
+
+
+def vehicle(**payload: Any) -> dict[str, Any]:
+    base = {"trip_id": "T-20261111-R-XILIU-AM", "route_id": "R-XILIU", "run_id": "R-XILIU-AM",
+            "node_id": "CTY-HAICHENG", "scheduled_at": "2026-11-11T08:00:00+08:00"}
+    return scan(type="vehicle.departed",
+                payload={"waybill": ..., "action": ..., **base, **payload})
+
+
+def v1_manifest(**payload: Any) -> dict[str, Any]:
+    base = {"waybill": "ZT7300012345678", "phone": "13812345678", "village": "VIL-XILIU-01",
+            "weight_g": 900}
+    return scan(type="parcel.registered", payload={"action": ..., "node_id": ..., **base, **payload})
+
+
+def sms(**payload: Any) -> dict[str, Any]:
+    base = {"sms_id": "sms-01", "phone_masked": "138****5678", "provider": "aliyun"}
+    return scan(type="sms.submitted", payload={"action": ..., "node_id": ..., **base, **payload})
 
 
 def check(raw: object, brands: frozenset[str] = ALL, types: frozenset[str] | None = None):
@@ -64,6 +85,27 @@ CASES = [
     ("missing_field", scan(payload={"action": "problem"}), "$.events[3].payload.problem_reason"),
     ("invalid_value", scan(payload={"pickup_code": "10-2-7507"}), "$.events[3].payload.pickup_code"),
     ("invalid_value", registered(recipient_phone="12345"), "$.events[3].payload.recipient_phone"),
+    ("wrong_type", scan() | {"payload": "x"}, "$.events[3].payload"),
+    ("wrong_type", scan(schema_version=True), "$.events[3].schema_version"),
+    ("wrong_type", scan(payload={"action": 3}), "$.events[3].payload.action"),
+    ("missing_field", scan(payload={"waybill": ...}), "$.events[3].payload.waybill"),
+    ("invalid_value", scan(operator_id=""), "$.events[3].operator_id"),
+    ("invalid_value", scan(payload={"action": "stored", "pickup_code": "10-2"}),
+     "$.events[3].payload.pickup_code"),
+    ("invalid_value", scan(payload={"action": "problem", "problem_reason": "bored"}),
+     "$.events[3].payload.problem_reason"),
+    ("invalid_value", registered(weight_g=0), "$.events[3].payload.weight_g"),
+    ("wrong_type", registered(weight_g=1.5), "$.events[3].payload.weight_g"),
+    ("invalid_event_id", scan(event_id="{0193b6c4-6f1e-7cc2-9a55-3c1f0e6f2a1}"),
+     "$.events[3].event_id"),
+    ("naive_timestamp", vehicle(scheduled_at="2026-11-11T08:00:00"),
+     "$.events[3].payload.scheduled_at"),
+    ("unknown_node", registered(destination_village="VIL-NOWHERE-01"),
+     "$.events[3].payload.destination_village"),
+    ("unknown_node", vehicle(node_id="TWN-NOWHERE"), "$.events[3].payload.node_id"),
+    ("node_wrong_tier", v1_manifest(village="CTY-HAICHENG"), "$.events[3].payload.village"),
+    ("unknown_field", scan(device_id="pda-9"), "$.events[3].device_id"),
+    ("unknown_field", sms(phone="13812345678"), "$.events[3].payload.phone"),
 ]
 
 
@@ -85,6 +127,77 @@ def test_given_a_scanner_when_it_emits_an_sms_event_then_type_not_permitted() ->
     result = check(scan(type="sms.submitted"), types=frozenset({"parcel.scanned"}))
     assert isinstance(result, Rejection) and result.reason == Reason.type_not_permitted
     assert result.path == "$.events[3].type"
+
+
+def batch(events: list[Any]) -> list[Envelope | Rejection]:
+    return validate_batch(events, county=COUNTY, permitted_brands=ALL, device_id="d",
+                          recorded_at=NOW)
+
+
+def test_given_a_rejected_first_copy_then_a_later_copy_is_still_a_duplicate() -> None:
+    out = batch([scan(payload={"node_id": "TWN-NOWHERE"}), scan()])
+    assert isinstance(out[0], Rejection) and out[0].reason == Reason.unknown_node
+    assert isinstance(out[1], Rejection) and out[1].reason == Reason.duplicate_in_batch
+    assert out[1].message == ("event_id 0193b6c4-6f1e-7cc2-9a55-3c1f0e6f2a10 already appears "
+                              "at $.events[0] in this batch")
+
+
+def test_given_one_id_in_two_spellings_then_the_second_is_a_duplicate() -> None:
+    out = batch([scan(), "junk", scan(event_id="0193B6C4-6F1E-7CC2-9A55-3C1F0E6F2A10",
+                                      payload={"action": "sorted"}), scan()])
+    assert isinstance(out[0], Envelope)
+    assert isinstance(out[1], Rejection) and out[1].reason == Reason.not_an_object
+    assert [(o.reason, o.path) for o in out[2:] if isinstance(o, Rejection)] == [
+        (Reason.duplicate_in_batch, "$.events[2].event_id"),
+        (Reason.duplicate_in_batch, "$.events[3].event_id")]
+
+
+def test_given_server_fields_in_the_body_then_the_message_says_the_server_sets_them() -> None:
+    for key in ("recorded_at", "device_id"):
+        result = check(scan(**{key: "x"}))
+        assert isinstance(result, Rejection) and "set by the server" in result.message
+
+
+@pytest.mark.parametrize("raw, path", [
+    (scan(brand="13812345678"), "$.events[3].brand"),
+    (scan(type="13812345678"), "$.events[3].type"),
+    (scan(event_id="13812345678"), "$.events[3].event_id"),
+    (scan(payload={"node_id": "13812345678"}), "$.events[3].payload.node_id"),
+    (scan(payload={"action": "13812345678"}), "$.events[3].payload.action"),
+    (scan(**{"13812345678": 1}), "$.events[3].13812345678"),
+    (registered(recipient_phone="2381234567"), "$.events[3].payload.recipient_phone"),
+])
+def test_given_a_phone_number_anywhere_then_the_message_never_echoes_it(raw: object,
+                                                                       path: str) -> None:
+    result = check(raw)
+    assert isinstance(result, Rejection) and result.path == path
+    assert "12345678" not in result.message and "1234567" not in result.message
+
+
+def test_messages_name_the_field_and_the_cause() -> None:
+    def message(raw: object) -> str:
+        result = check(raw)
+        assert isinstance(result, Rejection)
+        return result.message
+
+    assert "'action' 'yeeted' is not one of: received" in message(scan(payload={"action": "yeeted"}))
+    assert "'TWN-NOWHERE' is not a node of 海城市" in message(scan(payload={"node_id": "TWN-NOWHERE"}))
+    assert "is a township (西柳镇站), not a village" in message(
+        registered(destination_village="TWN-XILIU"))
+    assert "'colour' is not a field" in message(scan(payload={"colour": "red"}))
+    assert "'recipient_phone'" in message(registered(recipient_phone="12345"))
+
+
+def test_given_each_golden_event_when_uploaded_then_it_matches_the_journal_reading() -> None:
+    for path in sorted(GOLDEN.glob("*.json")):
+        wire = orjson.loads(path.read_bytes())
+        if wire["brand"] not in ALL:
+            continue  # server-made events (period.closed) are never uploaded
+        body = {k: v for k, v in wire.items() if k not in ("recorded_at", "device_id")}
+        recorded_at = datetime.fromisoformat(wire["recorded_at"])
+        result = validate_event(body, index=0, county=COUNTY, permitted_brands=ALL,
+                                device_id=wire["device_id"], recorded_at=recorded_at)
+        assert result == Envelope.from_wire(wire), path.name
 
 
 def test_given_duplicate_ids_in_one_batch_then_only_the_first_is_accepted() -> None:
