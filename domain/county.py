@@ -65,6 +65,7 @@ class County:
     routes: tuple[Route, ...]
     settlement: Any = None  # domain.settlement.config.SettlementConfig, when the file has one
     sla: Any = None         # domain.sla.SlaConfig, when the file has one
+    sms: Any = None         # domain.sms.SmsPolicy, when the file has one
 
     @cached_property
     def centre(self) -> Node:
@@ -222,8 +223,13 @@ def parse_county(doc: dict[str, Any], source: str = "county") -> County:
         from domain.sla import parse_sla
 
         sla = parse_sla(doc, source)
+    sms = None
+    if "sms" in doc:
+        from domain.sms import parse_sms
+
+        sms = parse_sms(doc, source)
     return County(code, _req(head, "name", str, source, "[county]"), offset, brands, nodes,
-                  tuple(routes), settlement, sla)
+                  tuple(routes), settlement, sla, sms)
 
 
 def load_county(path: str | Path) -> County:

@@ -87,10 +87,10 @@ class Envelope(BaseModel):
 
     @property
     def partition_key(self) -> str:
-        """The Kafka key: the waybill for parcel, consent and SMS events; the trip for vehicles;
-        the period for ledger events."""
+        """The Kafka key: the waybill for parcel and consent events; the trip for vehicles; the
+        period for ledger events; the message id for SMS events (never the phone)."""
         key = (getattr(self.payload, "waybill", None) or getattr(self.payload, "trip_id", None)
-               or getattr(self.payload, "period", None))
+               or getattr(self.payload, "period", None) or getattr(self.payload, "sms_id", None))
         assert isinstance(key, str)
         return key
 

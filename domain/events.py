@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     AfterValidator,
@@ -119,31 +119,72 @@ class VehicleArrived(VehicleMoved):
     pass
 
 
-class SmsStep(Payload):
+MaskedPhone = Annotated[StrictStr, Field(pattern=r"^[0-9]{3}\*{4}[0-9]{4}$")]
+SmsKind = Literal["arrival", "reminder"]
+ProviderCode = Annotated[StrictStr, Field(min_length=1, max_length=64)]
+
+
+class PickupAssigned(Payload):
+    """The platform gave a parcel stored without a code its shelf-layer-sequence pickup code."""
+
     waybill: Waybill
+    node_id: Ident
+    arrival_id: Ident
+    pickup_code: PickupCode
+
+
+class SmsParcel(BaseModel):
+    """One parcel an SMS names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    waybill: Waybill
+    brand: Ident
+    arrival_id: Ident
+    pickup_code: PickupCode
+
+
+class SmsStep(Payload):
+    """Every SMS event names the message; its Kafka key is the message id, never the phone."""
+
     sms_id: Ident
-    phone_masked: Annotated[StrictStr, Field(pattern=r"^[0-9]{3}\*{4}[0-9]{4}$")]
 
 
 class SmsRequested(SmsStep):
+    """The platform decided to send this text: one per digest of arrivals, or per reminder."""
+
+    kind: SmsKind
+    stage: Annotated[StrictInt, Field(ge=0, le=9)] = 0   # reminder number (0 for arrival)
     node_id: Ident
-    pickup_codes: tuple[PickupCode, ...] = ()
+    phone_masked: MaskedPhone
+    parcels: Annotated[tuple[SmsParcel, ...], Field(min_length=1, max_length=500)]
+    consented: StrictBool
+    template_code: Ident
+    params: dict[StrictStr, StrictStr]
+    text: Annotated[StrictStr, Field(min_length=1, max_length=500)]
+    segments: Annotated[StrictInt, Field(ge=1, le=10)]
+    send_after: AwareDatetime       # the end of quiet hours, or when it was decided
+    first_known_at: AwareDatetime   # when the platform first knew of the earliest parcel in it
 
 
 class SmsSubmitted(SmsStep):
     provider: Ident
-    provider_message_id: Ident | None = None
+    provider_message_id: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    attempt: Annotated[StrictInt, Field(ge=1)]
+    recovered: StrictBool = False   # found by querying the provider after an unrecorded send
 
 
 class SmsDelivered(SmsStep):
     provider: Ident
+    provider_message_id: Annotated[StrictStr, Field(min_length=1, max_length=64)]
     delivered_at: AwareDatetime
 
 
 class SmsFailed(SmsStep):
     provider: Ident
-    provider_code: Annotated[StrictStr, Field(max_length=64)]
+    provider_code: ProviderCode
     permanent: StrictBool
+    stage: Literal["submit", "delivery"] = "submit"
 
 
 class ConsentRecorded(Payload):
@@ -168,6 +209,7 @@ PAYLOADS: dict[tuple[str, int], type[Payload]] = {
     ("parcel.sorted", 1): ParcelSorted,
     ("vehicle.departed", 1): VehicleDeparted,
     ("vehicle.arrived", 1): VehicleArrived,
+    ("parcel.pickup_assigned", 1): PickupAssigned,
     ("sms.requested", 1): SmsRequested,
     ("sms.submitted", 1): SmsSubmitted,
     ("sms.delivered", 1): SmsDelivered,

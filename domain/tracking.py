@@ -199,12 +199,24 @@ def project_entries(entries: Iterable[TimelineEntry], county: County, waybill: s
         status=status, public_code=code, public_label=label,
         current_node=latest.node_id if latest is not None else None,
         misrouted=bool(off_chain), misrouted_nodes=off_chain,
-        pickup_code=stored[-1].detail.get("pickup_code") if stored else None,
+        pickup_code=_pickup_code(stored, history),
         problem_reason=problem,
         consent_to_station=consents[-1].detail.get("consent") if consents else None,
         last_event_at=history[-1].occurred_at,
         timeline=tuple(history),
     )
+
+
+def _pickup_code(stored: list[TimelineEntry], history: list[TimelineEntry]) -> str | None:
+    """The code of the latest storing: the scan's own, or the one the platform assigned to it."""
+    if not stored:
+        return None
+    latest = stored[-1]
+    if latest.detail.get("pickup_code"):
+        return str(latest.detail["pickup_code"])
+    assigned = [t for t in history if t.type == "parcel.pickup_assigned"
+                and t.node_id == latest.node_id]
+    return str(assigned[-1].detail["pickup_code"]) if assigned else None
 
 
 def view_to_dict(view: ParcelView) -> dict[str, Any]:

@@ -88,6 +88,34 @@ def cmd_ledger(args: argparse.Namespace) -> None:
         _serve(settings, lambda pool, stop: ledger_service.run(pool, county, stop))
 
 
+def cmd_sms(args: argparse.Namespace) -> None:
+    from streams import sms_service
+    from streams.sms_providers import AliyunSms
+
+    settings = _settings()
+    county = _county(settings)
+    _log_to_stderr()
+    try:
+        providers = [AliyunSms(name, host, settings.sms_access_key_id,
+                               settings.sms_access_key_secret, protocol=scheme)
+                     for name, scheme, host in settings.sms_provider_list()]
+    except SettingsError as exc:
+        sys.exit(f"gongpei: {exc}")
+    if county.sms is None or not providers:
+        # Idle rather than exit: a supervisor would only restart it, over and over.
+        logging.getLogger("gongpei.sms").warning("no [sms] in the county file or no provider; idle")
+        _serve(settings, lambda pool, stop: stop.wait())
+        return
+    sender = sms_service.Sender(county, providers)
+    _serve(settings, lambda pool, stop: sms_service.run(pool, county, sender, stop))
+
+
+def cmd_sms_gateway(args: argparse.Namespace) -> None:
+    from infra import sms_gateway
+
+    sms_gateway.main(args.gateway_args)
+
+
 def cmd_worker(args: argparse.Namespace) -> None:
     import faust
 
@@ -143,9 +171,13 @@ def cmd_token(args: argparse.Namespace) -> None:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> None:
-    from streams.rebuild import rebuild_ledger_check, rebuild_tracking
+    from streams.rebuild import rebuild_ledger_check, rebuild_sms, rebuild_tracking
 
     settings = _settings()
+    if args.projection == "sms":
+        n = asyncio.run(rebuild_sms(settings, _county(settings)))
+        print(f"sms state rebuilt from {n} journal events (the log of provider calls is kept)")
+        return
     if args.projection == "ledger":
         found = asyncio.run(rebuild_ledger_check(settings, _county(settings)))
         print(f"ledger replayed from the journal: {found['rebuilt']} lines rebuilt,"
@@ -222,6 +254,11 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("worker", help="run the stream worker").set_defaults(func=cmd_worker)
     sub.add_parser("ledger", help="keep the settlement ledger level with the journal").set_defaults(
         func=cmd_ledger)
+    sub.add_parser("sms", help="send arrival SMS and reminders").set_defaults(func=cmd_sms)
+    gw = sub.add_parser("sms-gateway", help="the local SMS gateway (Aliyun's API); see --help",
+                        add_help=False)
+    gw.add_argument("gateway_args", nargs=argparse.REMAINDER)
+    gw.set_defaults(func=cmd_sms_gateway)
     sub.add_parser("migrate", help="create the app role and apply the schema").set_defaults(
         func=cmd_migrate)
 
@@ -238,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
 
     rebuild = sub.add_parser("rebuild", help="rebuild tracking from the journal; for the ledger,"
                              " replay it beside the books and report any difference")
-    rebuild.add_argument("projection", choices=["tracking", "ledger"])
+    rebuild.add_argument("projection", choices=["tracking", "ledger", "sms"])
     rebuild.set_defaults(func=cmd_rebuild)
 
     args = parser.parse_args(argv)

@@ -21,7 +21,9 @@ from infra.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from infra.settings import DEMO_COUNTY, Settings
 
 log = logging.getLogger("gongpei.platform")
-SERVICES = ("relay", "worker", "ledger", "api")
+SERVICES = ("relay", "worker", "ledger", "sms", "api")
+# The local SMS gateways, primary and failover, each speaking Aliyun's SMS API.
+GATEWAYS = ("aliyun", "aliyun-backup")
 
 
 def _die_with_parent() -> None:
@@ -83,17 +85,31 @@ class Platform:
     broker: EmbeddedBroker | None = None
     settings: Settings | None = None
     children: dict[str, Child] = field(default_factory=dict)
+    gateway_args: tuple[str, ...] = ()   # extra options for the local SMS gateways (failure rates…)
+    gateway_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def _app_password(self) -> str:
-        path = self.state_dir / "app-password"
+    def _secret(self, name: str) -> str:
+        path = self.state_dir / name
         if not path.exists():
             path.write_text(secrets.token_urlsafe(24))
             path.chmod(0o600)
         return path.read_text().strip()
+
+    def _app_password(self) -> str:
+        return self._secret("app-password")
+
+    @property
+    def receipt_url(self) -> str:
+        assert self.settings is not None
+        return f"{self.api_url}/v1/sms/receipts/aliyun?key={self.settings.sms_receipt_key}"
+
+    def gateway_log(self, name: str) -> Path:
+        """The JSON-lines log of every SMS the local gateway `name` accepted."""
+        return self.state_dir / "logs" / f"sms-gateway-{name}.jsonl"
 
     def start(self, timeout: float = 60.0) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -106,15 +122,27 @@ class Platform:
         self.pg.start()
         self.broker = EmbeddedBroker(log_path=self.state_dir / "logs" / "broker.log")
         self.broker.start()
+        self.api_port = self.api_port or free_port()
+        self.gateway_ports = {name: self.gateway_ports.get(name) or free_port() for name in GATEWAYS}
         self.settings = Settings(
             database_url=self.pg.superuser_dsn, app_password=self._app_password(),
             kafka_bootstrap_servers=self.broker.bootstrap, county_file=self.county_file,
             profile="embedded", topic_partitions=self.topic_partitions,
+            sms_providers=",".join(f"{name}=http://127.0.0.1:{port}"
+                                   for name, port in self.gateway_ports.items()),
+            sms_access_key_id="LTAI" + self._secret("sms-access-key-id")[:16],
+            sms_access_key_secret=self._secret("sms-access-key-secret"),
+            sms_receipt_key=self._secret("sms-receipt-key"),
         )
         asyncio.run(migrate(self.settings.database_url, self.settings.app_password))
-        self.api_port = self.api_port or free_port()
         env = {**os.environ, **self.settings.to_env(), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
                "GONGPEI_STATE_DIR": str(self.state_dir), "PYTHONUNBUFFERED": "1"}
+        for name, port in self.gateway_ports.items():
+            argv = [sys.executable, "-m", "infra.sms_gateway", "--port", str(port),
+                    "--county", str(self.county_file), "--log", str(self.gateway_log(name)),
+                    "--callback", self.receipt_url, *self.gateway_args]
+            self.children[f"sms-gateway-{name}"] = Child(
+                f"sms-gateway-{name}", argv, env, self.state_dir / "logs" / f"sms-gateway-{name}.log")
         for name in self.services:
             argv = [sys.executable, "-m", "infra.cli", name]
             if name == "api":
@@ -129,7 +157,7 @@ class Platform:
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until the API answers and the worker has its partitions."""
         deadline = time.monotonic() + timeout
-        pending = set(self.services)
+        pending = set(self.children)
         while pending and time.monotonic() < deadline:
             for name in list(pending):
                 child = self.children[name]
@@ -146,11 +174,17 @@ class Platform:
             return self._api_healthy()
         if name == "worker":
             return (self.state_dir / "worker.ready").exists()
+        if name.startswith("sms-gateway-"):
+            return self._healthy(f"http://127.0.0.1:{self.gateway_ports[name[12:]]}/_gateway/sent")
         return True  # relay and ledger are ready once running: they catch up from PostgreSQL
 
     def _api_healthy(self) -> bool:
+        return self._healthy(f"{self.api_url}/healthz")
+
+    @staticmethod
+    def _healthy(url: str) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.api_url}/healthz", timeout=1) as r:
+            with urllib.request.urlopen(url, timeout=1) as r:
                 return r.status == 200
         except OSError:
             return False
@@ -189,7 +223,8 @@ class Platform:
         self.pg.start()
 
     def stop(self) -> None:
-        for name in ("api", "worker", "ledger", "relay"):
+        for name in ("api", "sms", "worker", "ledger", "relay",
+                     *(f"sms-gateway-{g}" for g in GATEWAYS)):
             if name in self.children:
                 self.children[name].stop()
         if self.broker:

@@ -29,6 +29,12 @@ class Settings:
     max_batch_events: int = 500
     max_body_bytes: int = 1 << 20
     worker_batch_size: int = 500
+    # SMS providers in failover order, "name=scheme://host[:port]" joined by commas; all speak
+    # Aliyun's SMS API (Aliyun itself, or the local gateway). Empty: the SMS service idles.
+    sms_providers: str = ""
+    sms_access_key_id: str = ""
+    sms_access_key_secret: str = ""
+    sms_receipt_key: str = ""    # the secret in the delivery-report URL given to providers
 
     @property
     def app_database_url(self) -> str:
@@ -39,6 +45,17 @@ class Settings:
         if parts.port:
             netloc += f":{parts.port}"
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+    def sms_provider_list(self) -> list[tuple[str, str, str]]:
+        """(name, scheme, host:port) of each configured SMS provider, in failover order."""
+        out = []
+        for item in filter(None, (x.strip() for x in self.sms_providers.split(","))):
+            name, sep, url = item.partition("=")
+            scheme, sep2, host = url.partition("://")
+            if not sep or not sep2 or scheme not in ("http", "https") or not name or not host:
+                raise SettingsError(f"GONGPEI_SMS_PROVIDERS: {item!r} is not name=http(s)://host:port")
+            out.append((name, scheme, host.rstrip("/")))
+        return out
 
     @property
     def broker_session_timeout(self) -> float:
@@ -69,6 +86,10 @@ class Settings:
             topic_partitions=int(env.get("GONGPEI_TOPIC_PARTITIONS", "8")),
             topic_replication=int(env.get("GONGPEI_TOPIC_REPLICATION",
                                           "1" if profile == "embedded" else "3")),
+            sms_providers=env.get("GONGPEI_SMS_PROVIDERS", ""),
+            sms_access_key_id=env.get("GONGPEI_SMS_ACCESS_KEY_ID", ""),
+            sms_access_key_secret=env.get("GONGPEI_SMS_ACCESS_KEY_SECRET", ""),
+            sms_receipt_key=env.get("GONGPEI_SMS_RECEIPT_KEY", ""),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -81,4 +102,8 @@ class Settings:
             "GONGPEI_PROFILE": self.profile,
             "GONGPEI_TOPIC_PARTITIONS": str(self.topic_partitions),
             "GONGPEI_TOPIC_REPLICATION": str(self.topic_replication),
+            "GONGPEI_SMS_PROVIDERS": self.sms_providers,
+            "GONGPEI_SMS_ACCESS_KEY_ID": self.sms_access_key_id,
+            "GONGPEI_SMS_ACCESS_KEY_SECRET": self.sms_access_key_secret,
+            "GONGPEI_SMS_RECEIPT_KEY": self.sms_receipt_key,
         }

@@ -43,3 +43,12 @@ SLA_AT_RISK = Gauge(
     "gongpei_sla_at_risk_legs", "Open legs past their at-risk point and not yet due", ["leg"],
     multiprocess_mode="livemax",
 )
+SMS_OUTCOMES = Counter("gongpei_sms", "SMS by outcome: requested, submitted, delivered, failed",
+                       ["outcome"])
+SMS_ARRIVAL_TO_SUBMITTED = Histogram(
+    "gongpei_sms_arrival_to_submitted_seconds",
+    "From the platform learning of a parcel at the village point to its SMS reaching the provider",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 4 * 3600, 12 * 3600, 86400),
+)
+SMS_FAILURES = Counter("gongpei_sms_failures", "Failed SMS calls and receipts, by provider and code",
+                       ["provider", "code", "permanent"])

@@ -68,3 +68,21 @@ async def rebuild_ledger_check(settings: Settings, county: County) -> dict[str, 
     finally:
         await conn.execute(f"RESET search_path; DROP SCHEMA IF EXISTS {SCRATCH} CASCADE")
         await conn.close()
+
+
+async def rebuild_sms(settings: Settings, county: County) -> int:
+    """Empty the SMS state and re-apply the journal. The SMS already requested, submitted or
+    answered are journal events, so they come back as they were and none is sent again; the log
+    of provider calls is kept, so an unanswered call is still asked about before any resend.
+    Stop the SMS service first (it would only wait: both take the same lock)."""
+    from datetime import UTC, datetime
+
+    from projections import sms_store
+
+    pool = await create_pool(settings.app_database_url, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            await sms_store.reset(conn)
+            return await sms_store.catch_up(conn, county, now=datetime.now(UTC))
+    finally:
+        await pool.close()

@@ -14,7 +14,7 @@ class TopicSpec:
 
 PARCEL_EVENTS = TopicSpec("parcel-events", ("parcel.", "consent."), "waybill")
 VEHICLE_EVENTS = TopicSpec("vehicle-events", ("vehicle.",), "trip_id")
-SMS_EVENTS = TopicSpec("sms-events", ("sms.",), "waybill")
+SMS_EVENTS = TopicSpec("sms-events", ("sms.",), "sms_id")
 LEDGER_EVENTS = TopicSpec("ledger-events", ("period.",), "period")
 DEAD_LETTER = TopicSpec("dead-letter", (), "original key")
 

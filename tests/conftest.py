@@ -20,8 +20,26 @@ from infra.settings import DEMO_COUNTY
 
 
 @pytest.fixture(scope="session")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    p = Platform(tmp_path_factory.mktemp("gongpei-state"), topic_partitions=4)
+def county_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo county, with SMS rules a test can wait for: a 3-second digest window and no
+    quiet hours (CI runs at any hour)."""
+    text = DEMO_COUNTY.read_text(encoding="utf-8")
+    for old, new in (("digest_minutes = 10", "digest_seconds = 3"),
+                     ('quiet_start = "21:00"', 'quiet_start = "00:00"'),
+                     ('quiet_end = "08:00"', 'quiet_end = "00:00"')):
+        assert old in text, old
+        text = text.replace(old, new)
+    path = tmp_path_factory.mktemp("county") / "haicheng-test.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory, county_file: Path) -> Iterator[Platform]:
+    # Gateway calls take 20–150 ms, so a SIGKILL of the sender often lands mid-call.
+    p = Platform(tmp_path_factory.mktemp("gongpei-state"), county_file=county_file,
+                 topic_partitions=4, gateway_args=("--latency", "0.02,0.15", "--receipt-delay", "1,6",
+                                "--seed", "7"))
     try:
         p.start(timeout=90)
         yield p
@@ -30,8 +48,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 
 
 @pytest.fixture(scope="session")
-def county() -> County:
-    return load_county(DEMO_COUNTY)
+def county(county_file: Path) -> County:
+    return load_county(county_file)
 
 
 def issue(platform: Platform, role: str, name: str, brands: list[str]) -> str:

@@ -73,6 +73,21 @@ commission = { stored_fen = 40, picked_up_fen = 10 }
 trip_cost = { fixed_fen = 3000, per_km_fen = 250, basis = "parcel_count" }
 """
 
+SMS = """
+# Arrival SMS: one per phone and village point per digest window, never at night, reminders for
+# parcels still waiting, and a per-number daily budget. Template codes as registered with the provider.
+[sms]
+sign_name = "共配"
+digest_minutes = 10
+quiet_start = "21:00"
+quiet_end = "08:00"
+reminder_hours = [48, 72]
+daily_budget = 10
+pickup_hours = "8:00-19:00"
+max_segments = 2
+template_codes = { arrival = "SMS_GP_ARRIVAL", arrival_no_consent = "SMS_GP_ARRIVAL_NC", reminder = "SMS_GP_REMINDER" }
+"""
+
 
 def main() -> None:
     lines = [
@@ -100,7 +115,7 @@ def main() -> None:
                   f"distance_m = {distance}",
                   (f'runs = [{{ id = "R-{code}-AM", departs = "08:00", arrives = "11:00" }},'
                    f' {{ id = "R-{code}-PM", departs = "14:30", arrives = "17:30" }}]'), ""]
-    lines += SLA.splitlines() + SETTLEMENT.splitlines()
+    lines += SLA.splitlines() + SETTLEMENT.splitlines() + SMS.splitlines()
     Path(__file__).with_name("haicheng.toml").write_text("\n".join(lines), encoding="utf-8")
 
 

@@ -10,3 +10,6 @@ GRANT SELECT, INSERT, DELETE ON ledger_lines TO gongpei_app;
 GRANT SELECT, INSERT ON sla_events TO gongpei_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sla_legs, sla_daily, sla_runs TO gongpei_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public_lookup_failures TO gongpei_app;
+GRANT SELECT, INSERT, UPDATE, DELETE ON sms_cursor, sms_recipients, sms_points, sms_arrivals,
+    sms_digests, sms_messages, sms_message_parcels TO gongpei_app;
+GRANT SELECT, INSERT, UPDATE ON sms_attempts TO gongpei_app;

@@ -53,8 +53,9 @@ def v1_manifest(**payload: Any) -> dict[str, Any]:
 
 
 def sms(**payload: Any) -> dict[str, Any]:
-    base = {"sms_id": "sms-01", "phone_masked": "138****5678", "provider": "aliyun"}
-    return scan(type="sms.submitted", payload={"action": ..., "node_id": ..., **base, **payload})
+    base = {"sms_id": "sms-01", "provider": "aliyun", "provider_message_id": "m-1", "attempt": 1}
+    return scan(type="sms.submitted", payload={"action": ..., "node_id": ..., "waybill": ...,
+                                               **base, **payload})
 
 
 def check(raw: object, brands: frozenset[str] = ALL, types: frozenset[str] | None = None):

@@ -1,0 +1,184 @@
+"""Arrival SMS: delivery reports in from providers; history, daily counts, the station keeper's
+call list and the parcels without consent out, for staff. Phones only ever masked."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Annotated, Any
+
+import asyncpg
+from fastapi import APIRouter, Body, Path, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from api.deps import CountyDep, PoolDep, PrincipalDep, require_role
+from api.errors import ApiError
+from api.routes.parcels import WAYBILL_PATTERN
+from projections import journal, sms_store
+from projections.metrics import SMS_FAILURES, SMS_OUTCOMES
+
+router = APIRouter(tags=["sms"])
+STAFF = ("manager", "admin")
+HISTORY_READERS = ("brand", "brand-system", "manager", "admin")
+BEIJING = timezone(timedelta(hours=8))
+
+
+class AliyunReport(BaseModel):
+    """One item of Aliyun's SmsReport push. The phone number it carries is ignored, never kept."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    success: StrictBool
+    err_code: Annotated[str, Field(max_length=64)] = ""
+    biz_id: Annotated[str, Field(min_length=1, max_length=64)]
+    out_id: Annotated[str, Field(max_length=64)] = ""
+    report_time: str | None = None
+
+
+def _report_time(s: str | None, now: datetime) -> datetime:
+    if not s:
+        return now
+    try:
+        return datetime.strptime(s, "%Y-%m-%d %H:%M:%S").replace(tzinfo=BEIJING)
+    except ValueError:
+        return now
+
+
+@router.post("/v1/sms/receipts/aliyun", summary="Delivery reports pushed by Aliyun (SmsReport)",
+             responses={401: {"description": "Wrong or missing key"}})
+async def aliyun_receipts(request: Request, pool: PoolDep,
+                          reports: Annotated[list[AliyunReport], Body(max_length=1000)],
+                          key: str = Query("", max_length=200)) -> dict[str, Any]:
+    expected = request.app.state.settings.sms_receipt_key
+    if not expected or not hmac.compare_digest(key.encode(), expected.encode()):
+        raise ApiError(401, "invalid_key", "the receipt URL's key is wrong")
+    now = datetime.now(UTC)
+    receipts = [sms_store.Receipt(r.out_id, r.biz_id, r.success, r.err_code or "UNKNOWN",
+                                  _report_time(r.report_time, now)) for r in reports if r.out_id]
+    async with pool.acquire() as conn:
+        events, unknown = await sms_store.receipt_events(conn, "aliyun", receipts, now)
+        async with conn.transaction():
+            new = await journal.append(conn, events)
+    for e in events:
+        if e.event_id in new:
+            if e.type == "sms.delivered":
+                SMS_OUTCOMES.labels(outcome="delivered").inc()
+            else:
+                SMS_OUTCOMES.labels(outcome="failed").inc()
+                SMS_FAILURES.labels(provider="aliyun", code=e.payload.provider_code,  # type: ignore[attr-defined]
+                                    permanent="true").inc()
+    # Aliyun's push expects this answer; anything else and it pushes the batch again.
+    return {"code": 0, "msg": "成功", "accepted": len(new), "repeated": len(events) - len(new),
+            "unknown": unknown + len(reports) - len(receipts)}
+
+
+async def _scoped(conn: asyncpg.Connection, scope: str) -> None:
+    await conn.execute("SELECT set_config('gongpei.brand_scope', $1, true)", scope)
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t else None
+
+
+@router.get("/v1/parcels/{waybill}/sms", summary="The SMS that named this parcel (phones masked)")
+async def parcel_sms(principal: PrincipalDep, pool: PoolDep,
+                     waybill: str = Path(pattern=WAYBILL_PATTERN)) -> dict[str, Any]:
+    require_role(principal, *HISTORY_READERS)
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        await _scoped(conn, principal.brand_scope)
+        rows = await conn.fetch(
+            "SELECT m.sms_id, m.kind, m.stage, m.node_id, m.phone_masked, m.text, m.segments,"
+            " m.consented, m.state, m.provider, m.requested_at, m.send_after, m.submitted_at,"
+            " m.delivered_at, m.failure_code, p.pickup_code,"
+            " (SELECT count(*) FROM sms_message_parcels q WHERE q.sms_id = m.sms_id) AS parcels"
+            " FROM sms_message_parcels p JOIN sms_messages m USING (sms_id)"
+            " WHERE p.waybill = $1 ORDER BY m.requested_at", waybill)
+        arrival = await conn.fetchrow(
+            "SELECT node_id, pickup_code, waiting, stored_at, closed_by, reminders, call_reason"
+            " FROM sms_arrivals WHERE waybill = $1 ORDER BY stored_at DESC LIMIT 1", waybill)
+    return {
+        "waybill": waybill,
+        "arrival": None if arrival is None else {
+            **dict(arrival), "stored_at": _iso(arrival["stored_at"])},
+        "sms": [{**dict(r), **{k: _iso(r[k]) for k in ("requested_at", "send_after",
+                                                          "submitted_at", "delivered_at")}}
+                for r in rows],
+    }
+
+
+@router.get("/v1/sms/stats", summary="SMS per county day by outcome, and failures by code")
+async def sms_stats(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
+                    start: Annotated[date | None, Query(alias="from")] = None,
+                    end: Annotated[date | None, Query(alias="to")] = None) -> dict[str, Any]:
+    require_role(principal, *STAFF)
+    tz = timezone(timedelta(minutes=county.utc_offset_minutes))
+    today = datetime.now(tz).date()
+    end = end or today
+    start = start or end - timedelta(days=6)
+    if start > end or (end - start).days > 366:
+        raise ApiError(422, "invalid_range", "'from' must not be after 'to', and a year at most",
+                       "$.from")
+    lo = datetime.combine(start, datetime.min.time(), tz)
+    hi = datetime.combine(end + timedelta(days=1), datetime.min.time(), tz)
+    offset = timedelta(minutes=county.utc_offset_minutes)
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        await _scoped(conn, principal.brand_scope)
+        rows = await conn.fetch(
+            "SELECT (requested_at + $3::interval)::date AS day, state, kind, count(*) AS n,"
+            " sum(segments) AS segments FROM sms_messages WHERE requested_at >= $1"
+            " AND requested_at < $2 GROUP BY 1, 2, 3 ORDER BY 1", lo, hi, offset)
+        failures = await conn.fetch(
+            "SELECT provider, failure_code, count(*) AS n FROM sms_messages WHERE state = 'failed'"
+            " AND requested_at >= $1 AND requested_at < $2 GROUP BY 1, 2 ORDER BY 3 DESC",
+            lo, hi)
+    days: dict[str, dict[str, int]] = {}
+    for d in range((end - start).days + 1):
+        days[(start + timedelta(days=d)).isoformat()] = {
+            "requested": 0, "submitted": 0, "delivered": 0, "failed": 0, "reminders": 0,
+            "segments": 0}
+    for r in rows:
+        day = days.setdefault(r["day"].isoformat(), {})
+        day[r["state"]] = day.get(r["state"], 0) + r["n"]
+        day["segments"] = day.get("segments", 0) + int(r["segments"] or 0)
+        if r["kind"] == "reminder":
+            day["reminders"] = day.get("reminders", 0) + r["n"]
+    return {"from": start.isoformat(), "to": end.isoformat(),
+            "days": [{"day": k, **v} for k, v in sorted(days.items())],
+            "failures": [dict(r) for r in failures]}
+
+
+@router.get("/v1/sms/call-list", summary="Parcels the station keeper should phone about")
+async def call_list(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
+                    node_id: str | None = Query(None, max_length=64)) -> dict[str, Any]:
+    require_role(principal, *STAFF)
+    last = len(county.sms.reminder_hours) if county.sms else 0
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        await _scoped(conn, principal.brand_scope)
+        rows = await conn.fetch(
+            "SELECT a.waybill, a.brand, a.node_id, a.pickup_code, a.stored_at, a.reminders,"
+            " coalesce(a.call_reason, 'no_pickup_after_reminders') AS reason, m.phone_masked"
+            " FROM sms_arrivals a LEFT JOIN sms_messages m ON m.sms_id = a.arrival_sms"
+            " WHERE a.waiting AND (a.call_reason IS NOT NULL OR a.reminders >= $1)"
+            " AND ($2::text IS NULL OR a.node_id = $2) ORDER BY a.node_id, a.stored_at",
+            max(last, 1), node_id)
+    return {"parcels": [{**dict(r), "stored_at": _iso(r["stored_at"]),
+                         "node_name": county.nodes[r["node_id"]].name
+                         if r["node_id"] in county.nodes else None} for r in rows]}
+
+
+@router.get("/v1/sms/no-consent", summary="Parcels at village points without consent to station"
+            " delivery (the SMS offered home delivery)")
+async def no_consent(principal: PrincipalDep, pool: PoolDep,
+                     node_id: str | None = Query(None, max_length=64)) -> dict[str, Any]:
+    require_role(principal, *STAFF)
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        await _scoped(conn, principal.brand_scope)
+        rows = await conn.fetch(
+            "SELECT p.waybill, p.brand, m.node_id, p.pickup_code, m.sms_id, m.state,"
+            " m.phone_masked, m.requested_at FROM sms_message_parcels p"
+            " JOIN sms_messages m ON m.sms_id = p.sms_id"
+            " JOIN sms_arrivals a ON a.arrival_id = p.arrival_id"
+            " JOIN sms_recipients r ON r.waybill = p.waybill"
+            " WHERE m.kind = 'arrival' AND r.consent IS NOT TRUE AND a.waiting"
+            " AND ($1::text IS NULL OR m.node_id = $1) ORDER BY m.requested_at", node_id)
+    return {"parcels": [{**dict(r), "requested_at": _iso(r["requested_at"])} for r in rows]}

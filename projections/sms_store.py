@@ -1,0 +1,479 @@
+"""The SMS service's state in PostgreSQL, kept by applying the journal in seq order.
+
+Digests group parcels of different waybills (different Kafka partitions) for one phone, so which
+parcels share an SMS needs one total order; like the ledger, this reads the journal itself, from a
+cursor stored in the same transaction as the rows it produced. Its own decisions (a pickup code,
+an SMS requested, submitted, failed) are journal events too, and change this state only when read
+back from the journal: a rebuild from the journal arrives at the same state, and an arrival whose
+SMS the journal already holds is never announced again.
+
+Rows hold the recipient's phone because the sender needs it; nothing here serves it unmasked."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from domain import sms as rules
+from domain.county import County
+from domain.envelope import Envelope
+from domain.events import PickupAssigned, SmsParcel, SmsRequested
+from domain.phone import last4, mask_phone
+from projections import journal
+from projections.tracking_store import use_all_brands
+
+SMS_TYPES = ("parcel.registered", "parcel.scanned", "parcel.pickup_assigned", "consent.recorded",
+             "sms.requested", "sms.submitted", "sms.delivered", "sms.failed")
+SMS_LOCK = 7710005
+COLLECTING = ("delivered", "returned", "out_for_delivery")
+DEVICE = "gongpei-sms"
+TABLES = ("sms_message_parcels", "sms_messages", "sms_digests", "sms_arrivals", "sms_points",
+          "sms_recipients", "sms_cursor")
+
+
+def platform_event(event_type: str, payload: Any, event_id: str, brand: str,
+                   at: datetime) -> Envelope:
+    """An event the SMS service writes to the journal; its id is derived, so writing it twice
+    (after a crash, or from a rebuilt state) is one event."""
+    return Envelope(event_id=event_id, type=event_type, schema_version=1, occurred_at=at,
+                    recorded_at=at, device_id=DEVICE, brand=brand, operator_id="sms-service",
+                    payload=payload)
+
+
+# ------------------------------------------------------------------------------ journal → state
+
+
+async def catch_up(conn: asyncpg.Connection, county: County, *, now: datetime,
+                   page: int = 1000) -> int:
+    """Apply every journal event not yet applied; returns how many. `now` stamps the events this
+    writes (pickup codes); it never decides anything here."""
+    total = 0
+    while (n := await _apply_page(conn, county, now, page)) > 0:
+        total += n
+        if n < page:
+            break
+    return total
+
+
+async def _apply_page(conn: asyncpg.Connection, county: County, now: datetime, page: int) -> int:
+    async with conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SMS_LOCK):
+            return 0  # another SMS service is at it
+        await use_all_brands(conn)
+        await conn.execute("INSERT INTO sms_cursor (name) VALUES ('sms') ON CONFLICT DO NOTHING")
+        cursor = await conn.fetchval("SELECT seq FROM sms_cursor WHERE name = 'sms'")
+        rows = await conn.fetch(
+            "SELECT seq, body FROM journal WHERE seq > $1 AND type = ANY($2::text[])"
+            " ORDER BY seq LIMIT $3", cursor, list(SMS_TYPES), page)
+        if not rows:
+            return 0
+        out: list[Envelope] = []
+        for r in rows:
+            await _apply(conn, county, Envelope.from_wire(r["body"]), out, now)
+        # Written last, so the journal's append lock is held only for this insert and the commit.
+        await journal.append(conn, out)
+        await conn.execute("UPDATE sms_cursor SET seq = $1 WHERE name = 'sms'", rows[-1]["seq"])
+        return len(rows)
+
+
+async def _apply(conn: asyncpg.Connection, county: County, e: Envelope, out: list[Envelope],
+                 now: datetime) -> None:
+    p: Any = e.payload
+    if e.type == "parcel.registered":
+        await conn.execute(
+            "INSERT INTO sms_recipients (waybill, brand, phone, registered_at, known_at)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (waybill) DO UPDATE SET brand = $2,"
+            " phone = $3, registered_at = $4, known_at = $5"
+            " WHERE sms_recipients.registered_at IS NULL OR sms_recipients.registered_at <= $4",
+            p.waybill, e.brand, p.recipient_phone, e.occurred_at, e.recorded_at)
+        for a in await conn.fetch(
+                "SELECT * FROM sms_arrivals WHERE waybill = $1 AND waiting AND digest_id IS NULL"
+                " AND arrival_sms IS NULL", p.waybill):
+            await _plan(conn, county, a)  # stored before its manifest arrived
+    elif e.type == "consent.recorded":
+        await conn.execute(
+            "INSERT INTO sms_recipients (waybill, consent, consent_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (waybill) DO UPDATE SET consent = $2, consent_at = $3"
+            " WHERE sms_recipients.consent_at IS NULL OR sms_recipients.consent_at <= $3",
+            p.waybill, p.consent, e.occurred_at)
+    elif e.type == "parcel.scanned":
+        action = str(p.action)
+        if action == "stored":
+            node = county.nodes.get(p.node_id)
+            if node is not None and node.tier == "village":
+                await _arrive(conn, county, e, out, now)
+        elif action in COLLECTING:
+            await _collect(conn, p.waybill, action, e.occurred_at)
+    elif e.type == "parcel.pickup_assigned":
+        await conn.execute("UPDATE sms_arrivals SET pickup_code = $2 WHERE arrival_id = $1",
+                           p.arrival_id, p.pickup_code)
+    elif e.type == "sms.requested":
+        await _requested(conn, county, e)
+    elif e.type == "sms.submitted":
+        await conn.execute(
+            "UPDATE sms_messages SET state = 'submitted', provider = $2, provider_message_id = $3,"
+            " submitted_at = $4 WHERE sms_id = $1 AND state = 'requested'",
+            p.sms_id, p.provider, p.provider_message_id, e.occurred_at)
+        # A receipt may have come first: it keeps its state, and learns when we submitted.
+        await conn.execute(
+            "UPDATE sms_messages SET submitted_at = coalesce(submitted_at, $2),"
+            " provider_message_id = coalesce(provider_message_id, $3) WHERE sms_id = $1",
+            p.sms_id, e.occurred_at, p.provider_message_id)
+    elif e.type == "sms.delivered":
+        # A receipt can beat the sender's own record (a crash between the call and the record):
+        # the provider has it, so it was submitted, at the latest when it was delivered.
+        await conn.execute(
+            "UPDATE sms_messages SET state = 'delivered', delivered_at = $2, provider = $3,"
+            " provider_message_id = $4, submitted_at = coalesce(submitted_at, $2) WHERE sms_id = $1",
+            p.sms_id, p.delivered_at, p.provider, p.provider_message_id)
+    elif e.type == "sms.failed":
+        await conn.execute(
+            "UPDATE sms_messages SET state = 'failed', failure_code = $2, permanent = $3,"
+            " provider = $4 WHERE sms_id = $1 AND state <> 'delivered'",
+            p.sms_id, p.provider_code, p.permanent, p.provider)
+        await conn.execute(
+            "UPDATE sms_arrivals a SET call_reason = $2 FROM sms_message_parcels m"
+            " WHERE m.sms_id = $1 AND a.arrival_id = m.arrival_id AND a.waiting",
+            p.sms_id, f"sms_failed:{p.provider_code}")
+
+
+async def _arrive(conn: asyncpg.Connection, county: County, e: Envelope, out: list[Envelope],
+                  now: datetime) -> None:
+    p: Any = e.payload
+    if await conn.fetchval("SELECT 1 FROM sms_arrivals WHERE waybill = $1 AND node_id = $2"
+                           " AND waiting", p.waybill, p.node_id):
+        return  # the same parcel scanned onto the shelf again: still one arrival
+    # Stored somewhere else since: the parcel moved on, the old arrival is over.
+    await conn.execute(
+        "UPDATE sms_arrivals SET waiting = false, closed_at = $2, closed_by = 'moved', digest_id = NULL"
+        " WHERE waybill = $1 AND waiting", p.waybill, e.occurred_at)
+    await _drop_empty_digests(conn)
+    recipient = await conn.fetchrow("SELECT * FROM sms_recipients WHERE waybill = $1", p.waybill)
+    # A scan uploaded late, after the parcel was already collected: it announces nothing.
+    collected = (recipient is not None and recipient["collected_at"] is not None
+                 and recipient["collected_at"] >= e.occurred_at)
+    arrival = rules.arrival_id(p.waybill, p.node_id, e.event_id)
+    code = p.pickup_code
+    policy = county.sms
+    if code is None and not collected:
+        await conn.execute("INSERT INTO sms_points (node_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                           p.node_id)
+        next_n = await conn.fetchval("SELECT next_n FROM sms_points WHERE node_id = $1 FOR UPDATE",
+                                     p.node_id)
+        in_use = {r["pickup_code"] for r in await conn.fetch(
+            "SELECT pickup_code FROM sms_arrivals WHERE node_id = $1 AND waiting"
+            " AND pickup_code IS NOT NULL", p.node_id)}
+        code, next_n = rules.allocate_code(next_n, in_use, policy)
+        await conn.execute("UPDATE sms_points SET next_n = $2 WHERE node_id = $1", p.node_id, next_n)
+        out.append(platform_event(
+            "parcel.pickup_assigned",
+            PickupAssigned(waybill=p.waybill, node_id=p.node_id, arrival_id=arrival, pickup_code=code),
+            rules.derived_id("pickup_assigned", arrival), e.brand, now))
+    row = await conn.fetchrow(
+        "INSERT INTO sms_arrivals (arrival_id, waybill, brand, node_id, stored_at, known_at,"
+        " pickup_code, waiting, closed_at, closed_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        " ON CONFLICT (arrival_id) DO NOTHING RETURNING *",
+        arrival, p.waybill, e.brand, p.node_id, e.occurred_at, e.recorded_at, code, not collected,
+        recipient["collected_at"] if collected else None,
+        recipient["collected_by"] if collected else None)
+    if row is not None and not collected:
+        await _plan(conn, county, row)
+
+
+async def _plan(conn: asyncpg.Connection, county: County, arrival: asyncpg.Record) -> None:
+    """Put a waiting arrival into its phone's open digest at the point, or open one."""
+    recipient = await conn.fetchrow("SELECT phone, known_at FROM sms_recipients WHERE waybill = $1",
+                                    arrival["waybill"])
+    if recipient is None or recipient["phone"] is None:
+        return  # no manifest yet: planned when it comes
+    known_at = max(arrival["known_at"], recipient["known_at"])
+    digest = await conn.fetchrow(
+        "SELECT digest_id, closes_at FROM sms_digests WHERE phone = $1 AND node_id = $2"
+        " ORDER BY closes_at DESC LIMIT 1", recipient["phone"], arrival["node_id"])
+    if digest is not None and rules.joins_digest(digest["closes_at"], known_at):
+        digest_id = digest["digest_id"]
+    else:
+        digest_id = rules.derived_id("digest", arrival["arrival_id"])
+        await conn.execute(
+            "INSERT INTO sms_digests (digest_id, node_id, phone, opened_at, closes_at)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            digest_id, arrival["node_id"], recipient["phone"], known_at,
+            rules.digest_closes_at(known_at, county.sms, county.utc_offset_minutes))
+    await conn.execute("UPDATE sms_arrivals SET digest_id = $2, known_at = $3 WHERE arrival_id = $1",
+                       arrival["arrival_id"], digest_id, known_at)
+
+
+async def _collect(conn: asyncpg.Connection, waybill: str, action: str, at: datetime) -> None:
+    await conn.execute(
+        "INSERT INTO sms_recipients (waybill, collected_at, collected_by) VALUES ($1, $2, $3)"
+        " ON CONFLICT (waybill) DO UPDATE SET collected_at = $2, collected_by = $3"
+        " WHERE sms_recipients.collected_at IS NULL OR sms_recipients.collected_at <= $2",
+        waybill, at, action)
+    closed = await conn.fetch(
+        "UPDATE sms_arrivals SET waiting = false, closed_at = $2, closed_by = $3, digest_id = NULL"
+        " WHERE waybill = $1 AND waiting AND stored_at <= $2 RETURNING arrival_id",
+        waybill, at, action)
+    if closed:
+        await _drop_empty_digests(conn)
+
+
+async def _drop_empty_digests(conn: asyncpg.Connection) -> None:
+    await conn.execute(
+        "DELETE FROM sms_digests d WHERE NOT EXISTS"
+        " (SELECT 1 FROM sms_arrivals a WHERE a.digest_id = d.digest_id)")
+
+
+async def _requested(conn: asyncpg.Connection, county: County, e: Envelope) -> None:
+    p: Any = e.payload
+    phone = await conn.fetchval(
+        "SELECT phone FROM sms_digests WHERE digest_id = $1", p.sms_id) or await conn.fetchval(
+        "SELECT phone FROM sms_recipients WHERE waybill = $1", p.parcels[0].waybill)
+    inserted = await conn.fetchval(
+        "INSERT INTO sms_messages (sms_id, kind, stage, node_id, phone, phone_masked, text,"
+        " template_code, params, segments, consented, send_after, first_known_at, requested_at,"
+        " state, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
+        " $14, 'requested', $12) ON CONFLICT (sms_id) DO NOTHING RETURNING 1",
+        p.sms_id, p.kind, p.stage, p.node_id, phone, p.phone_masked, p.text, p.template_code,
+        dict(p.params), p.segments, p.consented, p.send_after, p.first_known_at, e.occurred_at)
+    if not inserted:
+        return
+    await conn.executemany(
+        "INSERT INTO sms_message_parcels (sms_id, waybill, brand, arrival_id, pickup_code)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        [(p.sms_id, x.waybill, x.brand, x.arrival_id, x.pickup_code) for x in p.parcels])
+    ids = [x.arrival_id for x in p.parcels]
+    if p.kind == "arrival":
+        await conn.execute(
+            "UPDATE sms_arrivals SET arrival_sms = $1, digest_id = NULL"
+            " WHERE arrival_id = ANY($2::text[]) AND arrival_sms IS NULL", p.sms_id, ids)
+        await conn.execute("DELETE FROM sms_digests WHERE digest_id = $1", p.sms_id)
+        await _drop_empty_digests(conn)
+    else:
+        await conn.execute(
+            "UPDATE sms_arrivals SET reminders = greatest(reminders, $1) WHERE arrival_id = ANY($2::text[])",
+            p.stage + 1, ids)
+        if p.stage + 1 >= len(county.sms.reminder_hours):  # the last one: over to the keeper
+            await conn.execute(
+                "UPDATE sms_arrivals SET call_reason = coalesce(call_reason, 'no_pickup_after_reminders')"
+                " WHERE arrival_id = ANY($1::text[]) AND waiting", ids)
+
+
+# ------------------------------------------------------------------------------ decisions (now)
+
+
+async def close_due(conn: asyncpg.Connection, county: County, now: datetime,
+                    grace: timedelta = timedelta(seconds=2)) -> int:
+    """Request the SMS of every digest that has closed and every reminder that is due; returns
+    how many were requested. The requests land in the journal; state follows when read back."""
+    policy = county.sms
+    out: list[Envelope] = []
+    async with conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SMS_LOCK):
+            return 0
+        await use_all_brands(conn)
+        for d in await conn.fetch("SELECT * FROM sms_digests WHERE closes_at <= $1 ORDER BY closes_at",
+                                  now - grace):
+            arrivals = await conn.fetch(
+                "SELECT a.*, r.consent FROM sms_arrivals a JOIN sms_recipients r USING (waybill)"
+                " WHERE a.digest_id = $1 AND a.waiting AND a.arrival_sms IS NULL", d["digest_id"])
+            if not arrivals:
+                await conn.execute("DELETE FROM sms_digests WHERE digest_id = $1", d["digest_id"])
+                continue
+            out.append(_request(county, "arrival", 0, d["digest_id"], d["node_id"], d["phone"],
+                                arrivals, now))
+        rows = await conn.fetch(
+            "SELECT a.*, r.consent, r.phone, (SELECT max(m.submitted_at) FROM sms_messages m"
+            "  JOIN sms_message_parcels mp ON mp.sms_id = m.sms_id"
+            "  WHERE mp.arrival_id = a.arrival_id AND m.state IN ('submitted', 'delivered')"
+            " ) AS last_sms_at FROM sms_arrivals a JOIN sms_recipients r USING (waybill)"
+            " WHERE a.waiting AND a.arrival_sms IS NOT NULL AND a.reminders < $1"
+            " AND a.stored_at <= $2", len(policy.reminder_hours),
+            now - timedelta(hours=policy.reminder_hours[0]))
+        by_id = {r["arrival_id"]: r for r in rows}
+        waiting = [rules.Waiting(r["arrival_id"], r["phone"], r["node_id"], r["stored_at"],
+                                 r["reminders"], r["last_sms_at"]) for r in rows]
+        for (phone, node_id, stage), group in rules.due_reminders(
+                waiting, now, policy, county.utc_offset_minutes).items():
+            first = min(w.arrival_id for w in group)
+            out.append(_request(county, "reminder", stage,
+                                rules.derived_id("reminder", str(stage), first), node_id, phone,
+                                [by_id[w.arrival_id] for w in group], now))
+        await journal.append(conn, out)
+    return len(out)
+
+
+def _request(county: County, kind: str, stage: int, sms_id: str, node_id: str, phone: str,
+             arrivals: Sequence[asyncpg.Record], now: datetime) -> Envelope:
+    policy = county.sms
+    parcels = [rules.Parcel(a["waybill"], a["brand"], a["pickup_code"]) for a in arrivals]
+    consented = all(a["consent"] is True for a in arrivals)
+    oldest = min(a["stored_at"] for a in arrivals)
+    message = rules.compose(kind, parcels, county.nodes[node_id].name, policy, consented=consented,
+                            days=max(1, (now - oldest).days), phone_last4=last4(phone))
+    payload = SmsRequested(
+        sms_id=sms_id, kind=kind, stage=stage, node_id=node_id,  # type: ignore[arg-type]
+        phone_masked=mask_phone(phone),
+        parcels=tuple(SmsParcel(waybill=a["waybill"], brand=a["brand"], arrival_id=a["arrival_id"],
+                                pickup_code=a["pickup_code"]) for a in arrivals),
+        consented=consented, template_code=message.template, params=message.params,
+        text=message.text, segments=message.segments,
+        send_after=rules.release_at(now, policy, county.utc_offset_minutes),
+        first_known_at=min(a["known_at"] for a in arrivals))
+    return platform_event("sms.requested", payload, rules.derived_id("sms.requested", sms_id),
+                          arrivals[0]["brand"], now)
+
+
+# ------------------------------------------------------------------------------------- sending
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    sms_id: str
+    phone: str
+    phone_masked: str
+    brand: str
+    template_code: str
+    params: dict[str, str]
+    first_known_at: datetime
+    attempts: int              # calls already made
+    uncertain: tuple[tuple[str, datetime], ...]  # (provider, started_at) of calls with no answer
+    transient: dict[str, int]  # transient failures per provider
+
+
+async def due_messages(conn: asyncpg.Connection, now: datetime, limit: int = 50) -> list[Outgoing]:
+    async with conn.transaction():
+        await use_all_brands(conn)
+        rows = await conn.fetch(
+            "SELECT m.*, (SELECT brand FROM sms_message_parcels p WHERE p.sms_id = m.sms_id LIMIT 1)"
+            " AS brand FROM sms_messages m WHERE state = 'requested' AND send_after <= $1"
+            " AND next_attempt_at <= $1 ORDER BY send_after, sms_id LIMIT $2", now, limit)
+        attempts = await conn.fetch(
+            "SELECT sms_id, provider, started_at, outcome FROM sms_attempts"
+            " WHERE sms_id = ANY($1::text[]) ORDER BY attempt", [r["sms_id"] for r in rows])
+    by_id: dict[str, list[asyncpg.Record]] = defaultdict(list)
+    for a in attempts:
+        by_id[a["sms_id"]].append(a)
+    out = []
+    for r in rows:
+        tried = by_id.get(r["sms_id"], [])
+        transient: dict[str, int] = defaultdict(int)
+        for a in tried:
+            if a["outcome"] == "transient":
+                transient[a["provider"]] += 1
+        out.append(Outgoing(
+            r["sms_id"], r["phone"], r["phone_masked"], r["brand"] or "", r["template_code"],
+            dict(r["params"]), r["first_known_at"], len(tried),
+            tuple((a["provider"], a["started_at"]) for a in tried if a["outcome"] is None),
+            dict(transient)))
+    return out
+
+
+async def sent_today(conn: asyncpg.Connection, phone: str, day_start: datetime) -> int:
+    """SMS already handed to a provider for this number since the county day began."""
+    async with conn.transaction():
+        await use_all_brands(conn)
+        return int(await conn.fetchval(
+            "SELECT count(*) FROM sms_messages WHERE phone = $1 AND submitted_at >= $2",
+            phone, day_start))
+
+
+async def begin_attempt(conn: asyncpg.Connection, sms_id: str, attempt: int, provider: str,
+                        now: datetime) -> None:
+    """Record a call before making it (committed on return): a crash after this is a call we
+    must ask the provider about before calling again."""
+    await conn.execute(
+        "INSERT INTO sms_attempts (sms_id, attempt, provider, started_at) VALUES ($1, $2, $3, $4)",
+        sms_id, attempt, provider, now)
+
+
+async def end_attempt(conn: asyncpg.Connection, sms_id: str, attempt: int, outcome: str,
+                      retry_at: datetime | None = None) -> None:
+    async with conn.transaction():
+        await use_all_brands(conn)
+        await conn.execute("UPDATE sms_attempts SET outcome = $3 WHERE sms_id = $1 AND attempt = $2",
+                           sms_id, attempt, outcome)
+        if retry_at is not None:
+            await conn.execute("UPDATE sms_messages SET next_attempt_at = $2 WHERE sms_id = $1",
+                               sms_id, retry_at)
+
+
+async def defer(conn: asyncpg.Connection, sms_id: str, until: datetime) -> None:
+    """Leave a message until `until` (quiet hours, a call to be asked about, a provider down)."""
+    async with conn.transaction():
+        await use_all_brands(conn)
+        await conn.execute("UPDATE sms_messages SET next_attempt_at = $2 WHERE sms_id = $1",
+                           sms_id, until)
+
+
+async def settle_uncertain(conn: asyncpg.Connection, sms_id: str, outcome: str) -> None:
+    await conn.execute("UPDATE sms_attempts SET outcome = $2 WHERE sms_id = $1 AND outcome IS NULL",
+                       sms_id, outcome)
+
+
+async def record(conn: asyncpg.Connection, events: Sequence[Envelope], sms_id: str) -> None:
+    """Write the sender's events to the journal; the message is not picked again meanwhile."""
+    async with conn.transaction():
+        await use_all_brands(conn)
+        await journal.append(conn, events)
+        await conn.execute(
+            "UPDATE sms_messages SET next_attempt_at = 'infinity' WHERE sms_id = $1 AND state = 'requested'",
+            sms_id)
+
+
+async def reset(conn: asyncpg.Connection) -> None:
+    """Empty the SMS state (not the log of provider calls), ready to be rebuilt from the journal."""
+    async with conn.transaction():
+        await use_all_brands(conn)
+        for table in TABLES:
+            await conn.execute(f"DELETE FROM {table}")  # table names come from TABLES
+
+
+# ------------------------------------------------------------------------------------- receipts
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A provider's delivery report, as every provider's push is read into."""
+
+    out_id: str
+    message_id: str
+    success: bool
+    code: str
+    at: datetime
+
+
+async def receipt_events(conn: asyncpg.Connection, provider: str, receipts: Sequence[Receipt],
+                         now: datetime) -> tuple[list[Envelope], int]:
+    """Journal events for delivery receipts, and how many named no SMS of ours. A receipt
+    repeated (providers resend them for up to 72 h) derives the same event id: one event."""
+    from domain.events import SmsDelivered, SmsFailed
+
+    async with conn.transaction(readonly=True):
+        await use_all_brands(conn)
+        rows = await conn.fetch(
+            "SELECT m.sms_id, (SELECT brand FROM sms_message_parcels p WHERE p.sms_id = m.sms_id"
+            " LIMIT 1) AS brand FROM sms_messages m WHERE m.sms_id = ANY($1::text[])",
+            list({r.out_id for r in receipts}))
+    brands = {r["sms_id"]: r["brand"] or "" for r in rows}
+    out: list[Envelope] = []
+    unknown = 0
+    for r in receipts:
+        if r.out_id not in brands:
+            unknown += 1
+            continue
+        if r.success:
+            payload: Any = SmsDelivered(sms_id=r.out_id, provider=provider,
+                                        provider_message_id=r.message_id, delivered_at=r.at)
+            event_id = rules.derived_id("sms.delivered", r.out_id)
+        else:
+            payload = SmsFailed(sms_id=r.out_id, provider=provider, provider_code=r.code,
+                                permanent=True, stage="delivery")
+            event_id = rules.derived_id("sms.failed", r.out_id, "delivery")
+        event_type = "sms.delivered" if r.success else "sms.failed"
+        out.append(platform_event(event_type, payload, event_id, brands[r.out_id], now))
+    return out, unknown

@@ -1,0 +1,127 @@
+"""SMS providers behind one interface: send a templated SMS with our out-id, and find out whether
+a given out-id was already accepted (asked before any resend, since no provider dedupes).
+
+Aliyun (dysmsapi 2017-05-25) goes through its official SDK, which takes an endpoint and protocol,
+so the same client talks to Aliyun or to the local gateway (infra/sms_gateway.py). The SDK's own
+retries are off: a retried SendSms is a second SMS, and retrying is the sender's decision."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import date
+from typing import Literal, Protocol
+
+import orjson
+
+log = logging.getLogger("gongpei.sms")
+
+Outcome = Literal["ok", "transient", "permanent", "unknown"]
+
+# Aliyun's business codes. Permanent: retrying the same SMS cannot succeed today. Everything not
+# listed (isp.SYSTEM_ERROR, isv.BUSINESS_LIMIT_CONTROL, throttling, 5xx) is worth a later retry.
+ALIYUN_PERMANENT = frozenset({
+    "isv.MOBILE_NUMBER_ILLEGAL", "isv.BLACK_KEY_CONTROL_LIMIT", "isv.AMOUNT_NOT_ENOUGH",
+    "isv.DAY_LIMIT_CONTROL", "isv.MOBILE_COUNT_OVER_LIMIT", "isv.OUT_OF_SERVICE",
+    "isv.ACCOUNT_NOT_EXISTS", "isv.ACCOUNT_ABNORMAL", "isv.SMS_TEMPLATE_ILLEGAL",
+    "isv.SMS_SIGNATURE_ILLEGAL", "isv.TEMPLATE_MISSING_PARAMETERS", "isv.INVALID_PARAMETERS",
+    "isv.PARAM_LENGTH_LIMIT", "isv.INVALID_JSON_PARAM", "isv.DENY_IP_RANGE",
+    "InvalidAccessKeyId.NotFound", "SignatureDoesNotMatch", "isv.EXTEND_CODE_ERROR",
+})
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: Outcome
+    code: str                     # the provider's code ("OK" on success)
+    message_id: str | None = None  # the provider's id for the message (Aliyun BizId)
+
+
+class Provider(Protocol):
+    name: str
+
+    async def send(self, *, phone: str, sign_name: str, template_code: str,
+                   params: dict[str, str], out_id: str) -> SendResult: ...
+
+    async def find(self, *, phone: str, out_id: str, sent_on: date) -> str | None:
+        """The provider's message id if it accepted an SMS with this out-id; None if not.
+        Raises when it cannot tell (then nothing may be sent)."""
+        ...
+
+
+class ProviderUnavailable(Exception):
+    """The provider could not be asked (network, 5xx): nothing is known."""
+
+
+class AliyunSms:
+    """Aliyun SMS through the official SDK (alibabacloud-dysmsapi20170525)."""
+
+    def __init__(self, name: str, endpoint: str, access_key_id: str, access_key_secret: str,
+                 protocol: str = "https", timeout_ms: int = 5000) -> None:
+        from alibabacloud_dysmsapi20170525.client import Client
+        from alibabacloud_tea_openapi.models import Config
+
+        self.name = name
+        self._client = Client(Config(
+            access_key_id=access_key_id, access_key_secret=access_key_secret, endpoint=endpoint,
+            protocol=protocol, read_timeout=timeout_ms, connect_timeout=timeout_ms))
+        self._timeout_ms = timeout_ms
+
+    def _runtime(self) -> object:
+        from darabonba.runtime import RuntimeOptions
+
+        return RuntimeOptions(autoretry=False, max_attempts=1, read_timeout=self._timeout_ms,
+                              connect_timeout=self._timeout_ms)
+
+    async def send(self, *, phone: str, sign_name: str, template_code: str,
+                   params: dict[str, str], out_id: str) -> SendResult:
+        from alibabacloud_dysmsapi20170525 import models
+
+        request = models.SendSmsRequest(
+            phone_numbers=phone, sign_name=sign_name, template_code=template_code,
+            template_param=orjson.dumps(params).decode(), out_id=out_id)
+        try:
+            response = await self._client.send_sms_with_options_async(request, self._runtime())
+        except Exception as exc:  # noqa: BLE001 - the SDK raises its own and aiohttp's errors
+            return _aliyun_error(exc)
+        body = response.body
+        if body.code == "OK" and body.biz_id:
+            return SendResult("ok", "OK", body.biz_id)
+        code = body.code or "UNKNOWN"
+        return SendResult("permanent" if code in ALIYUN_PERMANENT else "transient", code)
+
+    async def find(self, *, phone: str, out_id: str, sent_on: date) -> str | None:
+        from alibabacloud_dysmsapi20170525 import models
+
+        page = 1
+        while True:
+            request = models.QuerySendDetailsRequest(
+                phone_number=phone, send_date=sent_on.strftime("%Y%m%d"), page_size=50,
+                current_page=page)
+            try:
+                response = await self._client.query_send_details_with_options_async(
+                    request, self._runtime())
+            except Exception as exc:  # noqa: BLE001
+                raise ProviderUnavailable(type(exc).__name__) from None
+            body = response.body
+            if body.code != "OK":
+                raise ProviderUnavailable(body.code or "UNKNOWN")
+            details = (body.sms_send_detail_dtos.sms_send_detail_dto
+                       if body.sms_send_detail_dtos else None) or []
+            for d in details:
+                if d.out_id == out_id:
+                    return str(getattr(d, "biz_id", None) or f"{out_id}@{self.name}")
+            if len(details) < 50:
+                return None
+            page += 1
+
+
+def _aliyun_error(exc: Exception) -> SendResult:
+    code = str(getattr(exc, "code", "") or type(exc).__name__)
+    status = getattr(exc, "status_code", None)
+    if status is None:
+        # No HTTP answer: the request may or may not have reached the provider.
+        return SendResult("unknown", code)
+    if code in ALIYUN_PERMANENT:
+        return SendResult("permanent", code)
+    return SendResult("transient", code)

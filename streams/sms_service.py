@@ -1,0 +1,214 @@
+"""The SMS service: follows the journal (arrivals, collections, consents, its own decisions),
+requests the SMS of closed digests and due reminders, and sends them through the providers.
+
+At most one SMS per (parcel, arrival) and per digest, across crashes, restarts and rebuilds:
+- which parcels an SMS names is decided once, as an `sms.requested` event with a derived id;
+- before each provider call the attempt is committed to `sms_attempts`; a call that got no answer
+  (a crash, a timeout) is settled by asking the provider for our out-id before anything is sent
+  again, on any provider;
+- a message is handed to the failover provider only once every earlier call is known not to have
+  been accepted.
+One instance works at a time (a PostgreSQL advisory lock); a second is a standby."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, timedelta, timezone
+
+import asyncpg
+
+from domain import sms as rules
+from domain.county import County
+from domain.events import SmsFailed, SmsSubmitted
+from infra.db import TRANSIENT_DB_ERRORS, discard
+from projections import journal, sms_store
+from projections.metrics import (
+    PROJECTION_EVENTS,
+    SMS_ARRIVAL_TO_SUBMITTED,
+    SMS_FAILURES,
+    SMS_OUTCOMES,
+)
+from streams.sms_providers import Provider, ProviderUnavailable
+
+log = logging.getLogger("gongpei.sms")
+SENDER_LOCK = 7710006
+
+
+class Sender:
+    """Sends due messages. `providers` in order of preference; `query_after` is how long an
+    unanswered call is left before the provider is asked about it (its records may lag)."""
+
+    def __init__(self, county: County, providers: Sequence[Provider], *,
+                 transient_limit: int = 3, query_after: timedelta = timedelta(seconds=2),
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        if not providers:
+            raise ValueError("at least one SMS provider is needed")
+        self.county = county
+        self.policy = county.sms
+        self.providers = {p.name: p for p in providers}
+        self.order = [p.name for p in providers]
+        self.transient_limit = transient_limit
+        self.query_after = query_after
+        self.clock = clock
+
+    async def send_due(self, pool: asyncpg.Pool) -> int:
+        """Work through the messages due now; returns how many calls were made."""
+        now = self.clock()
+        async with pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", SENDER_LOCK):
+                return 0
+            try:
+                calls = 0
+                for m in await sms_store.due_messages(conn, now):
+                    calls += await self._one(conn, m)
+                return calls
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", SENDER_LOCK)
+
+    async def _one(self, conn: asyncpg.Connection, m: sms_store.Outgoing) -> int:
+        now = self.clock()
+        release = rules.release_at(now, self.policy, self.county.utc_offset_minutes)
+        if release > now:  # quiet hours began while it waited
+            await sms_store.defer(conn, m.sms_id, release)
+            return 0
+        # 1. Calls that got no answer: ask before anything else is sent.
+        for provider_name, started in m.uncertain:
+            if now - started < self.query_after:
+                await sms_store.defer(conn, m.sms_id, started + self.query_after)
+                return 0
+            provider = self.providers.get(provider_name)
+            if provider is None:
+                log.error("sms %s: an unanswered call went to %s, which is no longer configured;"
+                          " not resending", m.sms_id, provider_name)
+                await sms_store.defer(conn, m.sms_id, now + timedelta(hours=1))
+                return 0
+            try:
+                found = await provider.find(phone=m.phone, out_id=m.sms_id,
+                                            sent_on=self._provider_day(started))
+            except ProviderUnavailable as exc:
+                log.warning("sms %s: cannot ask %s about an unanswered call (%s); later",
+                            m.sms_id, provider_name, exc)
+                await sms_store.defer(conn, m.sms_id, now + timedelta(seconds=10))
+                return 0
+            if found is not None:
+                log.info("sms %s: %s had accepted it before we could record that; recorded,"
+                         " not resent", m.sms_id, provider_name)
+                await sms_store.settle_uncertain(conn, m.sms_id, "ok")
+                await self._submitted(conn, m, provider_name, found, m.attempts, recovered=True)
+                return 0
+            log.info("sms %s: %s has no record of it; sending", m.sms_id, provider_name)
+            await sms_store.settle_uncertain(conn, m.sms_id, "not_sent")
+        # 2. The per-number daily budget.
+        day_start = self._county_day_start(now)
+        if await sms_store.sent_today(conn, m.phone, day_start) >= self.policy.daily_budget:
+            await self._failed(conn, m, "gongpei", "DAILY_BUDGET", permanent=True)
+            return 0
+        # 3. Pick the provider: the first one this message has not failed on too often.
+        name = next((n for n in self.order if m.transient.get(n, 0) < self.transient_limit), None)
+        if name is None:
+            await self._failed(conn, m, self.order[-1], "RETRIES_EXHAUSTED", permanent=True)
+            return 0
+        attempt = m.attempts + 1
+        await sms_store.begin_attempt(conn, m.sms_id, attempt, name, now)
+        result = await self.providers[name].send(
+            phone=m.phone, sign_name=self.policy.sign_name, template_code=m.template_code,
+            params=m.params, out_id=m.sms_id)
+        if result.outcome == "ok":
+            await sms_store.end_attempt(conn, m.sms_id, attempt, "ok")
+            assert result.message_id is not None
+            await self._submitted(conn, m, name, result.message_id, attempt, recovered=False)
+        elif result.outcome == "permanent":
+            await sms_store.end_attempt(conn, m.sms_id, attempt, "permanent")
+            await self._failed(conn, m, name, result.code, permanent=True)
+        elif result.outcome == "transient":
+            SMS_FAILURES.labels(provider=name, code=result.code, permanent="false").inc()
+            delay = min(300.0, 2.0 ** sum(m.transient.values()))
+            await sms_store.end_attempt(conn, m.sms_id, attempt, "transient",
+                                        retry_at=now + timedelta(seconds=delay))
+            log.warning("sms %s to %s: %s from %s; retrying in %.0f s", m.sms_id, m.phone_masked,
+                        result.code, name, delay)
+        else:  # no answer: left uncertain, to be asked about
+            log.warning("sms %s to %s: no answer from %s (%s)", m.sms_id, m.phone_masked, name,
+                        result.code)
+            await sms_store.defer(conn, m.sms_id, now + self.query_after)
+        return 1
+
+    def _provider_day(self, t: datetime) -> date:
+        return t.astimezone(timezone(timedelta(hours=8))).date()  # providers keep Beijing dates
+
+    def _county_day_start(self, now: datetime) -> datetime:
+        tz = timezone(timedelta(minutes=self.county.utc_offset_minutes))
+        local = now.astimezone(tz)
+        return datetime.combine(local.date(), datetime.min.time(), tz)
+
+    async def _submitted(self, conn: asyncpg.Connection, m: sms_store.Outgoing, provider: str,
+                         message_id: str, attempt: int, *, recovered: bool) -> None:
+        now = self.clock()
+        event = sms_store.platform_event(
+            "sms.submitted",
+            SmsSubmitted(sms_id=m.sms_id, provider=provider, provider_message_id=message_id[:64],
+                         attempt=max(1, attempt), recovered=recovered),
+            rules.derived_id("sms.submitted", m.sms_id), m.brand, now)
+        await sms_store.record(conn, [event], m.sms_id)
+        SMS_OUTCOMES.labels(outcome="submitted").inc()
+        SMS_ARRIVAL_TO_SUBMITTED.observe(max(0.0, (now - m.first_known_at).total_seconds()))
+
+    async def _failed(self, conn: asyncpg.Connection, m: sms_store.Outgoing, provider: str,
+                      code: str, *, permanent: bool) -> None:
+        event = sms_store.platform_event(
+            "sms.failed", SmsFailed(sms_id=m.sms_id, provider=provider, provider_code=code[:64],
+                                    permanent=permanent),
+            rules.derived_id("sms.failed", m.sms_id, "submit"), m.brand, self.clock())
+        await sms_store.record(conn, [event], m.sms_id)
+        SMS_OUTCOMES.labels(outcome="failed").inc()
+        SMS_FAILURES.labels(provider=provider, code=code, permanent=str(permanent).lower()).inc()
+        log.warning("sms %s to %s failed: %s from %s", m.sms_id, m.phone_masked, code, provider)
+
+
+async def step(pool: asyncpg.Pool, county: County, sender: Sender, now: datetime) -> int:
+    """One round: follow the journal, request what is due, follow again, send what is due."""
+    async with pool.acquire() as conn:
+        applied = await sms_store.catch_up(conn, county, now=now)
+        requested = await sms_store.close_due(conn, county, now)
+        if requested:
+            applied += await sms_store.catch_up(conn, county, now=now)
+    if applied:
+        PROJECTION_EVENTS.labels(projection="sms", result="new").inc(applied)
+    if requested:
+        SMS_OUTCOMES.labels(outcome="requested").inc(requested)
+    calls = await sender.send_due(pool)
+    if calls:
+        async with pool.acquire() as conn:
+            await sms_store.catch_up(conn, county, now=now)
+    return applied + requested + calls
+
+
+async def run(pool: asyncpg.Pool, county: County, sender: Sender, stop: asyncio.Event,
+              tick: float = 0.5) -> None:
+    """Run until `stop` is set, woken by the journal's NOTIFY and every `tick`; rides out
+    database restarts."""
+    wake = asyncio.Event()
+    listener: asyncpg.Connection | None = None
+    while not stop.is_set():
+        try:
+            if listener is None or listener.is_closed():
+                listener = await pool.acquire()
+                await listener.add_listener(journal.NOTIFY_CHANNEL, lambda *_: wake.set())
+            started = time.perf_counter()
+            await step(pool, county, sender, sender.clock())
+            log.debug("round in %.3f s", time.perf_counter() - started)
+        except TRANSIENT_DB_ERRORS as exc:
+            log.warning("database unavailable (%s); retrying", type(exc).__name__)
+            if listener is not None:
+                await discard(pool, listener)
+                listener = None
+        wake.clear()
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
+        await asyncio.wait(waiters, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+    if listener is not None:
+        await discard(pool, listener)
