@@ -368,7 +368,10 @@ async def due_messages(conn: asyncpg.Connection, now: datetime, limit: int = 50)
         out.append(Outgoing(
             r["sms_id"], r["phone"], r["phone_masked"], r["brand"] or "", r["template_code"],
             dict(r["params"]), r["first_known_at"], len(tried),
-            tuple((a["provider"], a["started_at"]) for a in tried if a["outcome"] is None),
+            # No answer, or an answer whose record was lost to a crash (the message would not
+            # still be 'requested' otherwise): either way, ask the provider before sending.
+            tuple((a["provider"], a["started_at"]) for a in tried
+                  if a["outcome"] is None or a["outcome"] == "ok"),
             dict(transient)))
     return out
 
@@ -411,8 +414,8 @@ async def defer(conn: asyncpg.Connection, sms_id: str, until: datetime) -> None:
 
 
 async def settle_uncertain(conn: asyncpg.Connection, sms_id: str, outcome: str) -> None:
-    await conn.execute("UPDATE sms_attempts SET outcome = $2 WHERE sms_id = $1 AND outcome IS NULL",
-                       sms_id, outcome)
+    await conn.execute("UPDATE sms_attempts SET outcome = $2 WHERE sms_id = $1"
+                       " AND (outcome IS NULL OR outcome = 'ok')", sms_id, outcome)
 
 
 async def record(conn: asyncpg.Connection, events: Sequence[Envelope], sms_id: str) -> None:

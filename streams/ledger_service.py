@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -22,6 +23,24 @@ log = logging.getLogger("gongpei.ledger")
 
 async def run(pool: asyncpg.Pool, county: County, stop: asyncio.Event, tick: float = 0.5) -> None:
     """Apply the journal to the ledger until `stop` is set, riding out database restarts."""
+
+    async def one_round() -> None:
+        async with pool.acquire() as conn:
+            started = time.perf_counter()
+            applied = await ledger_store.catch_up(conn, county)
+        if applied:
+            PROJECTION_APPLY_SECONDS.labels(projection="ledger").observe(
+                time.perf_counter() - started)
+            PROJECTION_EVENTS.labels(projection="ledger", result="new").inc(applied)
+
+    await follow_journal(pool, stop, one_round, log, tick)
+
+
+async def follow_journal(pool: asyncpg.Pool, stop: asyncio.Event,
+                         one_round: Callable[[], Awaitable[object]], logger: logging.Logger,
+                         tick: float = 0.5) -> None:
+    """Call `one_round` until `stop` is set: at once when the journal NOTIFYs an append, and at
+    least every `tick`; a database outage is waited out, with a fresh listener after it."""
     wake = asyncio.Event()
     listener: asyncpg.Connection | None = None
     while not stop.is_set():
@@ -29,15 +48,9 @@ async def run(pool: asyncpg.Pool, county: County, stop: asyncio.Event, tick: flo
             if listener is None or listener.is_closed():
                 listener = await pool.acquire()
                 await listener.add_listener(journal.NOTIFY_CHANNEL, lambda *_: wake.set())
-            async with pool.acquire() as conn:
-                started = time.perf_counter()
-                applied = await ledger_store.catch_up(conn, county)
-            if applied:
-                PROJECTION_APPLY_SECONDS.labels(projection="ledger").observe(
-                    time.perf_counter() - started)
-                PROJECTION_EVENTS.labels(projection="ledger", result="new").inc(applied)
+            await one_round()
         except TRANSIENT_DB_ERRORS as exc:
-            log.warning("database unavailable (%s); retrying", type(exc).__name__)
+            logger.warning("database unavailable (%s); retrying", type(exc).__name__)
             if listener is not None:
                 await discard(pool, listener)  # a fresh one, listening again, next time round
                 listener = None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
 
@@ -23,14 +22,14 @@ import asyncpg
 from domain import sms as rules
 from domain.county import County
 from domain.events import SmsFailed, SmsSubmitted
-from infra.db import TRANSIENT_DB_ERRORS, discard
-from projections import journal, sms_store
+from projections import sms_store
 from projections.metrics import (
     PROJECTION_EVENTS,
     SMS_ARRIVAL_TO_SUBMITTED,
     SMS_FAILURES,
     SMS_OUTCOMES,
 )
+from streams.ledger_service import follow_journal
 from streams.sms_providers import Provider, ProviderUnavailable
 
 log = logging.getLogger("gongpei.sms")
@@ -190,25 +189,4 @@ async def run(pool: asyncpg.Pool, county: County, sender: Sender, stop: asyncio.
               tick: float = 0.5) -> None:
     """Run until `stop` is set, woken by the journal's NOTIFY and every `tick`; rides out
     database restarts."""
-    wake = asyncio.Event()
-    listener: asyncpg.Connection | None = None
-    while not stop.is_set():
-        try:
-            if listener is None or listener.is_closed():
-                listener = await pool.acquire()
-                await listener.add_listener(journal.NOTIFY_CHANNEL, lambda *_: wake.set())
-            started = time.perf_counter()
-            await step(pool, county, sender, sender.clock())
-            log.debug("round in %.3f s", time.perf_counter() - started)
-        except TRANSIENT_DB_ERRORS as exc:
-            log.warning("database unavailable (%s); retrying", type(exc).__name__)
-            if listener is not None:
-                await discard(pool, listener)
-                listener = None
-        wake.clear()
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-        await asyncio.wait(waiters, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
-        for w in waiters:
-            w.cancel()
-    if listener is not None:
-        await discard(pool, listener)
+    await follow_journal(pool, stop, lambda: step(pool, county, sender, sender.clock()), log, tick)
