@@ -89,6 +89,8 @@ def cmd_ledger(args: argparse.Namespace) -> None:
 
 
 def cmd_sms(args: argparse.Namespace) -> None:
+    from datetime import timedelta
+
     from streams import sms_service
     from streams.sms_providers import AliyunSms
 
@@ -106,7 +108,8 @@ def cmd_sms(args: argparse.Namespace) -> None:
         logging.getLogger("gongpei.sms").warning("no [sms] in the county file or no provider; idle")
         _serve(settings, lambda pool, stop: stop.wait())
         return
-    sender = sms_service.Sender(county, providers)
+    sender = sms_service.Sender(
+        county, providers, query_after=timedelta(seconds=settings.sms_query_after_seconds))
     _serve(settings, lambda pool, stop: sms_service.run(pool, county, sender, stop))
 
 

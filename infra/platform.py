@@ -133,6 +133,7 @@ class Platform:
             sms_access_key_id="LTAI" + self._secret("sms-access-key-id")[:16],
             sms_access_key_secret=self._secret("sms-access-key-secret"),
             sms_receipt_key=self._secret("sms-receipt-key"),
+            sms_query_after_seconds=2.0,  # the local gateways record before they answer
         )
         asyncio.run(migrate(self.settings.database_url, self.settings.app_password))
         env = {**os.environ, **self.settings.to_env(), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),

@@ -35,6 +35,9 @@ class Settings:
     sms_access_key_id: str = ""
     sms_access_key_secret: str = ""
     sms_receipt_key: str = ""    # the secret in the delivery-report URL given to providers
+    # How long an unanswered provider call is left before the provider is asked about it: its
+    # records lag its answers (Aliyun's QuerySendDetails by seconds); the local gateway's do not.
+    sms_query_after_seconds: float = 60.0
 
     @property
     def app_database_url(self) -> str:
@@ -90,6 +93,7 @@ class Settings:
             sms_access_key_id=env.get("GONGPEI_SMS_ACCESS_KEY_ID", ""),
             sms_access_key_secret=env.get("GONGPEI_SMS_ACCESS_KEY_SECRET", ""),
             sms_receipt_key=env.get("GONGPEI_SMS_RECEIPT_KEY", ""),
+            sms_query_after_seconds=float(env.get("GONGPEI_SMS_QUERY_AFTER_SECONDS", "60")),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -106,4 +110,5 @@ class Settings:
             "GONGPEI_SMS_ACCESS_KEY_ID": self.sms_access_key_id,
             "GONGPEI_SMS_ACCESS_KEY_SECRET": self.sms_access_key_secret,
             "GONGPEI_SMS_RECEIPT_KEY": self.sms_receipt_key,
+            "GONGPEI_SMS_QUERY_AFTER_SECONDS": str(self.sms_query_after_seconds),
         }

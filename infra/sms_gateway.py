@@ -249,9 +249,26 @@ async def _push_receipts(state: State) -> None:
                 await asyncio.sleep(1.0)
 
 
+def _reload(log_path: Path) -> list[Sent]:
+    """What an earlier run of this gateway accepted: a provider does not forget its messages
+    when it restarts, so QuerySendDetails still finds them."""
+    if not log_path.exists():
+        return []
+    out = []
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        try:
+            d = json.loads(line)
+            out.append(Sent(d["biz_id"], d["phone"], d["out_id"], d["template"], d["text"],
+                            datetime.fromisoformat(d["at"])))
+        except (ValueError, KeyError):
+            log.warning("skipping an unreadable line of %s", log_path.name)  # a torn last line
+    return out
+
+
 def create_gateway(config: GatewayConfig, policy: SmsPolicy) -> Starlette:
     state = State(config, _templates(policy), frozenset({policy.sign_name}),
                   random.Random(config.seed))
+    state.sent = _reload(config.log_path)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
