@@ -280,7 +280,7 @@ def compose(kind: str, parcels: list[Parcel], point_name: str, policy: SmsPolicy
 
     codes = [p.pickup_code for p in parcels]
     params, text = text_for("、".join(codes))
-    if len(text) <= SEGMENT_SINGLE or len(text) <= limit:
+    if len(text) <= limit:
         return Message(policy.template_codes[template_key], params, text)
     tail = f"等{len(codes)}件，凭尾号{phone_last4}取件" if phone_last4 else f"等{len(codes)}件"
     for k in range(len(codes) - 1, 0, -1):

@@ -67,9 +67,11 @@ async def _apply_page(conn: asyncpg.Connection, county: County, now: datetime, p
         await use_all_brands(conn)
         await conn.execute("INSERT INTO sms_cursor (name) VALUES ('sms') ON CONFLICT DO NOTHING")
         cursor = await conn.fetchval("SELECT seq FROM sms_cursor WHERE name = 'sms'")
+        # Of the scans only storing and collection matter: the rest are not even decoded.
         rows = await conn.fetch(
             "SELECT seq, body FROM journal WHERE seq > $1 AND type = ANY($2::text[])"
-            " ORDER BY seq LIMIT $3", cursor, list(SMS_TYPES), page)
+            " AND (type <> 'parcel.scanned' OR body->'payload'->>'action' = ANY($4::text[]))"
+            " ORDER BY seq LIMIT $3", cursor, list(SMS_TYPES), page, ["stored", *COLLECTING])
         if not rows:
             return 0
         out: list[Envelope] = []
@@ -149,10 +151,7 @@ async def _arrive(conn: asyncpg.Connection, county: County, e: Envelope, out: li
                            " AND waiting", p.waybill, p.node_id):
         return  # the same parcel scanned onto the shelf again: still one arrival
     # Stored somewhere else since: the parcel moved on, the old arrival is over.
-    await conn.execute(
-        "UPDATE sms_arrivals SET waiting = false, closed_at = $2, closed_by = 'moved', digest_id = NULL"
-        " WHERE waybill = $1 AND waiting", p.waybill, e.occurred_at)
-    await _drop_empty_digests(conn)
+    await _close(conn, p.waybill, e.occurred_at, "moved")
     recipient = await conn.fetchrow("SELECT * FROM sms_recipients WHERE waybill = $1", p.waybill)
     # A scan uploaded late, after the parcel was already collected: it announces nothing.
     collected = (recipient is not None and recipient["collected_at"] is not None
@@ -214,18 +213,24 @@ async def _collect(conn: asyncpg.Connection, waybill: str, action: str, at: date
         " ON CONFLICT (waybill) DO UPDATE SET collected_at = $2, collected_by = $3"
         " WHERE sms_recipients.collected_at IS NULL OR sms_recipients.collected_at <= $2",
         waybill, at, action)
-    closed = await conn.fetch(
-        "UPDATE sms_arrivals SET waiting = false, closed_at = $2, closed_by = $3, digest_id = NULL"
-        " WHERE waybill = $1 AND waiting AND stored_at <= $2 RETURNING arrival_id",
-        waybill, at, action)
-    if closed:
-        await _drop_empty_digests(conn)
+    await _close(conn, waybill, at, action)
 
 
-async def _drop_empty_digests(conn: asyncpg.Connection) -> None:
-    await conn.execute(
-        "DELETE FROM sms_digests d WHERE NOT EXISTS"
-        " (SELECT 1 FROM sms_arrivals a WHERE a.digest_id = d.digest_id)")
+async def _close(conn: asyncpg.Connection, waybill: str, at: datetime, by: str) -> None:
+    """End the parcel's waiting arrivals stored by `at` (no more SMS or reminders for them),
+    and drop the digests that they leave empty."""
+    rows = await conn.fetch(
+        "UPDATE sms_arrivals a SET waiting = false, closed_at = $2, closed_by = $3, digest_id = NULL"
+        " FROM sms_arrivals old WHERE old.arrival_id = a.arrival_id AND a.waybill = $1"
+        " AND a.waiting AND a.stored_at <= $2 RETURNING old.digest_id", waybill, at, by)
+    await _drop_if_empty(conn, [r["digest_id"] for r in rows if r["digest_id"]])
+
+
+async def _drop_if_empty(conn: asyncpg.Connection, digest_ids: list[str]) -> None:
+    if digest_ids:
+        await conn.execute(
+            "DELETE FROM sms_digests d WHERE d.digest_id = ANY($1::text[]) AND NOT EXISTS"
+            " (SELECT 1 FROM sms_arrivals a WHERE a.digest_id = d.digest_id)", digest_ids)
 
 
 async def _requested(conn: asyncpg.Connection, county: County, e: Envelope) -> None:
@@ -248,11 +253,12 @@ async def _requested(conn: asyncpg.Connection, county: County, e: Envelope) -> N
         [(p.sms_id, x.waybill, x.brand, x.arrival_id, x.pickup_code) for x in p.parcels])
     ids = [x.arrival_id for x in p.parcels]
     if p.kind == "arrival":
-        await conn.execute(
-            "UPDATE sms_arrivals SET arrival_sms = $1, digest_id = NULL"
-            " WHERE arrival_id = ANY($2::text[]) AND arrival_sms IS NULL", p.sms_id, ids)
+        rows = await conn.fetch(
+            "UPDATE sms_arrivals a SET arrival_sms = $1, digest_id = NULL FROM sms_arrivals old"
+            " WHERE old.arrival_id = a.arrival_id AND a.arrival_id = ANY($2::text[])"
+            " AND a.arrival_sms IS NULL RETURNING old.digest_id", p.sms_id, ids)
         await conn.execute("DELETE FROM sms_digests WHERE digest_id = $1", p.sms_id)
-        await _drop_empty_digests(conn)
+        await _drop_if_empty(conn, [r["digest_id"] for r in rows if r["digest_id"]])
     else:
         await conn.execute(
             "UPDATE sms_arrivals SET reminders = greatest(reminders, $1) WHERE arrival_id = ANY($2::text[])",
@@ -368,10 +374,7 @@ async def due_messages(conn: asyncpg.Connection, now: datetime, limit: int = 50)
         out.append(Outgoing(
             r["sms_id"], r["phone"], r["phone_masked"], r["brand"] or "", r["template_code"],
             dict(r["params"]), r["first_known_at"], len(tried),
-            # No answer, or an answer whose record was lost to a crash (the message would not
-            # still be 'requested' otherwise): either way, ask the provider before sending.
-            tuple((a["provider"], a["started_at"]) for a in tried
-                  if a["outcome"] is None or a["outcome"] == "ok"),
+            tuple((a["provider"], a["started_at"]) for a in tried if a["outcome"] is None),
             dict(transient)))
     return out
 
@@ -414,15 +417,22 @@ async def defer(conn: asyncpg.Connection, sms_id: str, until: datetime) -> None:
 
 
 async def settle_uncertain(conn: asyncpg.Connection, sms_id: str, outcome: str) -> None:
-    await conn.execute("UPDATE sms_attempts SET outcome = $2 WHERE sms_id = $1"
-                       " AND (outcome IS NULL OR outcome = 'ok')", sms_id, outcome)
+    await conn.execute("UPDATE sms_attempts SET outcome = $2 WHERE sms_id = $1 AND outcome IS NULL",
+                       sms_id, outcome)
 
 
-async def record(conn: asyncpg.Connection, events: Sequence[Envelope], sms_id: str) -> None:
-    """Write the sender's events to the journal; the message is not picked again meanwhile."""
+async def record(conn: asyncpg.Connection, events: Sequence[Envelope], sms_id: str,
+                 outcome: str, attempt: int | None = None) -> None:
+    """Write the sender's events to the journal and, in the same transaction, the outcome of the
+    call they came from (`attempt`; None: every call still unanswered, as when the provider was
+    asked about them), so no answered call is ever left looking unanswered, or the other way
+    round. The message is not picked again meanwhile."""
     async with conn.transaction():
         await use_all_brands(conn)
         await journal.append(conn, events)
+        await conn.execute(
+            "UPDATE sms_attempts SET outcome = $3 WHERE sms_id = $1"
+            " AND (attempt = $2 OR ($2::int IS NULL AND outcome IS NULL))", sms_id, attempt, outcome)
         await conn.execute(
             "UPDATE sms_messages SET next_attempt_at = 'infinity' WHERE sms_id = $1 AND state = 'requested'",
             sms_id)

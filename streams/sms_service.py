@@ -29,7 +29,7 @@ from projections.metrics import (
     SMS_FAILURES,
     SMS_OUTCOMES,
 )
-from streams.ledger_service import follow_journal
+from streams.follow import follow_journal
 from streams.sms_providers import Provider, ProviderUnavailable
 
 log = logging.getLogger("gongpei.sms")
@@ -95,7 +95,6 @@ class Sender:
             if found is not None:
                 log.info("sms %s: %s had accepted it before we could record that; recorded,"
                          " not resent", m.sms_id, provider_name)
-                await sms_store.settle_uncertain(conn, m.sms_id, "ok")
                 await self._submitted(conn, m, provider_name, found, m.attempts, recovered=True)
                 return 0
             log.info("sms %s: %s has no record of it; sending", m.sms_id, provider_name)
@@ -116,15 +115,13 @@ class Sender:
             phone=m.phone, sign_name=self.policy.sign_name, template_code=m.template_code,
             params=m.params, out_id=m.sms_id)
         if result.outcome == "ok":
-            await sms_store.end_attempt(conn, m.sms_id, attempt, "ok")
             assert result.message_id is not None
             await self._submitted(conn, m, name, result.message_id, attempt, recovered=False)
         elif result.outcome == "permanent":
-            await sms_store.end_attempt(conn, m.sms_id, attempt, "permanent")
-            await self._failed(conn, m, name, result.code, permanent=True)
+            await self._failed(conn, m, name, result.code, permanent=True, attempt=attempt)
         elif result.outcome == "transient":
             SMS_FAILURES.labels(provider=name, code=result.code, permanent="false").inc()
-            delay = min(300.0, 2.0 ** sum(m.transient.values()))
+            delay = min(300.0, 2.0 ** (sum(m.transient.values()) + 1))  # 2, 4, 8 … s
             await sms_store.end_attempt(conn, m.sms_id, attempt, "transient",
                                         retry_at=now + timedelta(seconds=delay))
             log.warning("sms %s to %s: %s from %s; retrying in %.0f s", m.sms_id, m.phone_masked,
@@ -151,17 +148,18 @@ class Sender:
             SmsSubmitted(sms_id=m.sms_id, provider=provider, provider_message_id=message_id[:64],
                          attempt=max(1, attempt), recovered=recovered),
             rules.derived_id("sms.submitted", m.sms_id), m.brand, now)
-        await sms_store.record(conn, [event], m.sms_id)
+        # Recovered: the calls it was found by were the unanswered ones; they become 'ok'.
+        await sms_store.record(conn, [event], m.sms_id, "ok", None if recovered else attempt)
         SMS_OUTCOMES.labels(outcome="submitted").inc()
         SMS_ARRIVAL_TO_SUBMITTED.observe(max(0.0, (now - m.first_known_at).total_seconds()))
 
     async def _failed(self, conn: asyncpg.Connection, m: sms_store.Outgoing, provider: str,
-                      code: str, *, permanent: bool) -> None:
+                      code: str, *, permanent: bool, attempt: int | None = None) -> None:
         event = sms_store.platform_event(
             "sms.failed", SmsFailed(sms_id=m.sms_id, provider=provider, provider_code=code[:64],
                                     permanent=permanent),
             rules.derived_id("sms.failed", m.sms_id, "submit"), m.brand, self.clock())
-        await sms_store.record(conn, [event], m.sms_id)
+        await sms_store.record(conn, [event], m.sms_id, "permanent", attempt)
         SMS_OUTCOMES.labels(outcome="failed").inc()
         SMS_FAILURES.labels(provider=provider, code=code, permanent=str(permanent).lower()).inc()
         log.warning("sms %s to %s failed: %s from %s", m.sms_id, m.phone_masked, code, provider)

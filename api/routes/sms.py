@@ -7,7 +7,6 @@ import hmac
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Annotated, Any
 
-import asyncpg
 from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
@@ -15,6 +14,7 @@ from api.deps import CountyDep, PoolDep, PrincipalDep, require_role
 from api.errors import ApiError
 from api.routes.parcels import WAYBILL_PATTERN
 from projections import journal, sms_store
+from projections.ledger_queries import scoped
 from projections.metrics import SMS_FAILURES, SMS_OUTCOMES
 
 router = APIRouter(tags=["sms"])
@@ -72,10 +72,6 @@ async def aliyun_receipts(request: Request, pool: PoolDep,
             "unknown": unknown + len(reports) - len(receipts)}
 
 
-async def _scoped(conn: asyncpg.Connection, scope: str) -> None:
-    await conn.execute("SELECT set_config('gongpei.brand_scope', $1, true)", scope)
-
-
 def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t else None
 
@@ -84,8 +80,7 @@ def _iso(t: datetime | None) -> str | None:
 async def parcel_sms(principal: PrincipalDep, pool: PoolDep,
                      waybill: str = Path(pattern=WAYBILL_PATTERN)) -> dict[str, Any]:
     require_role(principal, *HISTORY_READERS)
-    async with pool.acquire() as conn, conn.transaction(readonly=True):
-        await _scoped(conn, principal.brand_scope)
+    async with scoped(pool, principal.brand_scope) as conn:
         rows = await conn.fetch(
             "SELECT m.sms_id, m.kind, m.stage, m.node_id, m.phone_masked, m.text, m.segments,"
             " m.consented, m.state, m.provider, m.requested_at, m.send_after, m.submitted_at,"
@@ -121,8 +116,7 @@ async def sms_stats(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
     lo = datetime.combine(start, datetime.min.time(), tz)
     hi = datetime.combine(end + timedelta(days=1), datetime.min.time(), tz)
     offset = timedelta(minutes=county.utc_offset_minutes)
-    async with pool.acquire() as conn, conn.transaction(readonly=True):
-        await _scoped(conn, principal.brand_scope)
+    async with scoped(pool, principal.brand_scope) as conn:
         rows = await conn.fetch(
             "SELECT (requested_at + $3::interval)::date AS day, state, kind, count(*) AS n,"
             " sum(segments) AS segments FROM sms_messages WHERE requested_at >= $1"
@@ -152,8 +146,7 @@ async def call_list(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
                     node_id: str | None = Query(None, max_length=64)) -> dict[str, Any]:
     require_role(principal, *STAFF)
     last = len(county.sms.reminder_hours) if county.sms else 0
-    async with pool.acquire() as conn, conn.transaction(readonly=True):
-        await _scoped(conn, principal.brand_scope)
+    async with scoped(pool, principal.brand_scope) as conn:
         rows = await conn.fetch(
             "SELECT a.waybill, a.brand, a.node_id, a.pickup_code, a.stored_at, a.reminders,"
             " coalesce(a.call_reason, 'no_pickup_after_reminders') AS reason, m.phone_masked"
@@ -171,8 +164,7 @@ async def call_list(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
 async def no_consent(principal: PrincipalDep, pool: PoolDep,
                      node_id: str | None = Query(None, max_length=64)) -> dict[str, Any]:
     require_role(principal, *STAFF)
-    async with pool.acquire() as conn, conn.transaction(readonly=True):
-        await _scoped(conn, principal.brand_scope)
+    async with scoped(pool, principal.brand_scope) as conn:
         rows = await conn.fetch(
             "SELECT p.waybill, p.brand, m.node_id, p.pickup_code, m.sms_id, m.state,"
             " m.phone_masked, m.requested_at FROM sms_message_parcels p"

@@ -248,13 +248,12 @@ def test_a_sender_killed_at_random_points_sends_every_sms_once(
     for s in sent:
         if s["out_id"] in by_sms and len(by_sms[s["out_id"]]) <= 3:
             assert all(codes[wb] in s["text"] for wb in by_sms[s["out_id"]])
-    assert kills >= 3
     recovered = db_fetch(platform, "SELECT count(*) FROM journal WHERE type = 'sms.submitted'"
                                    " AND (body->'payload'->>'recovered')::boolean")[0][0]
     unsettled = db_fetch(platform, "SELECT count(*) FROM sms_attempts a JOIN sms_message_parcels p"
                                    " USING (sms_id) WHERE p.waybill = ANY($1)"
                                    " AND (a.outcome IS NULL OR a.outcome = 'not_sent')", waybills)[0][0]
     interrupted = recovered + unsettled
-    print(f"{kills} kills, {interrupted} of them mid-call; {recovered} SMS found at the provider"
+    print(f"{kills} kills; {interrupted} calls left unanswered by them; {recovered} SMS found at the provider"
           " after an unrecorded send, none sent twice")
     assert interrupted >= 1  # the kills did land between a call and its record
