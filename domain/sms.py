@@ -6,6 +6,7 @@ applies them to the journal and to "now"; the unit tests apply them to a fake cl
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
@@ -56,6 +57,9 @@ class SmsPolicy:
     template_codes: dict[str, str] = field(default_factory=lambda: {
         "arrival": "SMS_GP_ARRIVAL", "arrival_no_consent": "SMS_GP_ARRIVAL_NC",
         "reminder": "SMS_GP_REMINDER"})
+    # The same templates as registered with Tencent Cloud SMS (numeric ids, positional parameters).
+    tencent_template_ids: dict[str, str] = field(default_factory=lambda: {
+        "arrival": "2000101", "arrival_no_consent": "2000102", "reminder": "2000103"})
     templates: Templates = Templates()
     digest_seconds: int = 600
     quiet_start: time = time(21, 0)
@@ -106,8 +110,13 @@ def parse_sms(doc: dict[str, Any], source: str) -> SmsPolicy:
     if set(codes) != set(d.template_codes) or not all(isinstance(v, str) and v for v in codes.values()):
         raise CountyConfigError(f"{where}: 'template_codes' has the keys "
                                 f"{', '.join(sorted(d.template_codes))}, each a non-empty string")
+    tencent = {**d.tencent_template_ids, **raw.get("tencent_template_ids", {})}
+    if set(tencent) != set(d.tencent_template_ids) or not all(
+            isinstance(v, str) and v.isdigit() for v in tencent.values()):
+        raise CountyConfigError(f"{where}: 'tencent_template_ids' has the keys "
+                                f"{', '.join(sorted(d.tencent_template_ids))}, each a string of digits")
     return SmsPolicy(
-        sign_name=sign, template_codes=codes, digest_seconds=digest,
+        sign_name=sign, template_codes=codes, tencent_template_ids=tencent, digest_seconds=digest,
         quiet_start=clock("quiet_start", d.quiet_start), quiet_end=clock("quiet_end", d.quiet_end),
         reminder_hours=tuple(hours), daily_budget=integer("daily_budget", 10, 1, 1000),
         pickup_hours=str(raw.get("pickup_hours", d.pickup_hours)),
@@ -242,6 +251,20 @@ class Message:
     @property
     def segments(self) -> int:
         return segments(self.text)
+
+
+def template_text(policy: SmsPolicy, template_code: str) -> str | None:
+    """The text of the template registered under `template_code` (None: no such template)."""
+    for key, code in policy.template_codes.items():
+        if code == template_code:
+            return str(getattr(policy.templates, key))
+    return None
+
+
+def template_keys(template: str) -> list[str]:
+    """The template's parameter names in the order they appear (providers with positional
+    parameters take them in this order)."""
+    return re.findall(r"\$\{(\w+)\}", template)
 
 
 def render(template: str, params: dict[str, str]) -> str:

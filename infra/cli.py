@@ -92,15 +92,22 @@ def cmd_sms(args: argparse.Namespace) -> None:
     from datetime import timedelta
 
     from streams import sms_service
-    from streams.sms_providers import AliyunSms
+    from streams.sms_providers import AliyunSms, Provider, TencentSms
 
     settings = _settings()
     county = _county(settings)
     _log_to_stderr()
+    providers: list[Provider] = []
     try:
-        providers = [AliyunSms(name, host, settings.sms_access_key_id,
-                               settings.sms_access_key_secret, protocol=scheme)
-                     for name, scheme, host in settings.sms_provider_list()]
+        for name, kind, scheme, host in settings.sms_provider_list():
+            if county.sms is None:
+                break
+            providers.append(
+                AliyunSms(name, host, settings.sms_access_key_id, settings.sms_access_key_secret,
+                          protocol=scheme) if kind == "aliyun" else
+                TencentSms(name, host, settings.sms_tencent_secret_id,
+                           settings.sms_tencent_secret_key, settings.sms_tencent_app_id,
+                           county.sms, protocol=scheme))
     except SettingsError as exc:
         sys.exit(f"gongpei: {exc}")
     if county.sms is None or not providers:
@@ -258,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("ledger", help="keep the settlement ledger level with the journal").set_defaults(
         func=cmd_ledger)
     sub.add_parser("sms", help="send arrival SMS and reminders").set_defaults(func=cmd_sms)
-    gw = sub.add_parser("sms-gateway", help="the local SMS gateway (Aliyun's API); see --help",
+    gw = sub.add_parser("sms-gateway",
+                        help="the local SMS gateway (Aliyun's and Tencent's APIs); see --help",
                         add_help=False)
     gw.add_argument("gateway_args", nargs=argparse.REMAINDER)
     gw.set_defaults(func=cmd_sms_gateway)

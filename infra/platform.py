@@ -22,8 +22,8 @@ from infra.settings import DEMO_COUNTY, Settings
 
 log = logging.getLogger("gongpei.platform")
 SERVICES = ("relay", "worker", "ledger", "sms", "api")
-# The local SMS gateways, primary and failover, each speaking Aliyun's SMS API.
-GATEWAYS = ("aliyun", "aliyun-backup")
+# The local SMS gateways, primary and failover, each speaking its provider's SMS API.
+GATEWAYS = ("aliyun", "tencent")
 
 
 def _die_with_parent() -> None:
@@ -86,6 +86,7 @@ class Platform:
     settings: Settings | None = None
     children: dict[str, Child] = field(default_factory=dict)
     gateway_args: tuple[str, ...] = ()   # extra options for the local SMS gateways (failure rates…)
+    primary_gateway_args: tuple[str, ...] = ()  # and for the primary only (failover drills)
     gateway_ports: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -132,6 +133,9 @@ class Platform:
                                    for name, port in self.gateway_ports.items()),
             sms_access_key_id="LTAI" + self._secret("sms-access-key-id")[:16],
             sms_access_key_secret=self._secret("sms-access-key-secret"),
+            sms_tencent_secret_id="AKID" + self._secret("sms-access-key-id")[:16],
+            sms_tencent_secret_key=self._secret("sms-access-key-secret"),
+            sms_tencent_app_id="1400000001",
             sms_receipt_key=self._secret("sms-receipt-key"),
             sms_query_after_seconds=2.0,  # the local gateways record before they answer
         )
@@ -141,7 +145,10 @@ class Platform:
         for name, port in self.gateway_ports.items():
             argv = [sys.executable, "-m", "infra.sms_gateway", "--port", str(port),
                     "--county", str(self.county_file), "--log", str(self.gateway_log(name)),
-                    "--callback", self.receipt_url, *self.gateway_args]
+                    "--callback", self.receipt_url, "--callback-tencent",
+                    self.receipt_url.replace("/aliyun?", "/tencent?"),
+                    "--tencent-app-id", self.settings.sms_tencent_app_id, *self.gateway_args,
+                    *(self.primary_gateway_args if name == GATEWAYS[0] else ())]
             self.children[f"sms-gateway-{name}"] = Child(
                 f"sms-gateway-{name}", argv, env, self.state_dir / "logs" / f"sms-gateway-{name}.log")
         for name in self.services:

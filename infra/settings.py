@@ -29,11 +29,15 @@ class Settings:
     max_batch_events: int = 500
     max_body_bytes: int = 1 << 20
     worker_batch_size: int = 500
-    # SMS providers in failover order, "name=scheme://host[:port]" joined by commas; all speak
-    # Aliyun's SMS API (Aliyun itself, or the local gateway). Empty: the SMS service idles.
+    # SMS providers in failover order, "name=scheme://host[:port]" joined by commas. A name is
+    # "aliyun" or "tencent", optionally with a suffix ("aliyun-backup"); it says which API the
+    # endpoint speaks (the provider's, or the local gateway's). Empty: the SMS service idles.
     sms_providers: str = ""
-    sms_access_key_id: str = ""
+    sms_access_key_id: str = ""       # Aliyun
     sms_access_key_secret: str = ""
+    sms_tencent_secret_id: str = ""   # Tencent Cloud
+    sms_tencent_secret_key: str = ""
+    sms_tencent_app_id: str = ""
     sms_receipt_key: str = ""    # the secret in the delivery-report URL given to providers
     # How long an unanswered provider call is left before the provider is asked about it: its
     # records lag its answers (Aliyun's QuerySendDetails by seconds); the local gateway's do not.
@@ -49,15 +53,19 @@ class Settings:
             netloc += f":{parts.port}"
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
-    def sms_provider_list(self) -> list[tuple[str, str, str]]:
-        """(name, scheme, host:port) of each configured SMS provider, in failover order."""
+    def sms_provider_list(self) -> list[tuple[str, str, str, str]]:
+        """(name, kind, scheme, host:port) of each configured SMS provider, in failover order."""
         out = []
         for item in filter(None, (x.strip() for x in self.sms_providers.split(","))):
             name, sep, url = item.partition("=")
             scheme, sep2, host = url.partition("://")
             if not sep or not sep2 or scheme not in ("http", "https") or not name or not host:
                 raise SettingsError(f"GONGPEI_SMS_PROVIDERS: {item!r} is not name=http(s)://host:port")
-            out.append((name, scheme, host.rstrip("/")))
+            kind = name.split("-")[0]
+            if kind not in ("aliyun", "tencent"):
+                raise SettingsError(f"GONGPEI_SMS_PROVIDERS: {name!r} must start with aliyun or"
+                                    " tencent (the API its endpoint speaks)")
+            out.append((name, kind, scheme, host.rstrip("/")))
         return out
 
     @property
@@ -92,6 +100,9 @@ class Settings:
             sms_providers=env.get("GONGPEI_SMS_PROVIDERS", ""),
             sms_access_key_id=env.get("GONGPEI_SMS_ACCESS_KEY_ID", ""),
             sms_access_key_secret=env.get("GONGPEI_SMS_ACCESS_KEY_SECRET", ""),
+            sms_tencent_secret_id=env.get("GONGPEI_SMS_TENCENT_SECRET_ID", ""),
+            sms_tencent_secret_key=env.get("GONGPEI_SMS_TENCENT_SECRET_KEY", ""),
+            sms_tencent_app_id=env.get("GONGPEI_SMS_TENCENT_APP_ID", ""),
             sms_receipt_key=env.get("GONGPEI_SMS_RECEIPT_KEY", ""),
             sms_query_after_seconds=float(env.get("GONGPEI_SMS_QUERY_AFTER_SECONDS", "60")),
         )
@@ -109,6 +120,9 @@ class Settings:
             "GONGPEI_SMS_PROVIDERS": self.sms_providers,
             "GONGPEI_SMS_ACCESS_KEY_ID": self.sms_access_key_id,
             "GONGPEI_SMS_ACCESS_KEY_SECRET": self.sms_access_key_secret,
+            "GONGPEI_SMS_TENCENT_SECRET_ID": self.sms_tencent_secret_id,
+            "GONGPEI_SMS_TENCENT_SECRET_KEY": self.sms_tencent_secret_key,
+            "GONGPEI_SMS_TENCENT_APP_ID": self.sms_tencent_app_id,
             "GONGPEI_SMS_RECEIPT_KEY": self.sms_receipt_key,
             "GONGPEI_SMS_QUERY_AFTER_SECONDS": str(self.sms_query_after_seconds),
         }

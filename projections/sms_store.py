@@ -451,7 +451,8 @@ async def reset(conn: asyncpg.Connection) -> None:
 
 @dataclass(frozen=True)
 class Receipt:
-    """A provider's delivery report, as every provider's push is read into."""
+    """A provider's delivery report, as every provider's push is read into. Aliyun's names our
+    message (out_id); Tencent's only its own id for it (SerialNo), out_id is then empty."""
 
     out_id: str
     message_id: str
@@ -469,16 +470,22 @@ async def receipt_events(conn: asyncpg.Connection, provider: str, receipts: Sequ
     async with conn.transaction(readonly=True):
         await use_all_brands(conn)
         rows = await conn.fetch(
-            "SELECT m.sms_id, (SELECT brand FROM sms_message_parcels p WHERE p.sms_id = m.sms_id"
-            " LIMIT 1) AS brand FROM sms_messages m WHERE m.sms_id = ANY($1::text[])",
-            list({r.out_id for r in receipts}))
+            "SELECT m.sms_id, m.provider_message_id, (SELECT brand FROM sms_message_parcels p"
+            " WHERE p.sms_id = m.sms_id LIMIT 1) AS brand FROM sms_messages m"
+            " WHERE m.sms_id = ANY($1::text[])"
+            " OR (split_part(m.provider, '-', 1) = $2 AND m.provider_message_id = ANY($3::text[]))",
+            list({r.out_id for r in receipts if r.out_id}), provider,
+            list({r.message_id for r in receipts if not r.out_id}))
     brands = {r["sms_id"]: r["brand"] or "" for r in rows}
+    by_message = {r["provider_message_id"]: r["sms_id"] for r in rows if r["provider_message_id"]}
     out: list[Envelope] = []
     unknown = 0
     for r in receipts:
-        if r.out_id not in brands:
+        sms_id = r.out_id or by_message.get(r.message_id, "")
+        if sms_id not in brands:
             unknown += 1
             continue
+        r = Receipt(sms_id, r.message_id, r.success, r.code, r.at)
         if r.success:
             payload: Any = SmsDelivered(sms_id=r.out_id, provider=provider,
                                         provider_message_id=r.message_id, delivered_at=r.at)

@@ -1,20 +1,25 @@
 """SMS providers behind one interface: send a templated SMS with our out-id, and find out whether
 a given out-id was already accepted (asked before any resend, since no provider dedupes).
 
-Aliyun (dysmsapi 2017-05-25) goes through its official SDK, which takes an endpoint and protocol,
-so the same client talks to Aliyun or to the local gateway (infra/sms_gateway.py). The SDK's own
-retries are off: a retried SendSms is a second SMS, and retrying is the sender's decision."""
+Aliyun (dysmsapi 2017-05-25) and Tencent Cloud (sms 2021-01-11) go through their official SDKs,
+which take an endpoint and protocol, so the same clients talk to the providers or to the local
+gateway (infra/sms_gateway.py). The SDKs' own retries are off: a retried SendSms is a second SMS,
+and retrying is the sender's decision."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta, timezone
 from typing import Literal, Protocol
 
 import orjson
 
+from domain.sms import SmsPolicy, template_keys
+
 log = logging.getLogger("gongpei.sms")
+BEIJING = timezone(timedelta(hours=8))  # both providers keep China Standard Time dates
 
 Outcome = Literal["ok", "transient", "permanent", "unknown"]
 
@@ -125,3 +130,102 @@ def _aliyun_error(exc: Exception) -> SendResult:
     if code in ALIYUN_PERMANENT:
         return SendResult("permanent", code)
     return SendResult("transient", code)
+
+
+# Tencent's codes. Permanent as for Aliyun; the per-number 30-second and one-hour limits, request
+# throttling and internal errors pass.
+TENCENT_TRANSIENT_PREFIXES = ("InternalError", "RequestLimitExceeded",
+                              "LimitExceeded.PhoneNumberThirtySecondLimit",
+                              "LimitExceeded.PhoneNumberOneHourLimit", "LimitExceeded.AppGlobalDailyLimit",
+                              "ServerNetworkError")
+
+
+class TencentSms:
+    """Tencent Cloud SMS (API 2021-01-11) through its official SDK (tencentcloud-sdk-python-sms).
+    Our message id goes in `SessionContext`, which `PullSmsSendStatusByPhoneNumber` returns.
+    The SDK is synchronous; calls run in a worker thread."""
+
+    def __init__(self, name: str, endpoint: str, secret_id: str, secret_key: str,
+                 sdk_app_id: str, policy: SmsPolicy, protocol: str = "https",
+                 timeout_s: int = 5, region: str = "ap-guangzhou") -> None:
+        from tencentcloud.common.credential import Credential
+        from tencentcloud.common.profile.client_profile import ClientProfile
+        from tencentcloud.common.profile.http_profile import HttpProfile
+        from tencentcloud.sms.v20210111.sms_client import SmsClient
+
+        self.name = name
+        self._app_id = sdk_app_id
+        self._policy = policy
+        self._client = SmsClient(Credential(secret_id, secret_key), region, ClientProfile(
+            httpProfile=HttpProfile(protocol=protocol, endpoint=endpoint, reqTimeout=timeout_s)))
+
+    def _template(self, template_code: str) -> tuple[str, list[str]] | None:
+        """Tencent's template id for our template code, and its parameter order."""
+        for key, code in self._policy.template_codes.items():
+            if code == template_code:
+                text = getattr(self._policy.templates, key)
+                return self._policy.tencent_template_ids[key], template_keys(text)
+        return None
+
+    async def send(self, *, phone: str, sign_name: str, template_code: str,
+                   params: dict[str, str], out_id: str) -> SendResult:
+        from tencentcloud.common.exception.tencent_cloud_sdk_exception import (
+            TencentCloudSDKException,
+        )
+        from tencentcloud.sms.v20210111 import models
+
+        template = self._template(template_code)
+        if template is None:
+            return SendResult("permanent", "FailedOperation.TemplateNotFound")
+        template_id, keys = template
+        request = models.SendSmsRequest()
+        request.PhoneNumberSet = [f"+86{phone}"]
+        request.SmsSdkAppId = self._app_id
+        request.SignName = sign_name
+        request.TemplateId = template_id
+        request.TemplateParamSet = [params.get(k, "") for k in keys]
+        request.SessionContext = out_id
+        try:
+            response = await asyncio.to_thread(self._client.SendSms, request)
+        except TencentCloudSDKException as exc:
+            code = exc.get_code() or "UNKNOWN"
+            if code == "ClientNetworkError":
+                return SendResult("unknown", code)  # it may or may not have arrived
+            return SendResult("transient" if code.startswith(TENCENT_TRANSIENT_PREFIXES)
+                              else "permanent", code)
+        status = (response.SendStatusSet or [None])[0]
+        if status is None:
+            return SendResult("transient", "EmptySendStatusSet")
+        if status.Code == "Ok" and status.SerialNo:
+            return SendResult("ok", "Ok", status.SerialNo)
+        code = status.Code or "UNKNOWN"
+        return SendResult("transient" if code.startswith(TENCENT_TRANSIENT_PREFIXES)
+                          else "permanent", code)
+
+    async def find(self, *, phone: str, out_id: str, sent_on: date) -> str | None:
+        from tencentcloud.common.exception.tencent_cloud_sdk_exception import (
+            TencentCloudSDKException,
+        )
+        from tencentcloud.sms.v20210111 import models
+
+        begin = datetime.combine(sent_on, datetime.min.time(), BEIJING)
+        offset = 0
+        while True:
+            request = models.PullSmsSendStatusByPhoneNumberRequest()
+            request.BeginTime = int(begin.timestamp())
+            request.EndTime = int((begin + timedelta(days=1)).timestamp())
+            request.Offset, request.Limit = offset, 100
+            request.PhoneNumber = f"+86{phone}"
+            request.SmsSdkAppId = self._app_id
+            try:
+                response = await asyncio.to_thread(
+                    self._client.PullSmsSendStatusByPhoneNumber, request)
+            except TencentCloudSDKException as exc:
+                raise ProviderUnavailable(exc.get_code() or "UNKNOWN") from None
+            statuses = response.PullSmsSendStatusSet or []
+            for s in statuses:
+                if s.SessionContext == out_id:
+                    return str(s.SerialNo)
+            if len(statuses) < 100:
+                return None
+            offset += 100

@@ -30,7 +30,7 @@ from projections.metrics import (
     SMS_OUTCOMES,
 )
 from streams.follow import follow_journal
-from streams.sms_providers import Provider, ProviderUnavailable
+from streams.sms_providers import BEIJING, Provider, ProviderUnavailable
 
 log = logging.getLogger("gongpei.sms")
 SENDER_LOCK = 7710006
@@ -133,7 +133,7 @@ class Sender:
         return 1
 
     def _provider_day(self, t: datetime) -> date:
-        return t.astimezone(timezone(timedelta(hours=8))).date()  # providers keep Beijing dates
+        return t.astimezone(BEIJING).date()
 
     def _county_day_start(self, now: datetime) -> datetime:
         tz = timezone(timedelta(minutes=self.county.utc_offset_minutes))

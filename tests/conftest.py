@@ -39,7 +39,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory, county_file: Path) -> Ite
     # Gateway calls take 20–150 ms, so a SIGKILL of the sender often lands mid-call.
     p = Platform(tmp_path_factory.mktemp("gongpei-state"), county_file=county_file,
                  topic_partitions=4, gateway_args=("--latency", "0.02,0.15", "--receipt-delay", "1,6",
-                                "--seed", "7"))
+                                "--seed", "7"),
+                 # Numbers starting 1990 always fail at the primary: the failover test's.
+                 primary_gateway_args=("--fail-prefix", "1990"))
     try:
         p.start(timeout=90)
         yield p

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hmac
 from datetime import UTC, date, datetime, timedelta, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
+import asyncpg
 from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
@@ -44,19 +45,15 @@ def _report_time(s: str | None, now: datetime) -> datetime:
         return now
 
 
-@router.post("/v1/sms/receipts/aliyun", summary="Delivery reports pushed by Aliyun (SmsReport)",
-             responses={401: {"description": "Wrong or missing key"}})
-async def aliyun_receipts(request: Request, pool: PoolDep,
-                          reports: Annotated[list[AliyunReport], Body(max_length=1000)],
-                          key: str = Query("", max_length=200)) -> dict[str, Any]:
+async def _receipts(request: Request, pool: asyncpg.Pool, provider: str, key: str,
+                    receipts: list[sms_store.Receipt], skipped: int) -> dict[str, int]:
+    """Journal events for a provider's pushed reports; counts of new, repeated and unknown."""
     expected = request.app.state.settings.sms_receipt_key
     if not expected or not hmac.compare_digest(key.encode(), expected.encode()):
         raise ApiError(401, "invalid_key", "the receipt URL's key is wrong")
     now = datetime.now(UTC)
-    receipts = [sms_store.Receipt(r.out_id, r.biz_id, r.success, r.err_code or "UNKNOWN",
-                                  _report_time(r.report_time, now)) for r in reports if r.out_id]
     async with pool.acquire() as conn:
-        events, unknown = await sms_store.receipt_events(conn, "aliyun", receipts, now)
+        events, unknown = await sms_store.receipt_events(conn, provider, receipts, now)
         async with conn.transaction():
             new = await journal.append(conn, events)
     for e in events:
@@ -65,11 +62,50 @@ async def aliyun_receipts(request: Request, pool: PoolDep,
                 SMS_OUTCOMES.labels(outcome="delivered").inc()
             else:
                 SMS_OUTCOMES.labels(outcome="failed").inc()
-                SMS_FAILURES.labels(provider="aliyun", code=e.payload.provider_code,  # type: ignore[attr-defined]
+                SMS_FAILURES.labels(provider=provider, code=e.payload.provider_code,  # type: ignore[attr-defined]
                                     permanent="true").inc()
+    return {"accepted": len(new), "repeated": len(events) - len(new), "unknown": unknown + skipped}
+
+
+@router.post("/v1/sms/receipts/aliyun", summary="Delivery reports pushed by Aliyun (SmsReport)",
+             responses={401: {"description": "Wrong or missing key"}})
+async def aliyun_receipts(request: Request, pool: PoolDep,
+                          reports: Annotated[list[AliyunReport], Body(max_length=1000)],
+                          key: str = Query("", max_length=200)) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    receipts = [sms_store.Receipt(r.out_id, r.biz_id, r.success, r.err_code or "UNKNOWN",
+                                  _report_time(r.report_time, now)) for r in reports if r.out_id]
+    counts = await _receipts(request, pool, "aliyun", key, receipts, len(reports) - len(receipts))
     # Aliyun's push expects this answer; anything else and it pushes the batch again.
-    return {"code": 0, "msg": "成功", "accepted": len(new), "repeated": len(events) - len(new),
-            "unknown": unknown + len(reports) - len(receipts)}
+    return {"code": 0, "msg": "成功", **counts}
+
+
+class TencentReport(BaseModel):
+    """One item of Tencent Cloud's status callback. `mobile` is ignored, never kept."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    report_status: Literal["SUCCESS", "FAIL"]
+    errmsg: Annotated[str, Field(max_length=64)] = ""
+    sid: Annotated[str, Field(min_length=1, max_length=64)]
+    user_receive_time: str | None = None
+
+
+@router.post("/v1/sms/receipts/tencent", summary="Delivery reports pushed by Tencent Cloud SMS",
+             responses={401: {"description": "Wrong or missing key"}})
+async def tencent_receipts(request: Request, pool: PoolDep,
+                           reports: Annotated[list[TencentReport], Body(max_length=1000)],
+                           key: str = Query("", max_length=200)) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    receipts = [sms_store.Receipt("", r.sid, r.report_status == "SUCCESS", r.errmsg or "UNKNOWN",
+                                  _report_time(r.user_receive_time, now)) for r in reports]
+    counts = await _receipts(request, pool, "tencent", key, receipts, 0)
+    # Tencent's reports name only its own id (SerialNo). One we cannot place yet (its send is
+    # still being recorded after a crash) is refused, so Tencent pushes the batch again later;
+    # the reports already placed are idempotent.
+    if counts["unknown"]:
+        return {"result": 1, "errmsg": f"{counts['unknown']} reports name no SMS known yet", **counts}
+    return {"result": 0, "errmsg": "OK", **counts}
 
 
 def _iso(t: datetime | None) -> str | None:

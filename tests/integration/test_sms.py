@@ -152,6 +152,39 @@ def test_a_village_wave_makes_one_sms_per_phone_and_receipts_flip_them_to_delive
     assert client.get("/v1/sms/stats", headers=bearer(tokens["ZTO-brand"])).status_code == 403
 
 
+def test_a_provider_that_keeps_failing_is_left_for_the_failover_provider(
+        platform: Platform, client: httpx.Client, tokens: dict[str, str], county: County) -> None:
+    from tests.integration.test_spine import metric
+
+    now = county_time(county, datetime.now(UTC))
+    wb, mobile = waybill("SF"), f"1990{random.randrange(10**7):07d}"
+    post(client, tokens["SF-system"], [register(county, wb, "SF", mobile, now)])
+    post(client, tokens["scanner"], [stored(wb, "SF", now, None)])
+    # Three transient failures at the primary (backing off 2, 4, 8 s), then the failover.
+    wait_for(lambda: (s := sms_of(client, tokens["manager"], wb)["sms"])
+             and s[0]["state"] == "delivered", 60, "the SMS delivered through the failover")
+    view = sms_of(client, tokens["manager"], wb)["sms"][0]
+    assert view["provider"] == "tencent"
+    sent = [s for s in gateway_sent(platform) if s["phone"] == mobile]
+    assert [s["provider"] for s in sent] == ["tencent"]  # the primary accepted nothing
+    attempts = db_fetch(platform, "SELECT provider, outcome FROM sms_attempts WHERE sms_id = $1"
+                                  " ORDER BY attempt", view["sms_id"])
+    assert [tuple(a) for a in attempts] == [("aliyun", "transient")] * 3 + [("tencent", "ok")]
+    assert metric(client, "gongpei_sms_failures_total", provider="aliyun",
+                  code="isp.SYSTEM_ERROR") >= 3
+
+    # Tencent's reports name only its SerialNo; one for an SMS we do not know is refused so that
+    # Tencent pushes it again, and a repeat of a known one is a duplicate.
+    url = platform.receipt_url.replace(platform.api_url, "").replace("/aliyun?", "/tencent?")
+    report = {"report_status": "SUCCESS", "errmsg": "DELIVRD", "sid": sent[0]["biz_id"],
+              "mobile": mobile, "nationcode": "86", "user_receive_time": "2026-11-25 10:00:00"}
+    r = client.post(url, json=[report])
+    assert r.status_code == 200 and r.json()["result"] == 0 and r.json()["repeated"] == 1
+    r = client.post(url, json=[{**report, "sid": "2433:unknown"}])
+    assert r.json()["result"] == 1 and r.json()["unknown"] == 1
+    assert mobile not in r.text
+
+
 def test_repeated_receipts_and_a_rebuild_add_no_sms(
         platform: Platform, client: httpx.Client, tokens: dict[str, str], county: County) -> None:
     now = county_time(county, datetime.now(UTC))

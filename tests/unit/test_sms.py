@@ -204,3 +204,22 @@ def test_bad_sms_configuration_is_refused_naming_the_key(table: dict[str, object
 def test_defaults_and_seconds_for_drills() -> None:
     assert sms.parse_sms({"sms": {}}, "c").digest_seconds == 600
     assert sms.parse_sms({"sms": {"digest_seconds": 3}}, "c").digest_seconds == 3
+
+
+def test_positional_parameters_follow_the_template() -> None:
+    assert sms.template_keys(POLICY.templates.arrival) == ["parcels", "point", "codes", "hours"]
+    assert sms.template_text(POLICY, "SMS_GP_REMINDER") == POLICY.templates.reminder
+    assert sms.template_text(POLICY, "nope") is None
+
+
+def test_provider_settings_name_the_api_each_endpoint_speaks() -> None:
+    from infra.settings import Settings, SettingsError
+
+    base = Settings(database_url="postgresql://x", app_password="p", kafka_bootstrap_servers="k")
+    good = base.with_(sms_providers="aliyun=https://dysmsapi.aliyuncs.com, aliyun-backup=http://h:1,"
+                                    "tencent=https://sms.tencentcloudapi.com")
+    assert [(n, k) for n, k, _, _ in good.sms_provider_list()] == [
+        ("aliyun", "aliyun"), ("aliyun-backup", "aliyun"), ("tencent", "tencent")]
+    for bad in ("twilio=https://x", "aliyun=ftp://x", "aliyun", "=https://x"):
+        with pytest.raises(SettingsError, match="GONGPEI_SMS_PROVIDERS"):
+            base.with_(sms_providers=bad).sms_provider_list()
