@@ -52,3 +52,8 @@ SMS_ARRIVAL_TO_SUBMITTED = Histogram(
 )
 SMS_FAILURES = Counter("gongpei_sms_failures", "Failed SMS calls and receipts, by provider and code",
                        ["provider", "code", "permanent"])
+SMS_OVERDUE = Gauge(
+    "gongpei_sms_overdue_messages",
+    "SMS due for over five minutes that no provider has accepted yet (villagers not yet told)",
+    multiprocess_mode="livemax",
+)

@@ -379,6 +379,15 @@ async def due_messages(conn: asyncpg.Connection, now: datetime, limit: int = 50)
     return out
 
 
+async def overdue(conn: asyncpg.Connection, before: datetime) -> int:
+    """Messages due since before `before` and still not with a provider."""
+    async with conn.transaction(readonly=True):
+        await use_all_brands(conn)
+        return int(await conn.fetchval(
+            "SELECT count(*) FROM sms_messages WHERE state = 'requested' AND send_after < $1",
+            before))
+
+
 async def sent_today(conn: asyncpg.Connection, phone: str, day_start: datetime) -> int:
     """SMS already handed to a provider for this number since the county day began."""
     async with conn.transaction():

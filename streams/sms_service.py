@@ -28,12 +28,14 @@ from projections.metrics import (
     SMS_ARRIVAL_TO_SUBMITTED,
     SMS_FAILURES,
     SMS_OUTCOMES,
+    SMS_OVERDUE,
 )
 from streams.follow import follow_journal
 from streams.sms_providers import BEIJING, Provider, ProviderUnavailable
 
 log = logging.getLogger("gongpei.sms")
 SENDER_LOCK = 7710006
+OVERDUE_AFTER = timedelta(minutes=5)
 
 
 class Sender:
@@ -177,9 +179,10 @@ async def step(pool: asyncpg.Pool, county: County, sender: Sender, now: datetime
     if requested:
         SMS_OUTCOMES.labels(outcome="requested").inc(requested)
     calls = await sender.send_due(pool)
-    if calls:
-        async with pool.acquire() as conn:
+    async with pool.acquire() as conn:
+        if calls:
             await sms_store.catch_up(conn, county, now=now)
+        SMS_OVERDUE.set(await sms_store.overdue(conn, now - OVERDUE_AFTER))
     return applied + requested + calls
 
 

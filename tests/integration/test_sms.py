@@ -172,6 +172,8 @@ def test_a_provider_that_keeps_failing_is_left_for_the_failover_provider(
     assert [tuple(a) for a in attempts] == [("aliyun", "transient")] * 3 + [("tencent", "ok")]
     assert metric(client, "gongpei_sms_failures_total", provider="aliyun",
                   code="isp.SYSTEM_ERROR") >= 3
+    assert metric(client, "gongpei_sms_arrival_to_submitted_seconds_count") >= 1
+    assert "gongpei_sms_overdue_messages" in client.get("/metrics").text
 
     # Tencent's reports name only its SerialNo; one for an SMS we do not know is refused so that
     # Tencent pushes it again, and a repeat of a known one is a duplicate.
