@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from api.deps import CountyDep, PoolDep, PrincipalDep, require_role
 from api.errors import ApiError
 from api.routes.parcels import WAYBILL_PATTERN
-from projections import journal, sms_store
+from projections import journal, sms_queries, sms_store
 from projections.ledger_queries import scoped
 from projections.metrics import SMS_FAILURES, SMS_OUTCOMES
 
@@ -108,33 +108,12 @@ async def tencent_receipts(request: Request, pool: PoolDep,
     return {"result": 0, "errmsg": "OK", **counts}
 
 
-def _iso(t: datetime | None) -> str | None:
-    return t.isoformat() if t else None
-
-
 @router.get("/v1/parcels/{waybill}/sms", summary="The SMS that named this parcel (phones masked)")
 async def parcel_sms(principal: PrincipalDep, pool: PoolDep,
                      waybill: str = Path(pattern=WAYBILL_PATTERN)) -> dict[str, Any]:
     require_role(principal, *HISTORY_READERS)
     async with scoped(pool, principal.brand_scope) as conn:
-        rows = await conn.fetch(
-            "SELECT m.sms_id, m.kind, m.stage, m.node_id, m.phone_masked, m.text, m.segments,"
-            " m.consented, m.state, m.provider, m.requested_at, m.send_after, m.submitted_at,"
-            " m.delivered_at, m.failure_code, p.pickup_code,"
-            " (SELECT count(*) FROM sms_message_parcels q WHERE q.sms_id = m.sms_id) AS parcels"
-            " FROM sms_message_parcels p JOIN sms_messages m USING (sms_id)"
-            " WHERE p.waybill = $1 ORDER BY m.requested_at", waybill)
-        arrival = await conn.fetchrow(
-            "SELECT node_id, pickup_code, waiting, stored_at, closed_by, reminders, call_reason"
-            " FROM sms_arrivals WHERE waybill = $1 ORDER BY stored_at DESC LIMIT 1", waybill)
-    return {
-        "waybill": waybill,
-        "arrival": None if arrival is None else {
-            **dict(arrival), "stored_at": _iso(arrival["stored_at"])},
-        "sms": [{**dict(r), **{k: _iso(r[k]) for k in ("requested_at", "send_after",
-                                                          "submitted_at", "delivered_at")}}
-                for r in rows],
-    }
+        return await sms_queries.parcel_history(conn, waybill)
 
 
 @router.get("/v1/sms/stats", summary="SMS per county day by outcome, and failures by code")
@@ -142,57 +121,32 @@ async def sms_stats(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
                     start: Annotated[date | None, Query(alias="from")] = None,
                     end: Annotated[date | None, Query(alias="to")] = None) -> dict[str, Any]:
     require_role(principal, *STAFF)
-    tz = timezone(timedelta(minutes=county.utc_offset_minutes))
-    today = datetime.now(tz).date()
+    today = datetime.now(timezone(timedelta(minutes=county.utc_offset_minutes))).date()
     end = end or today
     start = start or end - timedelta(days=6)
     if start > end or (end - start).days > 366:
         raise ApiError(422, "invalid_range", "'from' must not be after 'to', and a year at most",
                        "$.from")
-    lo = datetime.combine(start, datetime.min.time(), tz)
-    hi = datetime.combine(end + timedelta(days=1), datetime.min.time(), tz)
-    offset = timedelta(minutes=county.utc_offset_minutes)
     async with scoped(pool, principal.brand_scope) as conn:
-        rows = await conn.fetch(
-            "SELECT (requested_at + $3::interval)::date AS day, state, kind, count(*) AS n,"
-            " sum(segments) AS segments FROM sms_messages WHERE requested_at >= $1"
-            " AND requested_at < $2 GROUP BY 1, 2, 3 ORDER BY 1", lo, hi, offset)
-        failures = await conn.fetch(
-            "SELECT provider, failure_code, count(*) AS n FROM sms_messages WHERE state = 'failed'"
-            " AND requested_at >= $1 AND requested_at < $2 GROUP BY 1, 2 ORDER BY 3 DESC",
-            lo, hi)
-    days: dict[str, dict[str, int]] = {}
-    for d in range((end - start).days + 1):
-        days[(start + timedelta(days=d)).isoformat()] = {
-            "requested": 0, "submitted": 0, "delivered": 0, "failed": 0, "reminders": 0,
-            "segments": 0}
-    for r in rows:
-        day = days.setdefault(r["day"].isoformat(), {})
-        day[r["state"]] = day.get(r["state"], 0) + r["n"]
-        day["segments"] = day.get("segments", 0) + int(r["segments"] or 0)
-        if r["kind"] == "reminder":
-            day["reminders"] = day.get("reminders", 0) + r["n"]
+        days = await sms_queries.day_counts(conn, start, end, county.utc_offset_minutes)
+        failed = await sms_queries.failures(conn, start, end, county.utc_offset_minutes)
     return {"from": start.isoformat(), "to": end.isoformat(),
-            "days": [{"day": k, **v} for k, v in sorted(days.items())],
-            "failures": [dict(r) for r in failures]}
+            "days": [{"day": k, **v} for k, v in sorted(days.items())], "failures": failed}
+
+
+@router.get("/v1/sms/summary", summary="Today's SMS for the dashboard: by state, overdue, call list")
+async def sms_summary(principal: PrincipalDep, pool: PoolDep, county: CountyDep) -> dict[str, Any]:
+    require_role(principal, *HISTORY_READERS)
+    async with scoped(pool, principal.brand_scope) as conn:
+        return await sms_queries.summary(conn, county, datetime.now(UTC))
 
 
 @router.get("/v1/sms/call-list", summary="Parcels the station keeper should phone about")
 async def call_list(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
                     node_id: str | None = Query(None, max_length=64)) -> dict[str, Any]:
     require_role(principal, *STAFF)
-    last = len(county.sms.reminder_hours) if county.sms else 0
     async with scoped(pool, principal.brand_scope) as conn:
-        rows = await conn.fetch(
-            "SELECT a.waybill, a.brand, a.node_id, a.pickup_code, a.stored_at, a.reminders,"
-            " coalesce(a.call_reason, 'no_pickup_after_reminders') AS reason, m.phone_masked"
-            " FROM sms_arrivals a LEFT JOIN sms_messages m ON m.sms_id = a.arrival_sms"
-            " WHERE a.waiting AND (a.call_reason IS NOT NULL OR a.reminders >= $1)"
-            " AND ($2::text IS NULL OR a.node_id = $2) ORDER BY a.node_id, a.stored_at",
-            max(last, 1), node_id)
-    return {"parcels": [{**dict(r), "stored_at": _iso(r["stored_at"]),
-                         "node_name": county.nodes[r["node_id"]].name
-                         if r["node_id"] in county.nodes else None} for r in rows]}
+        return {"parcels": await sms_queries.call_list(conn, county, node_id)}
 
 
 @router.get("/v1/sms/no-consent", summary="Parcels at village points without consent to station"
@@ -201,12 +155,4 @@ async def no_consent(principal: PrincipalDep, pool: PoolDep,
                      node_id: str | None = Query(None, max_length=64)) -> dict[str, Any]:
     require_role(principal, *STAFF)
     async with scoped(pool, principal.brand_scope) as conn:
-        rows = await conn.fetch(
-            "SELECT p.waybill, p.brand, m.node_id, p.pickup_code, m.sms_id, m.state,"
-            " m.phone_masked, m.requested_at FROM sms_message_parcels p"
-            " JOIN sms_messages m ON m.sms_id = p.sms_id"
-            " JOIN sms_arrivals a ON a.arrival_id = p.arrival_id"
-            " JOIN sms_recipients r ON r.waybill = p.waybill"
-            " WHERE m.kind = 'arrival' AND r.consent IS NOT TRUE AND a.waiting"
-            " AND ($1::text IS NULL OR m.node_id = $1) ORDER BY m.requested_at", node_id)
-    return {"parcels": [{**dict(r), "requested_at": _iso(r["requested_at"])} for r in rows]}
+        return {"parcels": await sms_queries.no_consent(conn, node_id)}

@@ -44,6 +44,14 @@ def test_the_dashboard_shows_the_apis_numbers_for_the_scripted_day(
     api = client.get("/v1/sla/dashboard", headers=bearer(tokens["manager"]),
                      params={"day": script.DAY, "now": script.NOW}).json()
 
+    # The day's parcels stored at village points got their SMS; wait until none is still on its way.
+    def settled_sms() -> dict | None:
+        s = client.get("/v1/sms/summary", headers=bearer(tokens["manager"])).json()
+        c = s["counts"]
+        return s if c["delivered"] + c["failed"] > 0 and c["requested"] == c["submitted"] == 0 else None
+
+    sms = wait_for(settled_sms, 60.0, "the scripted day's SMS delivered or failed")
+
     page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
     page.goto(f"{platform.api_url}/dashboard?token={tokens['manager']}&day={script.DAY}"
               f"&now={script.NOW.replace('+', '%2B')}")
@@ -62,6 +70,12 @@ def test_the_dashboard_shows_the_apis_numbers_for_the_scripted_day(
     assert causes == {k: str(v) for k, v in script.EXPECTED_CAUSES.items()}
     assert page.locator("#townships .tile").count() == len(api["townships"]) > 0
     assert page.locator("[data-runs-rate]").inner_text() == "66.6%"
+    for state, n in sms["counts"].items():
+        if state in ("requested", "submitted", "delivered", "failed"):
+            assert page.locator(f"[data-sms-count={state}]").inner_text() == str(n), state
+    assert page.locator("[data-sms-calls]").inner_text() == str(sms["call_list_total"])
+    assert page.locator("[data-sms-overdue]").inner_text() == "0"
+    assert "13700002222" not in page.content()  # the recipient's number, shown nowhere
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / f"dashboard-{viewport[0]}x{viewport[1]}.png"
