@@ -259,6 +259,12 @@ async def _requested(conn: asyncpg.Connection, county: County, e: Envelope) -> N
             " AND a.arrival_sms IS NULL RETURNING old.digest_id", p.sms_id, ids)
         await conn.execute("DELETE FROM sms_digests WHERE digest_id = $1", p.sms_id)
         await _drop_if_empty(conn, [r["digest_id"] for r in rows if r["digest_id"]])
+        # A parcel that joined this digest after its SMS was decided (it reached the journal in
+        # the moment between) is not in it: it starts a digest of its own.
+        for late in await conn.fetch(
+                "UPDATE sms_arrivals SET digest_id = NULL WHERE digest_id = $1 AND waiting"
+                " AND arrival_sms IS NULL RETURNING *", p.sms_id):
+            await _plan(conn, county, late)
     else:
         await conn.execute(
             "UPDATE sms_arrivals SET reminders = greatest(reminders, $1) WHERE arrival_id = ANY($2::text[])",

@@ -292,3 +292,66 @@ def test_a_sender_killed_at_random_points_sends_every_sms_once(
     print(f"{kills} kills; {interrupted} calls left unanswered by them; {recovered} SMS found at the provider"
           " after an unrecorded send, none sent twice")
     assert interrupted >= 1  # the kills did land between a call and its record
+
+
+def test_a_parcel_that_reaches_the_journal_while_its_digest_is_being_sent_gets_its_own_sms(
+        platform: Platform, county: County) -> None:
+    """The SMS service decides a digest's SMS from the state it has; a parcel for the same phone
+    and point already in the journal but not yet applied must not be swallowed by that digest.
+    Driven step by step (the running SMS service stopped), with the clock passed in."""
+    from uuid import uuid4
+
+    from domain.envelope import Envelope
+    from domain.events import ParcelRegistered, ParcelScanned, ScanAction
+    from infra.db import create_pool
+    from projections import journal, sms_store
+
+    settings = platform.settings
+    assert settings is not None
+    t0 = datetime.now(UTC)
+    mobile, node = phone(), "VIL-XILIU-02"
+    first, late = waybill("ZTO"), waybill("ZTO")
+
+    def event(event_type: str, payload: Any, recorded: datetime) -> Envelope:
+        return Envelope(event_id=str(uuid4()), type=event_type, schema_version=1 if "scanned"
+                        in event_type else 2, occurred_at=recorded, recorded_at=recorded,
+                        device_id="pda-test", brand="ZTO", operator_id="op-1", payload=payload)
+
+    def stored_at(wb: str, recorded: datetime) -> Envelope:
+        return event("parcel.scanned", ParcelScanned(waybill=wb, action=ScanAction.stored, node_id=node,
+                                                     pickup_code=None), recorded)
+
+    async def go() -> list[str]:
+        pool = await create_pool(settings.app_database_url, max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                async with conn.transaction():
+                    await journal.append(conn, [event("parcel.registered", ParcelRegistered(
+                        waybill=wb, recipient_phone=mobile, destination_village=node,
+                        weight_g=500), t0) for wb in (first, late)] + [stored_at(first, t0)])
+                await sms_store.catch_up(conn, county, now=t0)
+                # The late parcel is in the journal (learned of before the digest closed) …
+                async with conn.transaction():
+                    await journal.append(conn, [stored_at(late, t0 + timedelta(seconds=1))])
+                # … but the digest's SMS is decided before it is applied.
+                closes = t0 + timedelta(seconds=county.sms.digest_seconds + 5)
+                assert await sms_store.close_due(conn, county, closes) >= 1
+                await sms_store.catch_up(conn, county, now=closes)
+                # Its own digest closes later and asks for its own SMS.
+                later = closes + timedelta(seconds=county.sms.digest_seconds + 5)
+                await sms_store.close_due(conn, county, later)
+                await sms_store.catch_up(conn, county, now=later)
+                async with conn.transaction():
+                    await sms_store.use_all_brands(conn)
+                    return [r["sms_id"] for r in await conn.fetch(
+                        "SELECT sms_id FROM sms_message_parcels WHERE waybill = ANY($1)"
+                        " ORDER BY waybill", [first, late])]
+        finally:
+            await pool.close()
+
+    platform.children["sms"].stop()
+    try:
+        ids = asyncio.run(go())
+    finally:
+        platform.children["sms"].start()
+    assert len(ids) == 2 and ids[0] != ids[1], ids  # each parcel in exactly one SMS
