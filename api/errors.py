@@ -53,6 +53,15 @@ def install(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code)
 
+    @app.exception_handler(asyncpg.exceptions.DataError)
+    @app.exception_handler(OverflowError)
+    async def _bad_value(_: Request, exc: Exception) -> JSONResponse:
+        # A value the checks let through but the database or the calendar cannot hold (a NUL
+        # byte, a date out of range): the request's fault, said without echoing it.
+        log.info("refused a value: %s", type(exc).__name__)
+        return JSONResponse(error_body("invalid_value", "a value in the request is out of range"
+                                       " or not representable"), 422)
+
     @app.exception_handler(asyncpg.PostgresConnectionError)
     @app.exception_handler(asyncpg.exceptions.OperatorInterventionError)
     @app.exception_handler(asyncpg.exceptions.InterfaceError)

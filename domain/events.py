@@ -184,7 +184,9 @@ class SmsFailed(SmsStep):
     provider: Ident
     provider_code: ProviderCode
     permanent: StrictBool
-    stage: Literal["submit", "delivery"] = "submit"
+    # submit: no provider took it; delivery: a provider's report says it never arrived;
+    # cancelled: not sent, its parcels were collected while it waited.
+    stage: Literal["submit", "delivery", "cancelled"] = "submit"
 
 
 class ConsentRecorded(Payload):

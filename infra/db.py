@@ -47,9 +47,10 @@ async def discard(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections speak jsonb through orjson."""
+    """A pool whose connections speak jsonb through orjson, with the session in UTC (a day cut
+    from a timestamptz then never depends on the server's configured zone)."""
     pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size,
-                                     init=_init_connection)
+                                     init=_init_connection, server_settings={"timezone": "UTC"})
     assert pool is not None
     return pool
 

@@ -12,7 +12,7 @@ import asyncpg
 from domain.county import County
 from projections.sms_store import overdue
 
-OUTCOMES = ("requested", "submitted", "delivered", "failed")
+OUTCOMES = ("requested", "submitted", "delivered", "failed", "cancelled")
 
 
 def _iso(t: datetime | None) -> str | None:

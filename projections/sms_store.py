@@ -11,6 +11,7 @@ Rows hold the recipient's phone because the sender needs it; nothing here serves
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,15 +26,19 @@ from domain.envelope import Envelope
 from domain.events import PickupAssigned, SmsParcel, SmsRequested
 from domain.phone import last4, mask_phone
 from projections import journal
+from projections.metrics import DEAD_LETTERS
 from projections.tracking_store import use_all_brands
 
 SMS_TYPES = ("parcel.registered", "parcel.scanned", "parcel.pickup_assigned", "consent.recorded",
              "sms.requested", "sms.submitted", "sms.delivered", "sms.failed")
 SMS_LOCK = 7710005
+# A digest names at most this many parcels (a shop or a co-op receiving a wave): more start another.
+MAX_DIGEST_PARCELS = 100
+log = logging.getLogger("gongpei.sms")
 COLLECTING = ("delivered", "returned", "out_for_delivery")
 DEVICE = "gongpei-sms"
 TABLES = ("sms_message_parcels", "sms_messages", "sms_digests", "sms_arrivals", "sms_points",
-          "sms_recipients", "sms_cursor")
+          "sms_recipients", "sms_skipped", "sms_cursor")
 
 
 def platform_event(event_type: str, payload: Any, event_id: str, brand: str,
@@ -49,18 +54,21 @@ def platform_event(event_type: str, payload: Any, event_id: str, brand: str,
 
 
 async def catch_up(conn: asyncpg.Connection, county: County, *, now: datetime,
-                   page: int = 1000) -> int:
+                   page: int = 1000, careful: bool = False) -> int:
     """Apply every journal event not yet applied; returns how many. `now` stamps the events this
-    writes (pickup codes); it never decides anything here."""
+    writes (pickup codes); it never decides anything here. `careful` applies each event in a
+    savepoint and sets aside one that fails (in sms_skipped, with the error's kind), so that
+    one bad event cannot stop every SMS: the caller retries carefully after an unexpected error."""
     total = 0
-    while (n := await _apply_page(conn, county, now, page)) > 0:
+    while (n := await _apply_page(conn, county, now, page, careful)) > 0:
         total += n
         if n < page:
             break
     return total
 
 
-async def _apply_page(conn: asyncpg.Connection, county: County, now: datetime, page: int) -> int:
+async def _apply_page(conn: asyncpg.Connection, county: County, now: datetime, page: int,
+                      careful: bool) -> int:
     async with conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SMS_LOCK):
             return 0  # another SMS service is at it
@@ -76,7 +84,25 @@ async def _apply_page(conn: asyncpg.Connection, county: County, now: datetime, p
             return 0
         out: list[Envelope] = []
         for r in rows:
-            await _apply(conn, county, Envelope.from_wire(r["body"]), out, now)
+            if not careful:
+                await _apply(conn, county, Envelope.from_wire(r["body"]), out, now)
+                continue
+            mark = len(out)
+            try:
+                async with conn.transaction():
+                    await _apply(conn, county, Envelope.from_wire(r["body"]), out, now)
+            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - set aside, named, never swallowed silently
+                del out[mark:]
+                # The error's kind only: its text could quote the event, phone and all.
+                await conn.execute(
+                    "INSERT INTO sms_skipped (seq, event_id, error) VALUES ($1, $2, $3)"
+                    " ON CONFLICT DO NOTHING", r["seq"], r["body"].get("event_id", ""),
+                    type(exc).__name__)
+                DEAD_LETTERS.labels(reason=f"sms:{type(exc).__name__}").inc()
+                log.error("set aside journal event %s (seq %s): %s", r["body"].get("event_id"),
+                          r["seq"], type(exc).__name__)
         # Written last, so the journal's append lock is held only for this insert and the commit.
         await journal.append(conn, out)
         await conn.execute("UPDATE sms_cursor SET seq = $1 WHERE name = 'sms'", rows[-1]["seq"])
@@ -134,6 +160,11 @@ async def _apply(conn: asyncpg.Connection, county: County, e: Envelope, out: lis
             " provider_message_id = $4, submitted_at = coalesce(submitted_at, $2) WHERE sms_id = $1",
             p.sms_id, p.delivered_at, p.provider, p.provider_message_id)
     elif e.type == "sms.failed":
+        if p.stage == "cancelled":
+            await conn.execute(
+                "UPDATE sms_messages SET state = 'cancelled', failure_code = $2 WHERE sms_id = $1"
+                " AND state = 'requested'", p.sms_id, p.provider_code)
+            return
         await conn.execute(
             "UPDATE sms_messages SET state = 'failed', failure_code = $2, permanent = $3,"
             " provider = $4 WHERE sms_id = $1 AND state <> 'delivered'",
@@ -194,7 +225,9 @@ async def _plan(conn: asyncpg.Connection, county: County, arrival: asyncpg.Recor
     digest = await conn.fetchrow(
         "SELECT digest_id, closes_at FROM sms_digests WHERE phone = $1 AND node_id = $2"
         " ORDER BY closes_at DESC LIMIT 1", recipient["phone"], arrival["node_id"])
-    if digest is not None and rules.joins_digest(digest["closes_at"], known_at):
+    if digest is not None and rules.joins_digest(digest["closes_at"], known_at) and (
+            await conn.fetchval("SELECT count(*) FROM sms_arrivals WHERE digest_id = $1",
+                                digest["digest_id"]) < MAX_DIGEST_PARCELS):
         digest_id = digest["digest_id"]
     else:
         digest_id = rules.derived_id("digest", arrival["arrival_id"])
@@ -296,8 +329,11 @@ async def close_due(conn: asyncpg.Connection, county: County, now: datetime,
             if not arrivals:
                 await conn.execute("DELETE FROM sms_digests WHERE digest_id = $1", d["digest_id"])
                 continue
-            out.append(_request(county, "arrival", 0, d["digest_id"], d["node_id"], d["phone"],
-                                arrivals, now))
+            try:
+                out.append(_request(county, "arrival", 0, d["digest_id"], d["node_id"],
+                                    d["phone"], arrivals, now))
+            except (ValueError, KeyError) as exc:  # pydantic's ValidationError is a ValueError
+                await _cannot_compose(conn, d["digest_id"], [a["arrival_id"] for a in arrivals], exc)
         rows = await conn.fetch(
             "SELECT a.*, r.consent, r.phone, (SELECT max(m.submitted_at) FROM sms_messages m"
             "  JOIN sms_message_parcels mp ON mp.sms_id = m.sms_id"
@@ -312,11 +348,27 @@ async def close_due(conn: asyncpg.Connection, county: County, now: datetime,
         for (phone, node_id, stage), group in rules.due_reminders(
                 waiting, now, policy, county.utc_offset_minutes).items():
             first = min(w.arrival_id for w in group)
-            out.append(_request(county, "reminder", stage,
-                                rules.derived_id("reminder", str(stage), first), node_id, phone,
-                                [by_id[w.arrival_id] for w in group], now))
+            try:
+                out.append(_request(county, "reminder", stage,
+                                    rules.derived_id("reminder", str(stage), first), node_id,
+                                    phone, [by_id[w.arrival_id] for w in group], now))
+            except (ValueError, KeyError) as exc:
+                await _cannot_compose(conn, "", [w.arrival_id for w in group], exc)
         await journal.append(conn, out)
     return len(out)
+
+
+async def _cannot_compose(conn: asyncpg.Connection, digest_id: str, arrival_ids: list[str],
+                          exc: Exception) -> None:
+    """An SMS that cannot be composed (a point gone from the county file, say) would fail every
+    round: its parcels go to the keeper's call list instead, and the digest is dropped."""
+    log.error("digest %s: cannot compose its SMS (%s); its parcels go on the call list",
+              digest_id, type(exc).__name__)
+    await conn.execute(
+        "UPDATE sms_arrivals SET digest_id = NULL,"
+        " call_reason = coalesce(call_reason, 'sms_not_composed') WHERE arrival_id = ANY($1::text[])",
+        arrival_ids)
+    await conn.execute("DELETE FROM sms_digests WHERE digest_id = $1", digest_id)
 
 
 def _request(county: County, kind: str, stage: int, sms_id: str, node_id: str, phone: str,
@@ -355,6 +407,9 @@ class Outgoing:
     attempts: int              # calls already made
     uncertain: tuple[tuple[str, datetime], ...]  # (provider, started_at) of calls with no answer
     transient: dict[str, int]  # transient failures per provider
+    accepted: bool             # a call was accepted: its sms.submitted is on its way to this state
+    first_attempt_at: datetime | None
+    waiting: bool              # some parcel it names is still waiting at the point
 
 
 async def due_messages(conn: asyncpg.Connection, now: datetime, limit: int = 50) -> list[Outgoing]:
@@ -362,7 +417,9 @@ async def due_messages(conn: asyncpg.Connection, now: datetime, limit: int = 50)
         await use_all_brands(conn)
         rows = await conn.fetch(
             "SELECT m.*, (SELECT brand FROM sms_message_parcels p WHERE p.sms_id = m.sms_id LIMIT 1)"
-            " AS brand FROM sms_messages m WHERE state = 'requested' AND send_after <= $1"
+            " AS brand, EXISTS (SELECT 1 FROM sms_message_parcels p JOIN sms_arrivals a"
+            " ON a.arrival_id = p.arrival_id WHERE p.sms_id = m.sms_id AND a.waiting) AS waiting"
+            " FROM sms_messages m WHERE state = 'requested' AND send_after <= $1"
             " AND next_attempt_at <= $1 ORDER BY send_after, sms_id LIMIT $2", now, limit)
         attempts = await conn.fetch(
             "SELECT sms_id, provider, started_at, outcome FROM sms_attempts"
@@ -381,25 +438,26 @@ async def due_messages(conn: asyncpg.Connection, now: datetime, limit: int = 50)
             r["sms_id"], r["phone"], r["phone_masked"], r["brand"] or "", r["template_code"],
             dict(r["params"]), r["first_known_at"], len(tried),
             tuple((a["provider"], a["started_at"]) for a in tried if a["outcome"] is None),
-            dict(transient)))
+            dict(transient), any(a["outcome"] == "ok" for a in tried),
+            tried[0]["started_at"] if tried else None, r["waiting"]))
     return out
 
 
 async def overdue(conn: asyncpg.Connection, before: datetime) -> int:
-    """Messages due since before `before` and still not with a provider."""
-    async with conn.transaction(readonly=True):
-        await use_all_brands(conn)
-        return int(await conn.fetchval(
-            "SELECT count(*) FROM sms_messages WHERE state = 'requested' AND send_after < $1",
-            before))
+    """Messages due since before `before` and still not with a provider, of those the caller's
+    scope sees (it is the caller's to set: a transaction here would widen it for the rest)."""
+    return int(await conn.fetchval(
+        "SELECT count(*) FROM sms_messages WHERE state = 'requested' AND send_after < $1", before))
 
 
 async def sent_today(conn: asyncpg.Connection, phone: str, day_start: datetime) -> int:
-    """SMS already handed to a provider for this number since the county day began."""
+    """SMS a provider accepted for this number since the county day began, counted from the
+    calls (committed as each is answered, so a batch sees its own sends at once)."""
     async with conn.transaction():
         await use_all_brands(conn)
         return int(await conn.fetchval(
-            "SELECT count(*) FROM sms_messages WHERE phone = $1 AND submitted_at >= $2",
+            "SELECT count(DISTINCT a.sms_id) FROM sms_attempts a JOIN sms_messages m"
+            " ON m.sms_id = a.sms_id WHERE m.phone = $1 AND a.outcome = 'ok' AND a.started_at >= $2",
             phone, day_start))
 
 

@@ -73,16 +73,23 @@ async def rebuild_ledger_check(settings: Settings, county: County) -> dict[str, 
 async def rebuild_sms(settings: Settings, county: County) -> int:
     """Empty the SMS state and re-apply the journal. The SMS already requested, submitted or
     answered are journal events, so they come back as they were and none is sent again; the log
-    of provider calls is kept, so an unanswered call is still asked about before any resend.
-    Stop the SMS service first (it would only wait: both take the same lock)."""
+    of provider calls is kept, so an accepted call is never repeated and an unanswered one is
+    still asked about. A running SMS service waits meanwhile: this holds its locks (the sender's
+    first, as the service never takes them the other way round)."""
     from datetime import UTC, datetime
 
     from projections import sms_store
+    from streams.sms_service import SENDER_LOCK
 
     pool = await create_pool(settings.app_database_url, max_size=2)
     try:
         async with pool.acquire() as conn:
-            await sms_store.reset(conn)
-            return await sms_store.catch_up(conn, county, now=datetime.now(UTC))
+            await conn.execute("SELECT pg_advisory_lock($1)", SENDER_LOCK)
+            await conn.execute("SELECT pg_advisory_lock($1)", sms_store.SMS_LOCK)
+            try:
+                await sms_store.reset(conn)
+                return await sms_store.catch_up(conn, county, now=datetime.now(UTC))
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock_all()")
     finally:
         await pool.close()

@@ -44,6 +44,9 @@ class SendResult:
 
 class Provider(Protocol):
     name: str
+    # Whether `find` sees every SMS the provider accepted (Aliyun's QuerySendDetails), or only
+    # those a carrier has reported on (Tencent's status pull): then "not found" proves nothing.
+    lists_every_send: bool
 
     async def send(self, *, phone: str, sign_name: str, template_code: str,
                    params: dict[str, str], out_id: str) -> SendResult: ...
@@ -67,6 +70,7 @@ class AliyunSms:
         from alibabacloud_tea_openapi.models import Config
 
         self.name = name
+        self.lists_every_send = True
         self._client = Client(Config(
             access_key_id=access_key_id, access_key_secret=access_key_secret, endpoint=endpoint,
             protocol=protocol, read_timeout=timeout_ms, connect_timeout=timeout_ms))
@@ -121,11 +125,20 @@ class AliyunSms:
             page += 1
 
 
+def _never_connected(message: str) -> bool:
+    """The error says the connection was never made, so no request reached the provider."""
+    return any(s in message for s in ("Cannot connect to host", "NewConnectionError",
+                                      "Connection refused", "Name or service not known"))
+
+
 def _aliyun_error(exc: Exception) -> SendResult:
     code = str(getattr(exc, "code", "") or type(exc).__name__)
     status = getattr(exc, "status_code", None)
     if status is None:
-        # No HTTP answer: the request may or may not have reached the provider.
+        # No HTTP answer: unless the connection was never made, the request may or may not
+        # have reached the provider.
+        if _never_connected(str(getattr(exc, "inner_exception", "")) + str(exc)):
+            return SendResult("transient", "ConnectFailed")
         return SendResult("unknown", code)
     if code in ALIYUN_PERMANENT:
         return SendResult("permanent", code)
@@ -154,6 +167,7 @@ class TencentSms:
         from tencentcloud.sms.v20210111.sms_client import SmsClient
 
         self.name = name
+        self.lists_every_send = False
         self._app_id = sdk_app_id
         self._policy = policy
         self._client = SmsClient(Credential(secret_id, secret_key), region, ClientProfile(
@@ -190,6 +204,8 @@ class TencentSms:
         except TencentCloudSDKException as exc:
             code = exc.get_code() or "UNKNOWN"
             if code == "ClientNetworkError":
+                if _never_connected(exc.get_message() or ""):
+                    return SendResult("transient", "ConnectFailed")
                 return SendResult("unknown", code)  # it may or may not have arrived
             return SendResult("transient" if code.startswith(TENCENT_TRANSIENT_PREFIXES)
                               else "permanent", code)

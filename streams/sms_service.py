@@ -22,6 +22,7 @@ import asyncpg
 from domain import sms as rules
 from domain.county import County
 from domain.events import SmsFailed, SmsSubmitted
+from infra.db import TRANSIENT_DB_ERRORS
 from projections import sms_store
 from projections.metrics import (
     PROJECTION_EVENTS,
@@ -44,6 +45,8 @@ class Sender:
 
     def __init__(self, county: County, providers: Sequence[Provider], *,
                  transient_limit: int = 3, query_after: timedelta = timedelta(seconds=2),
+                 give_up_after: timedelta = timedelta(minutes=30),
+                 retry_window: timedelta = timedelta(hours=6),
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         if not providers:
             raise ValueError("at least one SMS provider is needed")
@@ -53,6 +56,8 @@ class Sender:
         self.order = [p.name for p in providers]
         self.transient_limit = transient_limit
         self.query_after = query_after
+        self.give_up_after = give_up_after  # an unanswered call no one can confirm: to the keeper
+        self.retry_window = retry_window    # transient failures, from the first call: then give up
         self.clock = clock
 
     async def send_due(self, pool: asyncpg.Pool) -> int:
@@ -71,6 +76,15 @@ class Sender:
 
     async def _one(self, conn: asyncpg.Connection, m: sms_store.Outgoing) -> int:
         now = self.clock()
+        if m.accepted:
+            # A provider accepted it; the sms.submitted written with that answer is in the
+            # journal and on its way to this state (a rebuild is replaying). Never again.
+            await sms_store.defer(conn, m.sms_id, now + timedelta(seconds=5))
+            return 0
+        if not m.waiting:
+            # Every parcel it names was picked up, delivered or returned while it waited.
+            await self._failed(conn, m, "gongpei", "COLLECTED", permanent=False, stage="cancelled")
+            return 0
         release = rules.release_at(now, self.policy, self.county.utc_offset_minutes)
         if release > now:  # quiet hours began while it waited
             await sms_store.defer(conn, m.sms_id, release)
@@ -82,14 +96,16 @@ class Sender:
                 return 0
             provider = self.providers.get(provider_name)
             if provider is None:
-                log.error("sms %s: an unanswered call went to %s, which is no longer configured;"
-                          " not resending", m.sms_id, provider_name)
-                await sms_store.defer(conn, m.sms_id, now + timedelta(hours=1))
+                # Nobody left to ask: sending again could be a second SMS. The keeper calls.
+                await self._failed(conn, m, provider_name, "PROVIDER_GONE", permanent=True)
                 return 0
             try:
                 found = await provider.find(phone=m.phone, out_id=m.sms_id,
                                             sent_on=self._provider_day(started))
             except ProviderUnavailable as exc:
+                if now - started > self.give_up_after:
+                    await self._failed(conn, m, provider_name, "UNCONFIRMED", permanent=True)
+                    return 0
                 log.warning("sms %s: cannot ask %s about an unanswered call (%s); later",
                             m.sms_id, provider_name, exc)
                 await sms_store.defer(conn, m.sms_id, now + timedelta(seconds=10))
@@ -99,6 +115,14 @@ class Sender:
                          " not resent", m.sms_id, provider_name)
                 await self._submitted(conn, m, provider_name, found, m.attempts, recovered=True)
                 return 0
+            if not provider.lists_every_send:
+                # Its list shows a message only once a carrier reported on it: keep asking for a
+                # while, then leave it to the keeper rather than risk a second SMS.
+                if now - started > self.give_up_after:
+                    await self._failed(conn, m, provider_name, "UNCONFIRMED", permanent=True)
+                else:
+                    await sms_store.defer(conn, m.sms_id, now + self.query_after)
+                return 0
             log.info("sms %s: %s has no record of it; sending", m.sms_id, provider_name)
             await sms_store.settle_uncertain(conn, m.sms_id, "not_sent")
         # 2. The per-number daily budget.
@@ -106,10 +130,12 @@ class Sender:
         if await sms_store.sent_today(conn, m.phone, day_start) >= self.policy.daily_budget:
             await self._failed(conn, m, "gongpei", "DAILY_BUDGET", permanent=True)
             return 0
-        # 3. Pick the provider: the first one this message has not failed on too often.
-        name = next((n for n in self.order if m.transient.get(n, 0) < self.transient_limit), None)
-        if name is None:
-            await self._failed(conn, m, self.order[-1], "RETRIES_EXHAUSTED", permanent=True)
+        # 3. The provider: the first this message has not failed on too often; once all have,
+        # the last keeps being tried (per-number limits pass) until the retry window is over.
+        name = next((n for n in self.order if m.transient.get(n, 0) < self.transient_limit),
+                    self.order[-1])
+        if m.first_attempt_at is not None and now - m.first_attempt_at > self.retry_window:
+            await self._failed(conn, m, name, "RETRIES_EXHAUSTED", permanent=True)
             return 0
         attempt = m.attempts + 1
         await sms_store.begin_attempt(conn, m.sms_id, attempt, name, now)
@@ -156,24 +182,42 @@ class Sender:
         SMS_ARRIVAL_TO_SUBMITTED.observe(max(0.0, (now - m.first_known_at).total_seconds()))
 
     async def _failed(self, conn: asyncpg.Connection, m: sms_store.Outgoing, provider: str,
-                      code: str, *, permanent: bool, attempt: int | None = None) -> None:
+                      code: str, *, permanent: bool, attempt: int | None = None,
+                      stage: str = "submit") -> None:
         event = sms_store.platform_event(
             "sms.failed", SmsFailed(sms_id=m.sms_id, provider=provider, provider_code=code[:64],
-                                    permanent=permanent),
-            rules.derived_id("sms.failed", m.sms_id, "submit"), m.brand, self.clock())
-        await sms_store.record(conn, [event], m.sms_id, "permanent", attempt)
-        SMS_OUTCOMES.labels(outcome="failed").inc()
+                                    permanent=permanent, stage=stage),  # type: ignore[arg-type]
+            rules.derived_id("sms.failed", m.sms_id, stage), m.brand, self.clock())
+        cancelled = stage == "cancelled"
+        await sms_store.record(conn, [event], m.sms_id, "cancelled" if cancelled else "permanent",
+                               attempt)
+        SMS_OUTCOMES.labels(outcome="cancelled" if cancelled else "failed").inc()
+        if cancelled:
+            log.info("sms %s not sent: its parcels were collected first", m.sms_id)
+            return
         SMS_FAILURES.labels(provider=provider, code=code, permanent=str(permanent).lower()).inc()
         log.warning("sms %s to %s failed: %s from %s", m.sms_id, m.phone_masked, code, provider)
+
+
+async def _follow(conn: asyncpg.Connection, county: County, now: datetime) -> int:
+    """Catch up with the journal; after an unexpected error, again, setting aside the event
+    that caused it, so that one bad event does not stop every SMS."""
+    try:
+        return await sms_store.catch_up(conn, county, now=now)
+    except TRANSIENT_DB_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - retried carefully; the bad event is set aside
+        log.error("catching up failed (%s); once more, event by event", type(exc).__name__)
+        return await sms_store.catch_up(conn, county, now=now, careful=True)
 
 
 async def step(pool: asyncpg.Pool, county: County, sender: Sender, now: datetime) -> int:
     """One round: follow the journal, request what is due, follow again, send what is due."""
     async with pool.acquire() as conn:
-        applied = await sms_store.catch_up(conn, county, now=now)
+        applied = await _follow(conn, county, now)
         requested = await sms_store.close_due(conn, county, now)
         if requested:
-            applied += await sms_store.catch_up(conn, county, now=now)
+            applied += await _follow(conn, county, now)
     if applied:
         PROJECTION_EVENTS.labels(projection="sms", result="new").inc(applied)
     if requested:
@@ -181,8 +225,10 @@ async def step(pool: asyncpg.Pool, county: County, sender: Sender, now: datetime
     calls = await sender.send_due(pool)
     async with pool.acquire() as conn:
         if calls:
-            await sms_store.catch_up(conn, county, now=now)
-        SMS_OVERDUE.set(await sms_store.overdue(conn, now - OVERDUE_AFTER))
+            await _follow(conn, county, now)
+        async with conn.transaction(readonly=True):
+            await sms_store.use_all_brands(conn)
+            SMS_OVERDUE.set(await sms_store.overdue(conn, now - OVERDUE_AFTER))
     return applied + requested + calls
 
 

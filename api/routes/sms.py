@@ -24,15 +24,23 @@ HISTORY_READERS = ("brand", "brand-system", "manager", "admin")
 BEIJING = timezone(timedelta(hours=8))
 
 
+# Ids and codes are printable ASCII: anything else (a NUL byte, say) is refused here with a 422,
+# not by the database.
+ProviderId = Annotated[str, Field(pattern=r"^[!-~]{1,64}$")]
+Code = Annotated[str, Field(pattern=r"^[ -~]{0,64}$")]
+NodeId = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+FIRST_DAY, LAST_DAY = date(2000, 1, 1), date(2100, 12, 31)
+
+
 class AliyunReport(BaseModel):
     """One item of Aliyun's SmsReport push. The phone number it carries is ignored, never kept."""
 
     model_config = ConfigDict(extra="ignore")
 
     success: StrictBool
-    err_code: Annotated[str, Field(max_length=64)] = ""
-    biz_id: Annotated[str, Field(min_length=1, max_length=64)]
-    out_id: Annotated[str, Field(max_length=64)] = ""
+    err_code: Code = ""
+    biz_id: ProviderId
+    out_id: Annotated[str, Field(pattern=r"^[!-~]{0,64}$")] = ""
     report_time: str | None = None
 
 
@@ -40,9 +48,10 @@ def _report_time(s: str | None, now: datetime) -> datetime:
     if not s:
         return now
     try:
-        return datetime.strptime(s, "%Y-%m-%d %H:%M:%S").replace(tzinfo=BEIJING)
+        t = datetime.strptime(s, "%Y-%m-%d %H:%M:%S").replace(tzinfo=BEIJING)
     except ValueError:
         return now
+    return t if FIRST_DAY.year <= t.year <= LAST_DAY.year else now  # a clock gone wrong
 
 
 async def _receipts(request: Request, pool: asyncpg.Pool, provider: str, key: str,
@@ -86,8 +95,8 @@ class TencentReport(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     report_status: Literal["SUCCESS", "FAIL"]
-    errmsg: Annotated[str, Field(max_length=64)] = ""
-    sid: Annotated[str, Field(min_length=1, max_length=64)]
+    errmsg: Code = ""
+    sid: ProviderId
     user_receive_time: str | None = None
 
 
@@ -122,8 +131,12 @@ async def sms_stats(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
                     end: Annotated[date | None, Query(alias="to")] = None) -> dict[str, Any]:
     require_role(principal, *STAFF)
     today = datetime.now(timezone(timedelta(minutes=county.utc_offset_minutes))).date()
+    for name, value in (("from", start), ("to", end)):
+        if value is not None and not FIRST_DAY <= value <= LAST_DAY:
+            raise ApiError(422, "invalid_range", f"'{name}' must be between {FIRST_DAY} and"
+                           f" {LAST_DAY}", f"$.{name}")
     end = end or today
-    start = start or end - timedelta(days=6)
+    start = start or max(FIRST_DAY, end - timedelta(days=6))
     if start > end or (end - start).days > 366:
         raise ApiError(422, "invalid_range", "'from' must not be after 'to', and a year at most",
                        "$.from")
@@ -143,7 +156,7 @@ async def sms_summary(principal: PrincipalDep, pool: PoolDep, county: CountyDep)
 
 @router.get("/v1/sms/call-list", summary="Parcels the station keeper should phone about")
 async def call_list(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
-                    node_id: str | None = Query(None, max_length=64)) -> dict[str, Any]:
+                    node_id: NodeId = None) -> dict[str, Any]:
     require_role(principal, *STAFF)
     async with scoped(pool, principal.brand_scope) as conn:
         return {"parcels": await sms_queries.call_list(conn, county, node_id)}
@@ -152,7 +165,7 @@ async def call_list(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
 @router.get("/v1/sms/no-consent", summary="Parcels at village points without consent to station"
             " delivery (the SMS offered home delivery)")
 async def no_consent(principal: PrincipalDep, pool: PoolDep,
-                     node_id: str | None = Query(None, max_length=64)) -> dict[str, Any]:
+                     node_id: NodeId = None) -> dict[str, Any]:
     require_role(principal, *STAFF)
     async with scoped(pool, principal.brand_scope) as conn:
         return {"parcels": await sms_queries.no_consent(conn, node_id)}

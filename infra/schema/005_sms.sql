@@ -47,6 +47,7 @@ CREATE TABLE sms_arrivals (
 CREATE UNIQUE INDEX sms_arrivals_one_open ON sms_arrivals (waybill, node_id) WHERE waiting;
 CREATE INDEX sms_arrivals_node_waiting ON sms_arrivals (node_id) WHERE waiting;
 CREATE INDEX sms_arrivals_waybill ON sms_arrivals (waybill);
+CREATE INDEX sms_arrivals_digest ON sms_arrivals (digest_id) WHERE digest_id IS NOT NULL;
 
 -- Open digests: arrivals for one phone at one point, collected until closes_at.
 CREATE TABLE sms_digests (
@@ -75,7 +76,8 @@ CREATE TABLE sms_messages (
     send_after    timestamptz NOT NULL,
     first_known_at timestamptz NOT NULL,
     requested_at  timestamptz NOT NULL,
-    state         text NOT NULL CHECK (state IN ('requested', 'submitted', 'delivered', 'failed')),
+    state         text NOT NULL CHECK (state IN ('requested', 'submitted', 'delivered', 'failed',
+                                                 'cancelled')),
     provider      text,
     provider_message_id text,
     next_attempt_at timestamptz NOT NULL,
@@ -97,6 +99,14 @@ CREATE TABLE sms_message_parcels (
     PRIMARY KEY (sms_id, waybill)
 );
 CREATE INDEX sms_message_parcels_waybill ON sms_message_parcels (waybill);
+
+-- Journal events the SMS service could not apply and set aside (the kind of error only).
+CREATE TABLE sms_skipped (
+    seq      bigint PRIMARY KEY,
+    event_id text NOT NULL,
+    error    text NOT NULL,
+    at       timestamptz NOT NULL DEFAULT now()
+);
 
 -- Calls made to providers, written and committed before each call (the sender's own log).
 CREATE TABLE sms_attempts (

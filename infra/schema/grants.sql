@@ -11,5 +11,5 @@ GRANT SELECT, INSERT ON sla_events TO gongpei_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sla_legs, sla_daily, sla_runs TO gongpei_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON public_lookup_failures TO gongpei_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sms_cursor, sms_recipients, sms_points, sms_arrivals,
-    sms_digests, sms_messages, sms_message_parcels TO gongpei_app;
+    sms_digests, sms_messages, sms_message_parcels, sms_skipped TO gongpei_app;
 GRANT SELECT, INSERT, UPDATE ON sms_attempts TO gongpei_app;

@@ -71,7 +71,7 @@ def test_the_dashboard_shows_the_apis_numbers_for_the_scripted_day(
     assert page.locator("#townships .tile").count() == len(api["townships"]) > 0
     assert page.locator("[data-runs-rate]").inner_text() == "66.6%"
     for state, n in sms["counts"].items():
-        if state in ("requested", "submitted", "delivered", "failed"):
+        if state in ("requested", "submitted", "delivered", "failed", "cancelled"):
             assert page.locator(f"[data-sms-count={state}]").inner_text() == str(n), state
     assert page.locator("[data-sms-calls]").inner_text() == str(sms["call_list_total"])
     assert page.locator("[data-sms-overdue]").inner_text() == "0"
