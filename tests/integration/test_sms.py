@@ -450,3 +450,33 @@ def test_the_sender_keeps_the_daily_budget_within_a_batch_and_skips_parcels_alre
     # (Other tests' messages due meanwhile may go through this provider too: count ours.)
     assert len(provider.calls) == len(set(provider.calls))
     assert len([c for c in provider.calls if c in ours]) == 10
+
+
+def test_sms_reads_refuse_bad_input_with_422_and_keep_a_brand_to_its_own(
+        platform: Platform, client: httpx.Client, tokens: dict[str, str]) -> None:
+    manager = bearer(tokens["manager"])
+    for path, params in (("/v1/sms/stats", {"to": "0001-01-03"}),
+                         ("/v1/sms/stats", {"from": "9999-12-30", "to": "9999-12-31"}),
+                         ("/v1/sms/stats", {"from": "2026-11-20", "to": "2026-11-01"}),
+                         ("/v1/sms/call-list", {"node_id": "VIL\x00"}),
+                         ("/v1/sms/no-consent", {"node_id": "x" * 65})):
+        r = client.get(path, params=params, headers=manager)
+        assert r.status_code == 422, (path, params, r.status_code, r.text)
+        assert r.json()["error"]["code"] in ("invalid_request", "invalid_range")
+    url = platform.receipt_url.replace(platform.api_url, "")
+    for body in ([{"success": True, "biz_id": "b\x00", "out_id": "o"}], {"not": "a list"},
+                 [{"success": True, "biz_id": "b", "report_time": "0001-01-01 00:00:00"}]):
+        r = client.post(url, json=body)
+        assert r.status_code in (200, 422), (body, r.status_code, r.text)
+    r = client.post(url.replace("/aliyun?", "/tencent?"),
+                    json=[{"report_status": "MAYBE", "sid": "s"}])
+    assert r.status_code == 422
+
+    # A brand's summary counts only its parcels: every row it lists is its own, and its
+    # no-consent count is its share of the manager's list.
+    everyone = client.get("/v1/sms/no-consent", headers=manager).json()["parcels"]
+    for brand in ("ZTO", "JT"):
+        mine = client.get("/v1/sms/summary", headers=bearer(tokens[f"{brand}-brand"])).json()
+        assert {p["brand"] for p in mine["call_list"]} <= {brand}
+        assert mine["no_consent_total"] == len({p["waybill"] for p in everyone
+                                                 if p["brand"] == brand})
