@@ -23,6 +23,7 @@ class Principal:
     role: str
     name: str
     brands: frozenset[str]
+    node_id: str | None = None   # the node a scanner is installed at, if it is bound to one
 
     @property
     def device_id(self) -> str:
@@ -46,25 +47,31 @@ def new_token() -> str:
 
 async def lookup(conn: asyncpg.Connection, token: str) -> Principal | None:
     row = await conn.fetchrow(
-        "SELECT id, kind, role, name, brands FROM tokens WHERE token_hash = $1 AND revoked_at IS NULL",
-        hash_token(token),
+        "SELECT id, kind, role, name, brands, node_id FROM tokens WHERE token_hash = $1"
+        " AND revoked_at IS NULL", hash_token(token),
     )
     if row is None:
         return None
-    return Principal(row["id"], row["kind"], row["role"], row["name"], frozenset(row["brands"]))
+    return Principal(row["id"], row["kind"], row["role"], row["name"], frozenset(row["brands"]),
+                     row["node_id"])
 
 
-async def create(conn: asyncpg.Connection, *, role: str, name: str, brands: list[str]) -> tuple[int, str]:
-    """Create a token; returns (id, the secret), which is shown once and never stored."""
+async def create(conn: asyncpg.Connection, *, role: str, name: str, brands: list[str],
+                 node_id: str | None = None) -> tuple[int, str]:
+    """Create a token; returns (id, the secret), which is shown once and never stored. A scanner
+    may be bound to the node it is installed at (a village point's keeper records consent)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+    if node_id is not None and role != "scanner":
+        raise ValueError("only a scanner is installed at a node (--node)")
     kind = "device" if role in DEVICE_ROLES else "user"
     if role in ("scanner", "brand-system", "brand") and not brands:
         raise ValueError(f"a {role} token needs at least one --brand")
     token = new_token()
     token_id = await conn.fetchval(
-        "INSERT INTO tokens (token_hash, kind, role, name, brands) VALUES ($1,$2,$3,$4,$5) RETURNING id",
-        hash_token(token), kind, role, name, brands,
+        "INSERT INTO tokens (token_hash, kind, role, name, brands, node_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        hash_token(token), kind, role, name, brands, node_id,
     )
     return int(token_id), token
 

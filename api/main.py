@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import ingest, meta, parcels, settlement, sla, sms
+from api.routes import conflicts, ingest, meta, parcels, settlement, sla, sms
 from domain.county import County
 from infra.db import create_pool
 from infra.settings import Settings
@@ -39,5 +39,6 @@ def create_app(settings: Settings, county: County) -> FastAPI:
     app.include_router(settlement.router)
     app.include_router(sla.router)
     app.include_router(sms.router)
+    app.include_router(conflicts.router)
     app.include_router(meta.router)
     return app

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -66,6 +66,8 @@ class County:
     settlement: Any = None  # domain.settlement.config.SettlementConfig, when the file has one
     sla: Any = None         # domain.sla.SlaConfig, when the file has one
     sms: Any = None         # domain.sms.SmsPolicy, when the file has one
+    # A brand's waybill format, where the county knows it: its waybills must match it whole.
+    waybill_patterns: dict[str, re.Pattern[str]] = field(default_factory=dict)
 
     @cached_property
     def centre(self) -> Node:
@@ -229,7 +231,25 @@ def parse_county(doc: dict[str, Any], source: str = "county") -> County:
 
         sms = parse_sms(doc, source)
     return County(code, _req(head, "name", str, source, "[county]"), offset, brands, nodes,
-                  tuple(routes), settlement, sla, sms)
+                  tuple(routes), settlement, sla, sms,
+                  _waybill_patterns(doc.get("waybill_patterns", {}), brands, source))
+
+
+def _waybill_patterns(raw: object, brands: tuple[str, ...], source: str) -> dict[str, re.Pattern[str]]:
+    table = _table(raw, source, "[waybill_patterns]")
+    out: dict[str, re.Pattern[str]] = {}
+    for brand, pattern in table.items():
+        where = f"[waybill_patterns].{brand}"
+        if brand not in brands:
+            raise _fail(source, where, f"{brand!r} is not one of this county's brands")
+        if not isinstance(pattern, str):
+            raise _fail(source, where, f"must be a regular expression string, got {type(pattern).__name__}")
+        try:
+            # ASCII: a pattern's \d must not take other scripts' digits.
+            out[brand] = re.compile(pattern, re.ASCII)
+        except re.error as exc:
+            raise _fail(source, where, f"not a regular expression: {exc}") from None
+    return out
 
 
 def load_county(path: str | Path) -> County:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -19,7 +22,7 @@ from domain.brands import BRANDS
 from domain.events import PAYLOADS, Payload
 from domain.upcasting import upcast
 
-__all__ = ["BRANDS", "Envelope", "normalise_event_id"]
+__all__ = ["BRANDS", "Envelope", "content_digest", "normalise_event_id"]
 
 # Canonical hyphenated UUID only: uuid.UUID() alone would also take braces, "urn:uuid:" and
 # hyphens in any place, and two spellings of one id would defeat idempotency.
@@ -115,3 +118,22 @@ class Envelope(BaseModel):
             device_id=d["device_id"], brand=d["brand"], operator_id=d["operator_id"],
             payload=model.model_validate(payload),
         )
+
+
+# Server stamps: a re-send carries new ones and is still the same event.
+_NOT_CONTENT = ("recorded_at", "device_id")
+
+
+def content_digest(wire: dict[str, Any],
+                   phone_ref: Callable[[object], object] = lambda v: v) -> bytes:
+    """What makes two uploads under one event_id the same event: everything the device sent, the
+    time as an instant (an offset spelled differently is the same moment). `phone_ref` replaces a
+    phone by a keyed reference, so that the digest is no unkeyed hash of a phone number."""
+    body = {k: v for k, v in wire.items() if k not in _NOT_CONTENT}
+    body["occurred_at"] = datetime.fromisoformat(wire["occurred_at"]).astimezone(UTC).isoformat()
+    payload = dict(body["payload"])
+    for key in ("recipient_phone", "phone"):
+        if key in payload:
+            payload[key] = phone_ref(payload[key])
+    body["payload"] = payload
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).digest()

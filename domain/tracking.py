@@ -98,6 +98,7 @@ class TimelineEntry:
     brand: str
     operator_id: str
     detail: dict[str, Any] = field(default_factory=dict)
+    device_id: str = ""   # the uploading token's device (who recorded it)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class ParcelView:
     pickup_code: str | None
     problem_reason: str | None
     consent_to_station: bool | None
+    consent_recorded_by: dict[str, str] | None   # who recorded the latest consent, and how
     last_event_at: datetime | None
     timeline: tuple[TimelineEntry, ...]
 
@@ -141,14 +143,16 @@ def entry_for(e: Envelope, county: County) -> TimelineEntry:
     node_id = getattr(e.payload, "node_id", None)
     node = county.nodes.get(node_id) if node_id else None
     return TimelineEntry(e.event_id, e.type, e.occurred_at, e.recorded_at, _action(e), node_id,
-                         node.name if node else None, e.brand, e.operator_id, _detail(e))
+                         node.name if node else None, e.brand, e.operator_id, _detail(e),
+                         e.device_id)
 
 
 def entries_from_view(view: dict[str, Any]) -> list[TimelineEntry]:
     """The timeline of a stored view, read back so new events can be folded into it."""
     return [TimelineEntry(t["event_id"], t["type"], datetime.fromisoformat(t["occurred_at"]),
                           datetime.fromisoformat(t["recorded_at"]), t["action"], t["node_id"],
-                          t["node_name"], t["brand"], t["operator_id"], t["detail"])
+                          t["node_name"], t["brand"], t["operator_id"], t["detail"],
+                          t.get("device_id", ""))
             for t in view["timeline"]]
 
 
@@ -174,6 +178,10 @@ def project_entries(entries: Iterable[TimelineEntry], county: County, waybill: s
     history = sorted({t.event_id: t for t in entries}.values(), key=_order)
     if not history:
         raise ValueError("a parcel view needs at least one event")
+    # Ingest lets only the owner write into a parcel (domain/ownership.py); should another brand's
+    # event be in the history all the same, it shows nothing and changes nothing here.
+    owner = owner_brand(history)
+    history = [t for t in history if t.brand == owner]
     registrations = [t for t in history if t.type == "parcel.registered"]
     registration = registrations[-1] if registrations else None
     destination = registration.detail.get("destination_village") if registration else None
@@ -194,7 +202,7 @@ def project_entries(entries: Iterable[TimelineEntry], county: County, waybill: s
     problem = latest.detail.get("problem_reason") if latest and latest.action == "problem" else None
     return ParcelView(
         waybill=waybill,
-        brand=(registration or history[0]).brand,
+        brand=owner,
         destination_village=destination,
         status=status, public_code=code, public_label=label,
         current_node=latest.node_id if latest is not None else None,
@@ -202,9 +210,24 @@ def project_entries(entries: Iterable[TimelineEntry], county: County, waybill: s
         pickup_code=_pickup_code(stored, history),
         problem_reason=problem,
         consent_to_station=consents[-1].detail.get("consent") if consents else None,
+        consent_recorded_by=_recorded_by(consents[-1]) if consents else None,
         last_event_at=history[-1].occurred_at,
         timeline=tuple(history),
     )
+
+
+def owner_brand(history: list[TimelineEntry]) -> str:
+    """The brand a parcel belongs to: its first manifest's (by when the platform heard of it),
+    else, before any manifest, the brand of its first scan."""
+    registrations = [t for t in history if t.type == "parcel.registered"]
+    if registrations:
+        return min(registrations, key=lambda t: (t.recorded_at, t.event_id)).brand
+    return min(history, key=lambda t: (t.recorded_at, t.event_id)).brand
+
+
+def _recorded_by(t: TimelineEntry) -> dict[str, str]:
+    return {"brand": t.brand, "device_id": t.device_id, "operator_id": t.operator_id,
+            "channel": str(t.detail.get("channel", "")), "at": t.occurred_at.isoformat()}
 
 
 def _pickup_code(stored: list[TimelineEntry], history: list[TimelineEntry]) -> str | None:
@@ -230,11 +253,12 @@ def view_to_dict(view: ParcelView) -> dict[str, Any]:
         "current_node": view.current_node, "misrouted": view.misrouted,
         "misrouted_nodes": list(view.misrouted_nodes), "pickup_code": view.pickup_code,
         "problem_reason": view.problem_reason, "consent_to_station": view.consent_to_station,
+        "consent_recorded_by": view.consent_recorded_by,
         "last_event_at": view.last_event_at.isoformat() if view.last_event_at else None,
         "timeline": [{
             "event_id": t.event_id, "type": t.type, "occurred_at": t.occurred_at.isoformat(),
             "recorded_at": t.recorded_at.isoformat(), "action": t.action, "node_id": t.node_id,
             "node_name": t.node_name, "brand": t.brand, "operator_id": t.operator_id,
-            "detail": t.detail,
+            "detail": t.detail, "device_id": t.device_id,
         } for t in view.timeline],
     }

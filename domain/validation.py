@@ -37,6 +37,11 @@ class Reason(StrEnum):
     type_not_permitted = "type_not_permitted"
     duplicate_in_batch = "duplicate_in_batch"
     unknown_field = "unknown_field"
+    # Ownership between brands (domain/ownership.py), decided against the stored owners.
+    waybill_owned_by_other_brand = "waybill_owned_by_other_brand"
+    waybill_not_registered = "waybill_not_registered"
+    consent_not_permitted = "consent_not_permitted"
+    waybill_pattern_mismatch = "waybill_pattern_mismatch"
 
 
 @dataclass(frozen=True)

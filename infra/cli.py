@@ -159,8 +159,10 @@ def cmd_token(args: argparse.Namespace) -> None:
         try:
             if args.action == "create":
                 try:
+                    if args.node is not None and args.node not in _county(settings).nodes:
+                        raise ValueError(f"--node {args.node!r} is not a node of the county")
                     token_id, token = await auth.create(conn, role=args.role, name=args.name,
-                                                        brands=args.brand or [])
+                                                        brands=args.brand or [], node_id=args.node)
                 except ValueError as exc:
                     sys.exit(f"gongpei: {exc}")
                 print(f"token {token_id} ({args.role}, {args.name}): {token}")
@@ -279,6 +281,8 @@ def main(argv: list[str] | None = None) -> None:
     create.add_argument("--role", required=True)
     create.add_argument("--name", required=True)
     create.add_argument("--brand", action="append", help="repeat for several brands")
+    create.add_argument("--node", help="a scanner's node (a village point's keeper records consent"
+                        " for the parcels that point serves)")
     revoke = tsub.add_parser("revoke")
     revoke.add_argument("id", type=int)
     tsub.add_parser("list")

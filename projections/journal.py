@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,24 +17,40 @@ NOTIFY_CHANNEL = "journal_appended"
 
 _INSERT = """
 INSERT INTO journal (event_id, type, schema_version, brand, partition_key,
-                     occurred_at, recorded_at, device_id, body)
+                     occurred_at, recorded_at, device_id, body, content_hash)
 SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
-                     $6::timestamptz[], $7::timestamptz[], $8::text[], $9::jsonb[])
+                     $6::timestamptz[], $7::timestamptz[], $8::text[], $9::jsonb[], $10::bytea[])
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id
 """
 
 
-async def append(conn: asyncpg.Connection, events: Sequence[Envelope]) -> set[str]:
-    """Append events in the caller's transaction; returns the ids that were new (others: duplicates)."""
+async def lock(conn: asyncpg.Connection) -> None:
+    """Take the append lock for the caller's transaction (re-entrant): what is read after it
+    (owners, known ids) stays true until the commit."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", JOURNAL_APPEND_LOCK)
+
+
+async def known_digests(conn: asyncpg.Connection, event_ids: Sequence[str]) -> dict[str, bytes | None]:
+    """The content digests of those of `event_ids` already in the journal."""
+    rows = await conn.fetch("SELECT event_id, content_hash FROM journal WHERE event_id = ANY($1::text[])",
+                            list(event_ids))
+    return {r["event_id"]: r["content_hash"] for r in rows}
+
+
+async def append(conn: asyncpg.Connection, events: Sequence[Envelope],
+                 digests: Mapping[str, bytes] | None = None) -> set[str]:
+    """Append events in the caller's transaction, with the content digests of uploaded ones;
+    returns the ids that were new (others: duplicates)."""
     if not events:
         return set()
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", JOURNAL_APPEND_LOCK)
-    cols: list[list[Any]] = [[] for _ in range(9)]
+    await lock(conn)
+    digests = digests or {}
+    cols: list[list[Any]] = [[] for _ in range(10)]
     for e in events:
         for col, value in zip(cols, (
             e.event_id, e.type, e.schema_version, e.brand, e.partition_key,
-            e.occurred_at, e.recorded_at, e.device_id, e.to_wire(),
+            e.occurred_at, e.recorded_at, e.device_id, e.to_wire(), digests.get(e.event_id),
         )):
             col.append(value)
     rows = await conn.fetch(_INSERT, *cols)

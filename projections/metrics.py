@@ -11,6 +11,11 @@ INGEST_EVENTS = Counter(
     "gongpei_ingest_events", "Events received by the ingest API, by result and reason",
     ["result", "reason"],
 )
+INGEST_CONFLICTS = Counter(
+    "gongpei_ingest_conflicts",
+    "Uploads the county manager should look at: another brand's waybill, or a reused event_id",
+    ["kind"],
+)
 INGEST_BATCHES = Counter(
     "gongpei_ingest_batches", "Scan batches by HTTP outcome", ["outcome"],
 )

@@ -54,12 +54,14 @@ def county(county_file: Path) -> County:
     return load_county(county_file)
 
 
-def issue(platform: Platform, role: str, name: str, brands: list[str]) -> str:
+def issue(platform: Platform, role: str, name: str, brands: list[str],
+          node_id: str | None = None) -> str:
     async def go() -> str:
         assert platform.settings is not None
         conn = await asyncpg.connect(platform.settings.database_url)
         try:
-            return (await auth.create(conn, role=role, name=name, brands=brands))[1]
+            return (await auth.create(conn, role=role, name=name, brands=brands,
+                                      node_id=node_id))[1]
         finally:
             await conn.close()
 

@@ -10,10 +10,12 @@ from pydantic import BaseModel
 
 from api.deps import CountyDep, PoolDep, PrincipalDep, require_role
 from api.errors import ApiError
-from domain.envelope import Envelope
+from domain.envelope import Envelope, content_digest
+from domain.ownership import Refusal, Writer
 from domain.validation import Rejection, validate_batch
 from projections import journal
-from projections.metrics import INGEST_BATCHES, INGEST_EVENTS
+from projections.admission import Uploader, Verdict, admit
+from projections.metrics import INGEST_BATCHES, INGEST_CONFLICTS, INGEST_EVENTS
 
 router = APIRouter(tags=["ingest"])
 
@@ -28,7 +30,7 @@ EMITTABLE = {
 class EventResult(BaseModel):
     index: int
     event_id: str | None = None
-    status: Literal["accepted", "duplicate", "rejected"]
+    status: Literal["accepted", "duplicate", "conflict", "rejected"]
     reason: str | None = None
     path: str | None = None
     message: str | None = None
@@ -37,6 +39,7 @@ class EventResult(BaseModel):
 class BatchResult(BaseModel):
     accepted: int
     duplicate: int
+    conflict: int
     rejected: int
     results: list[EventResult]
 
@@ -93,7 +96,8 @@ def _parse_events(body: bytes, max_events: int) -> list[Any]:
 @router.post(
     "/v1/scan-batches", response_model=BatchResult, summary="Upload a batch of events",
     description="Up to 500 events and 1 MiB per request. The batch is committed to the journal "
-                "before the answer; re-sending it answers `duplicate` for each event.",
+                "before the answer; re-sending it answers `duplicate` for each event, and "
+                "`conflict` for an event_id sent again with different content.",
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"type": "object", "required": ["events"], "additionalProperties": False,
                    "description": "Full contract per event type: GET /v1/schema/scan-batch.json",
@@ -120,20 +124,42 @@ async def post_scan_batch(request: Request, principal: PrincipalDep, pool: PoolD
         permitted_types=EMITTABLE[principal.role], device_id=principal.device_id,
         recorded_at=journal.recorded_now(),
     )
-    accepted_envs = [o for o in outcomes if isinstance(o, Envelope)]
+    valid = [o for o in outcomes if isinstance(o, Envelope)]
+    digests = {e.event_id: content_digest(e.to_wire()) for e in valid}
+    uploader = Uploader(Writer(principal.role, principal.brands, principal.node_id),
+                        principal.token_id, principal.device_id)
     async with pool.acquire() as conn, conn.transaction():
-        new_ids = await journal.append(conn, accepted_envs)
-    results = []
-    for i, (raw, o) in enumerate(zip(raw_events, outcomes)):
-        if isinstance(o, Rejection):
-            results.append(EventResult(index=i, event_id=_raw_event_id(raw), status="rejected",
-                                       reason=str(o.reason), path=o.path, message=o.message))
-            INGEST_EVENTS.labels(result="rejected", reason=str(o.reason)).inc()
-        else:
-            status: Literal["accepted", "duplicate"] = (
-                "accepted" if o.event_id in new_ids else "duplicate")
-            results.append(EventResult(index=i, event_id=o.event_id, status=status))
-            INGEST_EVENTS.labels(result=status, reason="").inc()
+        admission = await admit(conn, county, uploader, valid, digests)
+    for record in admission.conflicts:
+        INGEST_CONFLICTS.labels(kind=str(record.kind)).inc()
+    results = [_result(i, raw, o, admission.verdicts, admission.refusals)
+               for i, (raw, o) in enumerate(zip(raw_events, outcomes))]
+    for r in results:
+        INGEST_EVENTS.labels(result=r.status, reason=r.reason or "").inc()
     INGEST_BATCHES.labels(outcome="ok").inc()
-    counts = {s: sum(r.status == s for r in results) for s in ("accepted", "duplicate", "rejected")}
+    counts = {s: sum(r.status == s for r in results)
+              for s in ("accepted", "duplicate", "conflict", "rejected")}
     return BatchResult(results=results, **counts)
+
+
+def _result(index: int, raw: object, outcome: Envelope | Rejection, verdicts: dict[str, Verdict],
+            refusals: dict[str, Refusal]) -> EventResult:
+    if isinstance(outcome, Rejection):
+        return EventResult(index=index, event_id=_raw_event_id(raw), status="rejected",
+                           reason=str(outcome.reason), path=outcome.path, message=outcome.message)
+    verdict = verdicts[outcome.event_id]
+    if verdict is Verdict.refused:
+        refusal = refusals[outcome.event_id]
+        where = {"brand": "brand", "type": "type"}.get(refusal.field, f"payload.{refusal.field}")
+        return EventResult(index=index, event_id=outcome.event_id, status="rejected",
+                           reason=str(refusal.reason), path=f"$.events[{index}].{where}",
+                           message=refusal.message)
+    if verdict is Verdict.conflict:
+        return EventResult(
+            index=index, event_id=outcome.event_id, status="conflict", reason="event_id_reused",
+            path=f"$.events[{index}].event_id",
+            message="this event_id is already in the journal with different content; an event "
+                    "never changes: send a correction under a new event_id")
+    status: Literal["accepted", "duplicate"] = (
+        "accepted" if verdict is Verdict.accepted else "duplicate")
+    return EventResult(index=index, event_id=outcome.event_id, status=status)

@@ -13,3 +13,6 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON public_lookup_failures TO gongpei_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sms_cursor, sms_recipients, sms_points, sms_arrivals,
     sms_digests, sms_messages, sms_message_parcels, sms_skipped TO gongpei_app;
 GRANT SELECT, INSERT, UPDATE ON sms_attempts TO gongpei_app;
+GRANT SELECT, INSERT, UPDATE ON waybill_owners TO gongpei_app;
+GRANT SELECT, INSERT, UPDATE ON ingest_conflicts TO gongpei_app;
+GRANT USAGE ON SEQUENCE ingest_conflicts_id_seq TO gongpei_app;

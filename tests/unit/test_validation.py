@@ -210,8 +210,11 @@ def test_given_duplicate_ids_in_one_batch_then_only_the_first_is_accepted() -> N
 
 
 def test_every_reason_is_produced_by_some_test() -> None:
+    from tests.unit.test_ownership import OWNERSHIP_REASONS
+
     produced = {Reason(c[0]) for c in CASES} | {Reason.brand_not_permitted,
                                                 Reason.type_not_permitted, Reason.duplicate_in_batch}
+    produced |= OWNERSHIP_REASONS  # decided at ingest against stored owners: test_ownership.py
     assert produced == set(Reason)
 
 
