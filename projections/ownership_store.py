@@ -85,6 +85,10 @@ async def list_conflicts(conn: asyncpg.Connection, *, open_only: bool, kind: str
             for r in rows]
 
 
+async def count_open(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT count(*) FROM ingest_conflicts WHERE resolved_at IS NULL"))
+
+
 async def resolve_conflict(conn: asyncpg.Connection, conflict_id: int, by: str,
                            resolution: str) -> bool:
     done = await conn.execute(

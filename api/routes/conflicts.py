@@ -32,7 +32,8 @@ async def list_conflicts(
         rows = await ownership_store.list_conflicts(
             conn, open_only=status == "open", kind=str(kind) if kind else None, waybill=waybill,
             limit=limit)
-    return {"conflicts": rows}
+        open_total = await ownership_store.count_open(conn)
+    return {"open_total": open_total, "conflicts": rows}
 
 
 class Resolution(BaseModel):

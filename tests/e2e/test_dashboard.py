@@ -51,6 +51,8 @@ def test_the_dashboard_shows_the_apis_numbers_for_the_scripted_day(
         return s if c["delivered"] + c["failed"] > 0 and c["requested"] == c["submitted"] == 0 else None
 
     sms = wait_for(settled_sms, 60.0, "the scripted day's SMS delivered or failed")
+    _a_competitor_tries_a_scripted_parcel(client, tokens)
+    conflicts = client.get("/v1/conflicts", headers=bearer(tokens["manager"])).json()
 
     page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
     page.goto(f"{platform.api_url}/dashboard?token={tokens['manager']}&day={script.DAY}"
@@ -76,9 +78,26 @@ def test_the_dashboard_shows_the_apis_numbers_for_the_scripted_day(
     assert page.locator("[data-sms-calls]").inner_text() == str(sms["call_list_total"])
     assert page.locator("[data-sms-overdue]").inner_text() == "0"
     assert "13700002222" not in page.content()  # the recipient's number, shown nowhere
+    assert page.locator("[data-conflicts-open]").inner_text() == str(conflicts["open_total"])
+    assert page.locator("[data-conflict]").count() == min(10, conflicts["open_total"]) > 0
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / f"dashboard-{viewport[0]}x{viewport[1]}.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
     page.close()
+
+
+def _a_competitor_tries_a_scripted_parcel(client: httpx.Client, tokens: dict[str, str]) -> None:
+    """Another brand's manifest for one of the day's parcels: a conflict for the manager."""
+    from datetime import UTC, datetime
+
+    from loadtest.traffic import envelope
+
+    regs, _ = script.day()
+    reg = regs["ZTO"][0]
+    event = envelope("parcel.registered", 2, datetime.now(UTC), "YTO", "manifest",
+                     {**reg["payload"], "recipient_phone": "13900000001"})
+    r = client.post("/v1/scan-batches", json={"events": [event]},
+                    headers=bearer(tokens["YTO-system"]))
+    assert r.json()["results"][0]["reason"] == "waybill_owned_by_other_brand"
