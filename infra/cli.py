@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from infra.settings import DEMO_COUNTY, Settings, SettingsError
+from infra.settings import DEMO_COUNTY, SERVICE_ROLES, Settings, SettingsError
 
 
 def _log_to_stderr(level: int = logging.INFO) -> None:
@@ -152,6 +152,17 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     print("applied: " + (", ".join(applied) or "nothing (up to date)"))
 
 
+def cmd_role_password(args: argparse.Namespace) -> None:
+    """Print one service's database role password, to hand that service alone (as
+    GONGPEI_DB_PASSWORD_<SERVICE>) instead of the secret every role's is derived from."""
+    try:
+        password = _settings().role_password(args.service)
+    except SettingsError as exc:
+        sys.exit(f"gongpei: {exc}")
+    print(f"GONGPEI_DB_PASSWORD_{args.service.upper()}={password}")
+    print(f"role {SERVICE_ROLES[args.service]}; shown on request, never stored", file=sys.stderr)
+
+
 def cmd_token(args: argparse.Namespace) -> None:
     import asyncpg
 
@@ -275,8 +286,12 @@ def main(argv: list[str] | None = None) -> None:
                         add_help=False)
     gw.add_argument("gateway_args", nargs=argparse.REMAINDER)
     gw.set_defaults(func=cmd_sms_gateway)
-    sub.add_parser("migrate", help="create the app role and apply the schema").set_defaults(
-        func=cmd_migrate)
+    sub.add_parser("migrate", help="create the service roles, apply the schema and grants"
+                   ).set_defaults(func=cmd_migrate)
+    rp = sub.add_parser("role-password", help="print one service's database role password (for"
+                        " GONGPEI_DB_PASSWORD_<SERVICE>)")
+    rp.add_argument("service", choices=list(SERVICE_ROLES))
+    rp.set_defaults(func=cmd_role_password)
 
     tok = sub.add_parser("token", help="create, revoke or list tokens")
     tsub = tok.add_subparsers(dest="action", required=True)

@@ -95,6 +95,9 @@ def test_given_every_service_role_then_none_is_superuser_bypasses_rls_or_can_mak
         assert r["rolcanlogin"], r["rolname"]
         assert not any(r[k] for k in ("rolsuper", "rolbypassrls", "rolcreaterole", "rolcreatedb",
                                       "rolreplication")), dict(r)
+    # Nor the owner of anything (an owner may alter, drop, and switch row-level security off).
+    assert db_fetch(platform, "SELECT relname FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner"
+                              " WHERE r.rolname = ANY($1)", list(SERVICE_ROLES.values())) == []
     # Nor a member of any other role, whose privileges it could borrow with SET ROLE.
     assert db_fetch(platform, "SELECT 1 FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member"
                               " WHERE r.rolname = ANY($1)", list(SERVICE_ROLES.values())) == []
@@ -308,6 +311,42 @@ def test_given_each_service_process_then_it_holds_only_its_own_role_password(
                   if k.startswith("GONGPEI_DB_PASSWORD_") and v and k != f"GONGPEI_DB_PASSWORD_{service.upper()}"]
         assert others == [], (service, others)
         assert "@" not in env["DATABASE_URL"]
+
+
+def _scram_verifies(stored: str, password: str) -> bool:
+    """Whether PostgreSQL's SCRAM-SHA-256 verifier `stored` was made from `password`."""
+    import base64
+    import hmac
+
+    method, rest = stored.split("$", 1)
+    iterations_salt, keys = rest.split("$")
+    iterations, salt = iterations_salt.split(":")
+    stored_key, server_key = (base64.b64decode(k) for k in keys.split(":"))
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt), int(iterations))
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    return method == "SCRAM-SHA-256" and hashlib.sha256(client_key).digest() == stored_key and \
+        hmac.new(salted, b"Server Key", hashlib.sha256).digest() == server_key
+
+
+def test_given_the_one_secret_then_each_role_logs_in_with_its_own_derived_password(
+        platform: Platform) -> None:
+    """The embedded server trusts loopback, so a login proves nothing here: PostgreSQL's stored
+    verifier is checked instead, and `gongpei role-password` prints what it was made from."""
+    from tests.integration.test_operations import gongpei
+
+    assert platform.settings is not None
+    stored = {r["rolname"]: r["rolpassword"] for r in db_fetch(
+        platform, "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY($1)",
+        list(SERVICE_ROLES.values()))}
+    for service, role in SERVICE_ROLES.items():
+        password = platform.settings.role_password(service)
+        assert _scram_verifies(stored[role], password), role
+        for other in set(SERVICE_ROLES.values()) - {role}:
+            assert not _scram_verifies(stored[other], password), (role, other)
+    printed = gongpei(platform, "role-password", "ledger")
+    assert printed.returncode == 0, printed.stderr
+    assert printed.stdout.strip() == "GONGPEI_DB_PASSWORD_LEDGER=" + platform.settings.role_password(
+        "ledger")
 
 
 def test_given_a_brand_token_then_the_api_still_answers_through_its_narrow_role(
