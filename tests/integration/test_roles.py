@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -64,6 +65,14 @@ def _try(platform: Platform, service: str, sql: str, *args: Any,
     return asyncio.run(go())
 
 
+def _rows(platform: Platform, service: str, sql: str, *args: Any, scope: str | None = None,
+          token_hash: str | None = None) -> list[asyncpg.Record]:
+    """Like `_try`, for what the role may do: its rows (a refusal fails the test)."""
+    rows = _try(platform, service, sql, *args, scope=scope, token_hash=token_hash)
+    assert not isinstance(rows, str), (service, sql, rows)
+    return rows
+
+
 def _count(platform: Platform, table: str) -> int:
     return int(db_fetch(platform, f"SELECT count(*) AS n FROM {table}")[0]["n"])
 
@@ -79,7 +88,7 @@ def populated(platform: Platform, client: httpx.Client, tokens: dict[str, str],
     _ingest(client, tokens, regs, scans)
     for table in ("parcels", "tracking_events", "sla_legs", "settlement_events", "sms_recipients",
                   "sms_arrivals", "sms_messages", "consumer_offsets", "relay_cursor"):
-        wait_for(lambda t=table: _count(platform, t) > 0, 20.0, f"rows in {table}")
+        wait_for(partial(_count, platform, table), 20.0, f"rows in {table}")
 
 
 # ------------------------------------------------------------------------------- the roles
@@ -173,10 +182,10 @@ def test_given_the_api_role_with_no_tenant_set_then_every_brand_table_answers_ze
     assert _try(platform, "api", "SELECT sms_id, state FROM sms_messages") == []
     assert _try(platform, "api", "SELECT waybill, consent FROM sms_recipients") == []
     # And with a brand's scope, only that brand's rows.
-    brands = {r["brand"] for r in _try(platform, "api", "SELECT brand FROM parcels", scope="ZTO")}
+    brands = {r["brand"] for r in _rows(platform, "api", "SELECT brand FROM parcels", scope="ZTO")}
     assert brands <= {"ZTO"}
-    assert {r["brand"] for r in _try(platform, "api", "SELECT brand FROM sms_recipients",
-                                     scope="ZTO")} <= {"ZTO"}
+    assert {r["brand"] for r in _rows(platform, "api", "SELECT brand FROM sms_recipients",
+                                      scope="ZTO")} <= {"ZTO"}
 
 
 def test_given_the_api_role_when_it_reads_phone_columns_then_permission_is_denied(
@@ -218,7 +227,7 @@ def test_given_the_api_role_then_it_sees_only_the_token_it_is_presented(
         assert _try(platform, "api", sql) == [], sql
         assert _try(platform, "api", sql, scope="*") == [], sql
     presented = hashlib.sha256(tokens["ZTO-brand"].encode()).hexdigest()
-    rows = _try(platform, "api", "SELECT name FROM tokens", token_hash=presented)
+    rows = _rows(platform, "api", "SELECT name FROM tokens", token_hash=presented)
     assert [r["name"] for r in rows] == ["ZTO-brand"]
     forged = "INSERT INTO tokens (token_hash, kind, role, name) VALUES ('\\x00', 'user', 'admin', 'me')"
     for sql in (forged, "UPDATE tokens SET brands = '{}'", "DELETE FROM tokens"):
@@ -241,7 +250,7 @@ def test_given_the_api_role_when_it_writes_read_models_then_permission_is_denied
 
 def test_given_the_relay_role_then_it_reads_the_journal_and_nothing_else(
         platform: Platform, populated: None) -> None:
-    assert len(_try(platform, "relay", "SELECT body FROM journal LIMIT 3")) == 3
+    assert len(_rows(platform, "relay", "SELECT body FROM journal LIMIT 3")) == 3
     for sql in ("SELECT * FROM parcels", "SELECT * FROM tokens", "SELECT * FROM tracking_events",
                 "SELECT * FROM sms_recipients", "SELECT * FROM ledger_lines",
                 "SELECT * FROM consumer_offsets", "DELETE FROM consumer_offsets",
@@ -259,7 +268,7 @@ def test_given_the_worker_role_then_it_cannot_read_the_journal_or_tokens(
                 "SELECT * FROM ledger_lines", "SELECT * FROM relay_cursor",
                 "DELETE FROM parcels", "DELETE FROM tracking_events"):
         assert _try(platform, "worker", sql, scope="*") == DENIED, sql
-    assert _try(platform, "worker", "SELECT count(*) AS n FROM parcels", scope="*")[0]["n"] > 0
+    assert _rows(platform, "worker", "SELECT count(*) AS n FROM parcels", scope="*")[0]["n"] > 0
 
 
 def test_given_the_ledger_role_then_it_reads_the_journal_and_keeps_only_the_books(
