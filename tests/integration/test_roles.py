@@ -305,6 +305,25 @@ def test_given_a_privilege_granted_by_hand_when_migrate_runs_then_it_is_taken_aw
     assert _try(platform, "api", "SELECT event_id FROM journal LIMIT 1") != DENIED
 
 
+def test_given_the_journal_gains_a_content_hash_then_migrate_lets_the_api_read_it_and_no_more(
+        platform: Platform, populated: None) -> None:
+    """Conflicting resends are told apart by a content hash the API must read for the ids it
+    is sent; grants.sql grants that column as soon as a schema file adds it."""
+    assert platform.settings is not None
+    exists = db_fetch(platform, "SELECT 1 FROM information_schema.columns WHERE table_name ="
+                                " 'journal' AND column_name = 'content_hash'")
+    if not exists:
+        db_fetch(platform, "ALTER TABLE journal ADD COLUMN content_hash bytea")
+    try:
+        asyncio.run(migrate(platform.settings.database_url, platform.settings.app_password))
+        assert _try(platform, "api", "SELECT event_id, content_hash FROM journal LIMIT 1") != DENIED
+        assert _try(platform, "api", "SELECT content_hash, body FROM journal LIMIT 1") == DENIED
+        assert _try(platform, "api", "UPDATE journal SET content_hash = NULL") == DENIED
+    finally:
+        if not exists:
+            db_fetch(platform, "ALTER TABLE journal DROP COLUMN content_hash")
+
+
 def test_given_each_service_process_then_it_holds_only_its_own_role_password(
         platform: Platform) -> None:
     """The supervisor hands each child its own role's password and the owner's URL without
