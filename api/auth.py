@@ -46,10 +46,13 @@ def new_token() -> str:
 
 
 async def lookup(conn: asyncpg.Connection, token: str) -> Principal | None:
-    row = await conn.fetchrow(
-        "SELECT id, kind, role, name, brands, node_id FROM tokens WHERE token_hash = $1"
-        " AND revoked_at IS NULL", hash_token(token),
-    )
+    digest = hash_token(token)
+    async with conn.transaction():
+        # Row-level security shows the API's role only the row of the token presented.
+        await conn.execute("SELECT set_config('gongpei.token_hash', $1, true)", digest.hex())
+        row = await conn.fetchrow(
+            "SELECT id, kind, role, name, brands, node_id FROM tokens WHERE token_hash = $1"
+            " AND revoked_at IS NULL", digest)
     if row is None:
         return None
     return Principal(row["id"], row["kind"], row["role"], row["name"], frozenset(row["brands"]),

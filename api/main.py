@@ -23,7 +23,7 @@ of their phone at `POST /v1/public/track`."""
 def create_app(settings: Settings, county: County) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = await create_pool(settings.app_database_url, min_size=2, max_size=10)
+        app.state.pool = await create_pool(settings.database_url_for("api"), min_size=2, max_size=10)
         try:
             yield
         finally:

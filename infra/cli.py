@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from infra.settings import DEMO_COUNTY, Settings, SettingsError
+from infra.settings import DEMO_COUNTY, SERVICE_ROLES, Settings, SettingsError
 
 
 def _log_to_stderr(level: int = logging.INFO) -> None:
@@ -48,8 +48,9 @@ def cmd_api(args: argparse.Namespace) -> None:
                 log_level="warning", access_log=False, limit_concurrency=200)
 
 
-def _serve(settings: Settings, service: Callable[[Any, asyncio.Event], Awaitable[object]]) -> None:
-    """Run a database-backed service until SIGTERM or SIGINT, with a pool of the app role."""
+def _serve(settings: Settings, role: str,
+           service: Callable[[Any, asyncio.Event], Awaitable[object]]) -> None:
+    """Run a database-backed service until SIGTERM or SIGINT, with a pool of its own role."""
     from infra.db import create_pool
 
     async def main() -> None:
@@ -57,7 +58,7 @@ def _serve(settings: Settings, service: Callable[[Any, asyncio.Event], Awaitable
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        pool = await create_pool(settings.app_database_url, max_size=3)
+        pool = await create_pool(settings.database_url_for(role), max_size=3)
         try:
             await service(pool, stop)
         finally:
@@ -71,7 +72,7 @@ def cmd_relay(args: argparse.Namespace) -> None:
 
     settings = _settings()
     _log_to_stderr()
-    _serve(settings, lambda pool, stop: Relay(pool, settings).run(stop))
+    _serve(settings, "relay", lambda pool, stop: Relay(pool, settings).run(stop))
 
 
 def cmd_ledger(args: argparse.Namespace) -> None:
@@ -83,9 +84,9 @@ def cmd_ledger(args: argparse.Namespace) -> None:
     if county.settlement is None:
         # Idle rather than exit: a supervisor would only restart it, over and over.
         logging.getLogger("gongpei.ledger").warning("no [settlement] in the county file; idle")
-        _serve(settings, lambda pool, stop: stop.wait())
+        _serve(settings, "ledger", lambda pool, stop: stop.wait())
     else:
-        _serve(settings, lambda pool, stop: ledger_service.run(pool, county, stop))
+        _serve(settings, "ledger", lambda pool, stop: ledger_service.run(pool, county, stop))
 
 
 def cmd_sms(args: argparse.Namespace) -> None:
@@ -113,11 +114,11 @@ def cmd_sms(args: argparse.Namespace) -> None:
     if county.sms is None or not providers:
         # Idle rather than exit: a supervisor would only restart it, over and over.
         logging.getLogger("gongpei.sms").warning("no [sms] in the county file or no provider; idle")
-        _serve(settings, lambda pool, stop: stop.wait())
+        _serve(settings, "sms", lambda pool, stop: stop.wait())
         return
     sender = sms_service.Sender(
         county, providers, query_after=timedelta(seconds=settings.sms_query_after_seconds))
-    _serve(settings, lambda pool, stop: sms_service.run(pool, county, sender, stop))
+    _serve(settings, "sms", lambda pool, stop: sms_service.run(pool, county, sender, stop))
 
 
 def cmd_sms_gateway(args: argparse.Namespace) -> None:
@@ -143,8 +144,23 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     from infra.db import migrate
 
     settings = _settings()
-    applied = asyncio.run(migrate(settings.database_url, settings.app_password))
+    try:
+        applied = asyncio.run(migrate(settings.database_url, settings.app_password,
+                                      role_passwords=settings.role_passwords))
+    except ValueError as exc:
+        sys.exit(f"gongpei: {exc}")
     print("applied: " + (", ".join(applied) or "nothing (up to date)"))
+
+
+def cmd_role_password(args: argparse.Namespace) -> None:
+    """Print one service's database role password, to hand that service alone (as
+    GONGPEI_DB_PASSWORD_<SERVICE>) instead of the secret every role's is derived from."""
+    try:
+        password = _settings().role_password(args.service)
+    except SettingsError as exc:
+        sys.exit(f"gongpei: {exc}")
+    print(f"GONGPEI_DB_PASSWORD_{args.service.upper()}={password}")
+    print(f"role {SERVICE_ROLES[args.service]}; shown on request, never stored", file=sys.stderr)
 
 
 def cmd_token(args: argparse.Namespace) -> None:
@@ -272,8 +288,12 @@ def main(argv: list[str] | None = None) -> None:
                         add_help=False)
     gw.add_argument("gateway_args", nargs=argparse.REMAINDER)
     gw.set_defaults(func=cmd_sms_gateway)
-    sub.add_parser("migrate", help="create the app role and apply the schema").set_defaults(
-        func=cmd_migrate)
+    sub.add_parser("migrate", help="create the service roles, apply the schema and grants"
+                   ).set_defaults(func=cmd_migrate)
+    rp = sub.add_parser("role-password", help="print one service's database role password (for"
+                        " GONGPEI_DB_PASSWORD_<SERVICE>)")
+    rp.add_argument("service", choices=list(SERVICE_ROLES))
+    rp.set_defaults(func=cmd_role_password)
 
     tok = sub.add_parser("token", help="create, revoke or list tokens")
     tsub = tok.add_subparsers(dest="action", required=True)

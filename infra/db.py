@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import asyncpg
 import orjson
 
-from infra.settings import APP_ROLE
+from infra.settings import LEGACY_APP_ROLE, SERVICE_ROLES, derive_role_password
 
 log = logging.getLogger("gongpei.db")
 SCHEMA_DIR = Path(__file__).parent / "schema"
@@ -55,19 +56,22 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     return pool
 
 
-async def migrate(owner_dsn: str, app_password: str) -> list[str]:
-    """Create the restricted role and apply pending schema files in order; returns those applied."""
+async def migrate(owner_dsn: str, app_password: str = "", *,
+                  role_passwords: Mapping[str, str] | None = None) -> list[str]:
+    """Create or update the service roles, apply pending schema files in order, then grant each
+    role what infra/schema/grants.sql says (and nothing else); returns the files applied.
+
+    Role passwords are `role_passwords` (by service name), else derived from `app_password`."""
+    passwords = {service: (role_passwords or {}).get(service)
+                 or (derive_role_password(app_password, role) if app_password else "")
+                 for service, role in SERVICE_ROLES.items()}
+    if not all(passwords.values()):
+        raise ValueError("migrate needs GONGPEI_APP_PASSWORD (or every role's own password)")
     conn = await asyncpg.connect(owner_dsn)
     try:
         await conn.execute("SELECT pg_advisory_lock(7710001)")  # one migrator at a time
-        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", APP_ROLE)
-        verb = "ALTER" if exists else "CREATE"
-        # A role name and password cannot be bound parameters; the password is quoted by PG itself.
-        quoted = await conn.fetchval("SELECT quote_literal($1)", app_password)
-        await conn.execute(
-            f"{verb} ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE "
-            f"PASSWORD {quoted}"
-        )
+        for service, role in SERVICE_ROLES.items():
+            await _ensure_role(conn, role, passwords[service])
         await conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations "
             "(name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
@@ -82,8 +86,33 @@ async def migrate(owner_dsn: str, app_password: str) -> list[str]:
                 await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", path.name)
             applied.append(path.name)
             log.info("applied %s", path.name)
-        # Grants are re-applied every time: cheap, and a re-created role gets them back.
-        await conn.execute((SCHEMA_DIR / "grants.sql").read_text())
+        # Grants are re-applied every time, in one transaction, from nothing: the file is the
+        # whole truth (a privilege removed from it is removed from the role), a re-created role
+        # gets its privileges back, and no service sees a moment without them.
+        async with conn.transaction():
+            roles = ", ".join([*SERVICE_ROLES.values(), *await _legacy(conn)])
+            await conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {roles};"
+                               f" REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {roles}")
+            await conn.execute((SCHEMA_DIR / "grants.sql").read_text())
+            if await _legacy(conn):
+                # The one role every service used to share: no login, no privileges left.
+                await conn.execute(f"ALTER ROLE {LEGACY_APP_ROLE} NOLOGIN")
         return applied
     finally:
         await conn.close()
+
+
+async def _ensure_role(conn: asyncpg.Connection, role: str, password: str) -> None:
+    exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+    verb = "ALTER" if exists else "CREATE"
+    # A role name and password cannot be bound parameters; the password is quoted by PG itself.
+    quoted = await conn.fetchval("SELECT quote_literal($1)", password)
+    await conn.execute(
+        f"{verb} ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION"
+        f" PASSWORD {quoted}"
+    )
+
+
+async def _legacy(conn: asyncpg.Connection) -> list[str]:
+    found = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", LEGACY_APP_ROLE)
+    return [LEGACY_APP_ROLE] if found else []

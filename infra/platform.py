@@ -1,5 +1,6 @@
 """The whole platform on this machine: embedded PostgreSQL and broker, migrations, and the API,
-relay and worker as supervised child processes. Used by `gongpei up` and by the test tiers."""
+relay, worker, ledger and SMS sender as supervised child processes, each connecting as its own
+database role. Used by `gongpei up` and by the test tiers."""
 
 from __future__ import annotations
 
@@ -140,8 +141,13 @@ class Platform:
             sms_query_after_seconds=2.0,  # the local gateways record before they answer
         )
         asyncio.run(migrate(self.settings.database_url, self.settings.app_password))
-        env = {**os.environ, **self.settings.to_env(), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-               "GONGPEI_STATE_DIR": str(self.state_dir), "PYTHONUNBUFFERED": "1"}
+        base = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+                "GONGPEI_STATE_DIR": str(self.state_dir), "PYTHONUNBUFFERED": "1"}
+
+        def env_for(service: str | None) -> dict[str, str]:
+            # Each child holds its own database role's password and no other, as in production.
+            return {**base, **self.settings.for_service(service).to_env()}  # type: ignore[union-attr]
+
         for name, port in self.gateway_ports.items():
             argv = [sys.executable, "-m", "infra.sms_gateway", "--port", str(port),
                     "--county", str(self.county_file), "--log", str(self.gateway_log(name)),
@@ -150,12 +156,13 @@ class Platform:
                     "--tencent-app-id", self.settings.sms_tencent_app_id, *self.gateway_args,
                     *(self.primary_gateway_args if name == GATEWAYS[0] else ())]
             self.children[f"sms-gateway-{name}"] = Child(
-                f"sms-gateway-{name}", argv, env, self.state_dir / "logs" / f"sms-gateway-{name}.log")
+                f"sms-gateway-{name}", argv, env_for(None), self.state_dir / "logs" / f"sms-gateway-{name}.log")
         for name in self.services:
             argv = [sys.executable, "-m", "infra.cli", name]
             if name == "api":
                 argv += ["--port", str(self.api_port)]
-            self.children[name] = Child(name, argv, env, self.state_dir / "logs" / f"{name}.log")
+            self.children[name] = Child(name, argv, env_for(name),
+                                        self.state_dir / "logs" / f"{name}.log")
         ready = self.state_dir / "worker.ready"
         ready.unlink(missing_ok=True)
         for child in self.children.values():

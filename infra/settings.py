@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 DEMO_COUNTY = Path(__file__).parent / "counties" / "haicheng.toml"
-APP_ROLE = "gongpei_app"
+# Each service connects to PostgreSQL as its own role, with only the privileges it needs
+# (infra/schema/grants.sql; docs/security/roles.md). The schema owner is DATABASE_URL's user.
+SERVICE_ROLES = {
+    "api": "gongpei_api",
+    "relay": "gongpei_relay",
+    "worker": "gongpei_worker",
+    "ledger": "gongpei_ledger",
+    "sms": "gongpei_sms",
+}
+# The single role every service shared before; `migrate` takes its login and privileges away.
+LEGACY_APP_ROLE = "gongpei_app"
+ROLE_PASSWORD_ENV = "GONGPEI_DB_PASSWORD_"  # + API, RELAY, …: one role's own password
+
+
+def derive_role_password(app_password: str, role: str) -> str:
+    """The password of `role`, derived from the one secret GONGPEI_APP_PASSWORD: one secret to
+    keep, yet a password seen in one service's connection string opens no other role."""
+    mac = hmac.new(app_password.encode(), b"gongpei-db-role:" + role.encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
 
 
 class SettingsError(ValueError):
@@ -20,7 +41,7 @@ class Settings:
     """Where the platform's parts are and how they behave."""
 
     database_url: str            # schema owner: migrations and token administration
-    app_password: str            # password of the restricted application role
+    app_password: str            # the secret every service role's password is derived from
     kafka_bootstrap_servers: str
     county_file: Path = DEMO_COUNTY
     profile: str = "production"  # "embedded" tunes Kafka clients for the in-memory Tansu broker
@@ -42,16 +63,52 @@ class Settings:
     # How long an unanswered provider call is left before the provider is asked about it: its
     # records lag its answers (Aliyun's QuerySendDetails by seconds); the local gateway's do not.
     sms_query_after_seconds: float = 60.0
+    # A service's own role password (GONGPEI_DB_PASSWORD_API, …), given instead of app_password
+    # to a process that should hold no other role's: keyed by service name.
+    role_passwords: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def app_database_url(self) -> str:
-        """The owner URL with the restricted role's credentials."""
+    def role_password(self, service: str) -> str:
+        """The password of `service`'s database role: its own setting, else derived."""
+        role = SERVICE_ROLES.get(service)
+        if role is None:
+            raise SettingsError(f"no database role for {service!r}; one of {', '.join(SERVICE_ROLES)}")
+        if self.role_passwords.get(service):
+            return self.role_passwords[service]
+        if self.app_password:
+            return derive_role_password(self.app_password, role)
+        raise SettingsError(f"no password for the {role} role: set GONGPEI_APP_PASSWORD or"
+                            f" {ROLE_PASSWORD_ENV}{service.upper()}")
+
+    def database_url_for(self, service: str) -> str:
+        """The database URL `service` connects with: DATABASE_URL's host, port and database, as
+        the service's own role ("owner": DATABASE_URL itself, for migrations and admin)."""
+        if service == "owner":
+            return self.database_url
         parts = urlsplit(self.database_url)
         host = parts.hostname or "127.0.0.1"
-        netloc = f"{APP_ROLE}:{quote(self.app_password, safe='')}@{host}"
+        netloc = f"{SERVICE_ROLES.get(service, service)}:" \
+                 f"{quote(self.role_password(service), safe='')}@{host}"
         if parts.port:
             netloc += f":{parts.port}"
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+    @property
+    def app_database_url(self) -> str:
+        """Deprecated: the API's URL (the old single application role is gone); use
+        `database_url_for(service)`."""
+        return self.database_url_for("api")
+
+    def for_service(self, service: str | None) -> Settings:
+        """These settings as one service process should hold them: its own role's password
+        only (None: no database password at all), and DATABASE_URL without the owner's
+        credentials."""
+        parts = urlsplit(self.database_url)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        own = {service: self.role_password(service)} if service is not None else {}
+        return replace(self, database_url=bare, app_password="", role_passwords=own)
 
     def sms_provider_list(self) -> list[tuple[str, str, str, str]]:
         """(name, kind, scheme, host:port) of each configured SMS provider, in failover order."""
@@ -80,17 +137,24 @@ class Settings:
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         """Read settings from the environment, refusing placeholders outside the embedded profile."""
         env = dict(os.environ if env is None else env)
-        missing = [k for k in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "GONGPEI_APP_PASSWORD")
-                   if not env.get(k)]
+        own = {service: env[ROLE_PASSWORD_ENV + service.upper()] for service in SERVICE_ROLES
+               if env.get(ROLE_PASSWORD_ENV + service.upper())}
+        missing = [k for k in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS") if not env.get(k)]
+        if not env.get("GONGPEI_APP_PASSWORD") and not own:
+            missing.append("GONGPEI_APP_PASSWORD")
         if missing:
             raise SettingsError(f"missing settings: {', '.join(missing)}")
         profile = env.get("GONGPEI_PROFILE", "production")
-        password = env["GONGPEI_APP_PASSWORD"]
-        if profile != "embedded" and (len(password) < 16 or password in {"changeme", "password"}):
-            raise SettingsError("GONGPEI_APP_PASSWORD must be a real secret of 16+ characters")
+        password = env.get("GONGPEI_APP_PASSWORD", "")
+        for name, secret in (("GONGPEI_APP_PASSWORD", password),
+                             *((ROLE_PASSWORD_ENV + k.upper(), v) for k, v in own.items())):
+            if secret and profile != "embedded" and (
+                    len(secret) < 16 or secret in {"changeme", "password"}):
+                raise SettingsError(f"{name} must be a real secret of 16+ characters")
         return cls(
             database_url=env["DATABASE_URL"],
             app_password=password,
+            role_passwords=own,
             kafka_bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"],
             county_file=Path(env.get("GONGPEI_COUNTY_FILE", str(DEMO_COUNTY))),
             profile=profile,
@@ -108,10 +172,13 @@ class Settings:
         )
 
     def to_env(self) -> dict[str, str]:
-        """The environment a child process needs to rebuild these settings."""
+        """The environment a child process needs to rebuild these settings (every password
+        variable is present, empty if unset, so that none leaks in from the parent's)."""
         return {
             "DATABASE_URL": self.database_url,
             "GONGPEI_APP_PASSWORD": self.app_password,
+            **{ROLE_PASSWORD_ENV + service.upper(): self.role_passwords.get(service, "")
+               for service in SERVICE_ROLES},
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap_servers,
             "GONGPEI_COUNTY_FILE": str(self.county_file),
             "GONGPEI_PROFILE": self.profile,

@@ -54,7 +54,7 @@ class Resources:
     async def pool(self) -> asyncpg.Pool:
         async with self._lock:
             if self._pool is None:
-                self._pool = await create_pool(self.settings.app_database_url, max_size=4)
+                self._pool = await create_pool(self.settings.database_url_for("worker"), max_size=4)
             return self._pool
 
 

@@ -11,8 +11,11 @@ from streams.topics import PARCEL_EVENTS
 
 
 async def rebuild_tracking(settings: Settings, county: County, page: int = 5000) -> int:
-    """Empty the tracking read model and re-apply every parcel event in the journal."""
-    pool = await create_pool(settings.app_database_url, max_size=2)
+    """Empty the tracking read model and re-apply every parcel event in the journal.
+
+    Runs as the schema owner: the worker's role may neither read the journal nor empty the
+    tracking tables, and no service role may do both."""
+    pool = await create_pool(settings.database_url_for("owner"), max_size=2)
     count = 0
     try:
         async with pool.acquire() as conn:
@@ -46,7 +49,7 @@ async def rebuild_ledger_check(settings: Settings, county: County) -> dict[str, 
     from infra.db import _init_connection
     from projections import ledger_store
 
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await asyncpg.connect(settings.database_url_for("owner"))  # a scratch schema
     try:
         await _init_connection(conn)
         await conn.execute(f"DROP SCHEMA IF EXISTS {SCRATCH} CASCADE; CREATE SCHEMA {SCRATCH}")
@@ -81,7 +84,8 @@ async def rebuild_sms(settings: Settings, county: County) -> int:
     from projections import sms_store
     from streams.sms_service import SENDER_LOCK
 
-    pool = await create_pool(settings.app_database_url, max_size=2)
+    # As the SMS service's own role: it may read the journal and keep the SMS state, no more.
+    pool = await create_pool(settings.database_url_for("sms"), max_size=2)
     try:
         async with pool.acquire() as conn:
             await conn.execute("SELECT pg_advisory_lock($1)", SENDER_LOCK)

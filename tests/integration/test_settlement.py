@@ -105,7 +105,7 @@ def _try_sql(platform: Platform, sql: str, *, owner: bool) -> str:
     async def go() -> str:
         assert platform.settings is not None
         conn = await asyncpg.connect(platform.settings.database_url if owner
-                                     else platform.settings.app_database_url)
+                                     else platform.settings.database_url_for("ledger"))
         try:
             async with conn.transaction():
                 await conn.execute("SELECT set_config('gongpei.brand_scope', '*', true)")
@@ -130,7 +130,7 @@ def test_closing_freezes_the_month_in_postgres_and_a_late_scan_becomes_an_adjust
                        headers=bearer(tokens["finance-admin"])).status_code == 409
     assert statement(client, tokens["finance"], "SF")["status"] == "closed"
 
-    # PostgreSQL itself refuses any change to a closed period: the application's role, and even the
+    # PostgreSQL itself refuses any change to a closed period: the ledger's own role, and even the
     # schema owner (a superuser, which bypasses grants and row-level security but not triggers)
     for sql in ("UPDATE ledger_lines SET amount_fen = 0 WHERE period = '2026-10'",
                 "DELETE FROM ledger_lines WHERE period = '2026-10'",

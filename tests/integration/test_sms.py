@@ -319,7 +319,7 @@ def test_a_parcel_that_reaches_the_journal_while_its_digest_is_being_sent_gets_i
                                                      pickup_code=None), recorded)
 
     async def go() -> list[str]:
-        pool = await create_pool(settings.app_database_url, max_size=2)
+        pool = await create_pool(settings.database_url_for("sms"), max_size=2)
         try:
             async with pool.acquire() as conn:
                 async with conn.transaction():
@@ -401,7 +401,7 @@ def test_the_sender_keeps_the_daily_budget_within_a_batch_and_skips_parcels_alre
                         operator_id="op-1", payload=payload)
 
     async def go() -> tuple[RecordingProvider, list[Any]]:
-        pool = await create_pool(settings.app_database_url, max_size=2)
+        pool = await create_pool(settings.database_url_for("sms"), max_size=2)
         provider = RecordingProvider()
         clock = t0
         sender = Sender(county, [provider], clock=lambda: clock)

@@ -61,7 +61,8 @@ def test_settings_refuse_placeholder_secrets_outside_the_embedded_profile() -> N
     with pytest.raises(SettingsError):
         Settings.from_env(env)
     s = Settings.from_env({**env, "GONGPEI_APP_PASSWORD": "a-real-secret-of-24-chars"})
-    assert s.app_database_url == "postgresql://gongpei_app:a-real-secret-of-24-chars@db/gongpei"
+    assert s.database_url_for("api").startswith("postgresql://gongpei_api:")
+    assert s.database_url_for("api").endswith("@db/gongpei")
     assert s.broker_session_timeout == 30.0
     with pytest.raises(SettingsError, match="missing settings: DATABASE_URL"):
         Settings.from_env({})
