@@ -100,6 +100,21 @@ class Platform:
             path.chmod(0o600)
         return path.read_text().strip()
 
+    def _pii_master_key(self) -> tuple[str, str]:
+        """The master keypair phones are sealed to (public, private; base64), generated once
+        into the state folder, readable by its owner only."""
+        import base64
+
+        from infra.pii import generate_keypair, public_of
+
+        path = self.state_dir / "pii-master-key"
+        if not path.exists():
+            _, private = generate_keypair()
+            path.touch(mode=0o600)
+            path.write_text(base64.b64encode(private).decode())
+        private = base64.b64decode(path.read_text().strip())
+        return base64.b64encode(public_of(private)).decode(), base64.b64encode(private).decode()
+
     def _app_password(self) -> str:
         return self._secret("app-password")
 
@@ -125,6 +140,7 @@ class Platform:
         self.broker.start()
         self.api_port = self.api_port or free_port()
         self.gateway_ports = {name: self.gateway_ports.get(name) or free_port() for name in GATEWAYS}
+        pii_public, pii_private = self._pii_master_key()
         self.settings = Settings(
             database_url=self.pg.superuser_dsn, app_password=self._app_password(),
             kafka_bootstrap_servers=self.broker.bootstrap, county_file=self.county_file,
@@ -138,9 +154,13 @@ class Platform:
             sms_tencent_app_id="1400000001",
             sms_receipt_key=self._secret("sms-receipt-key"),
             sms_query_after_seconds=2.0,  # the local gateways record before they answer
+            # The platform keeps the private key for the commands it runs itself (tests, CLI);
+            # of its children only `sms` gets it (to_env withholds it).
+            pii_public_key=pii_public, pii_private_keys=pii_private,
         )
         asyncio.run(migrate(self.settings.database_url, self.settings.app_password))
-        env = {**os.environ, **self.settings.to_env(), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        inherited = {k: v for k, v in os.environ.items() if k != "GONGPEI_PII_PRIVATE_KEYS"}
+        env = {**inherited, **self.settings.to_env(), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
                "GONGPEI_STATE_DIR": str(self.state_dir), "PYTHONUNBUFFERED": "1"}
         for name, port in self.gateway_ports.items():
             argv = [sys.executable, "-m", "infra.sms_gateway", "--port", str(port),
@@ -155,7 +175,9 @@ class Platform:
             argv = [sys.executable, "-m", "infra.cli", name]
             if name == "api":
                 argv += ["--port", str(self.api_port)]
-            self.children[name] = Child(name, argv, env, self.state_dir / "logs" / f"{name}.log")
+            child_env = {**env, **self.settings.pii_private_env()} if name == "sms" else env
+            self.children[name] = Child(name, argv, child_env,
+                                        self.state_dir / "logs" / f"{name}.log")
         ready = self.state_dir / "worker.ready"
         ready.unlink(missing_ok=True)
         for child in self.children.values():

@@ -42,6 +42,11 @@ class Settings:
     # How long an unanswered provider call is left before the provider is asked about it: its
     # records lag its answers (Aliyun's QuerySendDetails by seconds); the local gateway's do not.
     sms_query_after_seconds: float = 60.0
+    # Phone numbers are sealed to this X25519 public key (base64, `gongpei pii keygen`): every
+    # service that journals a phone (the API) needs it. The private keys (base64, comma-separated,
+    # newest first) open them: ONLY the SMS service and the operator's `gongpei pii` get them.
+    pii_public_key: str = ""
+    pii_private_keys: str = ""
 
     @property
     def app_database_url(self) -> str:
@@ -68,6 +73,22 @@ class Settings:
             out.append((name, kind, scheme, host.rstrip("/")))
         return out
 
+    def pii_public_key_bytes(self) -> bytes:
+        """The master public key phones are sealed to; SettingsError when it is missing or bad."""
+        if not self.pii_public_key:
+            raise SettingsError("GONGPEI_PII_PUBLIC_KEY is required to accept parcel registrations"
+                                " (generate one with `gongpei pii keygen`)")
+        return _key32("GONGPEI_PII_PUBLIC_KEY", self.pii_public_key)
+
+    def pii_private_key_list(self) -> list[bytes]:
+        """The master private keys, newest first (empty: this process cannot open phones)."""
+        return [_key32("GONGPEI_PII_PRIVATE_KEYS", k)
+                for k in filter(None, (x.strip() for x in self.pii_private_keys.split(",")))]
+
+    def pii_private_env(self) -> dict[str, str]:
+        """The one setting `to_env` withholds: give it only to the SMS service."""
+        return {"GONGPEI_PII_PRIVATE_KEYS": self.pii_private_keys}
+
     @property
     def broker_session_timeout(self) -> float:
         # Tansu makes every group join wait half the session timeout: keep it short there.
@@ -88,6 +109,9 @@ class Settings:
         password = env["GONGPEI_APP_PASSWORD"]
         if profile != "embedded" and (len(password) < 16 or password in {"changeme", "password"}):
             raise SettingsError("GONGPEI_APP_PASSWORD must be a real secret of 16+ characters")
+        for name in ("GONGPEI_PII_PUBLIC_KEY", "GONGPEI_PII_PRIVATE_KEYS"):
+            for key in filter(None, (k.strip() for k in env.get(name, "").split(","))):
+                _key32(name, key)  # a mistyped key fails at start, not at the first parcel
         return cls(
             database_url=env["DATABASE_URL"],
             app_password=password,
@@ -105,10 +129,13 @@ class Settings:
             sms_tencent_app_id=env.get("GONGPEI_SMS_TENCENT_APP_ID", ""),
             sms_receipt_key=env.get("GONGPEI_SMS_RECEIPT_KEY", ""),
             sms_query_after_seconds=float(env.get("GONGPEI_SMS_QUERY_AFTER_SECONDS", "60")),
+            pii_public_key=env.get("GONGPEI_PII_PUBLIC_KEY", ""),
+            pii_private_keys=env.get("GONGPEI_PII_PRIVATE_KEYS", ""),
         )
 
     def to_env(self) -> dict[str, str]:
-        """The environment a child process needs to rebuild these settings."""
+        """The environment a child process needs to rebuild these settings, without the private
+        keys that open phone numbers (`pii_private_env`: for the SMS service only)."""
         return {
             "DATABASE_URL": self.database_url,
             "GONGPEI_APP_PASSWORD": self.app_password,
@@ -125,4 +152,18 @@ class Settings:
             "GONGPEI_SMS_TENCENT_APP_ID": self.sms_tencent_app_id,
             "GONGPEI_SMS_RECEIPT_KEY": self.sms_receipt_key,
             "GONGPEI_SMS_QUERY_AFTER_SECONDS": str(self.sms_query_after_seconds),
+            "GONGPEI_PII_PUBLIC_KEY": self.pii_public_key,
         }
+
+
+def _key32(name: str, value: str) -> bytes:
+    import base64
+    import binascii
+
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise SettingsError(f"{name}: not a base64 X25519 key of 32 bytes")
+    return raw

@@ -15,6 +15,10 @@ from domain.envelope import Envelope
 JOURNAL_APPEND_LOCK = 7710002
 NOTIFY_CHANNEL = "journal_appended"
 
+class UnsealedPhoneError(ValueError):
+    """An envelope with a plain phone reached the journal: a programming error, never data."""
+
+
 _INSERT = """
 INSERT INTO journal (event_id, type, schema_version, brand, partition_key,
                      occurred_at, recorded_at, device_id, body)
@@ -26,9 +30,12 @@ RETURNING event_id
 
 
 async def append(conn: asyncpg.Connection, events: Sequence[Envelope]) -> set[str]:
-    """Append events in the caller's transaction; returns the ids that were new (others: duplicates)."""
+    """Append events in the caller's transaction; returns the ids that were new (others: duplicates).
+    An event still holding a phone in clear is refused: seal it first (infra.pii.seal_events)."""
     if not events:
         return set()
+    if any(e.unsealed for e in events):
+        raise UnsealedPhoneError("an event with a phone in clear cannot be journalled; seal it")
     await conn.execute("SELECT pg_advisory_xact_lock($1)", JOURNAL_APPEND_LOCK)
     cols: list[list[Any]] = [[] for _ in range(9)]
     for e in events:

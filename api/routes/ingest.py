@@ -12,6 +12,7 @@ from api.deps import CountyDep, PoolDep, PrincipalDep, require_role
 from api.errors import ApiError
 from domain.envelope import Envelope
 from domain.validation import Rejection, validate_batch
+from infra.pii import seal_events
 from projections import journal
 from projections.metrics import INGEST_BATCHES, INGEST_EVENTS
 
@@ -122,6 +123,7 @@ async def post_scan_batch(request: Request, principal: PrincipalDep, pool: PoolD
     )
     accepted_envs = [o for o in outcomes if isinstance(o, Envelope)]
     async with pool.acquire() as conn, conn.transaction():
+        accepted_envs = await seal_events(conn, request.app.state.pii, accepted_envs)  # phones
         new_ids = await journal.append(conn, accepted_envs)
     results = []
     for i, (raw, o) in enumerate(zip(raw_events, outcomes)):
