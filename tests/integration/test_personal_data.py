@@ -1,0 +1,374 @@
+"""Villagers' phone numbers on the embedded stack: after a realistic run no number is anywhere in
+clear (every Kafka message, every column of every table, every file the platform wrote) but the
+SMS sender's sealed store, which only it can open; and erasing a number or shredding a month
+makes it unreadable for good while every figure stays as it was."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from domain.county import County
+from infra.platform import Platform
+from loadtest.traffic import CountyTraffic, county_time, envelope
+from tests.conftest import bearer, db_fetch, wait_for
+
+POINT = "VIL-XILIU-01"
+
+
+def _numbers(n: int, seed: int) -> list[str]:
+    rng = random.Random(f"{seed}-{time.time_ns()}")
+    return [f"15{rng.randrange(3, 10)}{rng.randrange(10**8):08d}" for _ in range(n)]
+
+
+def _forms(phone: str) -> list[bytes]:
+    """How a number could show up in clear: as digits, international, or hex of its bytes."""
+    out = []
+    for text in (phone, f"+86{phone}", f"+86 {phone}", f"86{phone}"):
+        out += [text.encode(), text.encode().hex().encode()]
+    return out
+
+
+def _post(client: httpx.Client, token: str, events: list[dict[str, Any]]) -> dict[str, Any]:
+    r = client.post("/v1/scan-batches", json={"events": events}, headers=bearer(token))
+    assert r.status_code == 200, r.text
+    assert r.json()["rejected"] == 0, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _gongpei(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
+    """An operator command, configured like the operator's shell: no private key needed."""
+    assert platform.settings is not None
+    env = {**os.environ, **platform.settings.to_env()}
+    return subprocess.run([sys.executable, "-m", "infra.cli", *args], env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def _keys(platform: Platform, county: County) -> Any:
+    from infra.pii import Keyring
+
+    assert platform.settings is not None
+    return Keyring.from_settings(platform.settings, county.utc_offset_minutes)
+
+
+def _open_registrations(platform: Platform, county: County, waybills: list[str]) -> dict[str, Any]:
+    """Open each waybill's sealed phone from its journal registration, as the SMS sender would:
+    the number, or the exception that stopped it."""
+    from domain.envelope import Envelope
+    from infra.db import _init_connection
+
+    keys = _keys(platform, county)
+
+    async def go() -> dict[str, Any]:
+        assert platform.settings is not None
+        conn = await asyncpg.connect(platform.settings.database_url)
+        await _init_connection(conn)
+        out: dict[str, Any] = {}
+        try:
+            for r in await conn.fetch("SELECT partition_key, body FROM journal WHERE type ="
+                                      " 'parcel.registered' AND partition_key = ANY($1)", waybills):
+                sealed = Envelope.from_wire(r["body"]).payload.recipient_phone  # type: ignore[attr-defined]
+                try:
+                    out[r["partition_key"]] = await keys.open(conn, sealed, r["partition_key"])
+                except Exception as exc:  # noqa: BLE001 - the kind of failure is the finding
+                    out[r["partition_key"]] = exc
+        finally:
+            await conn.close()
+        return out
+
+    return asyncio.run(go())
+
+
+def _kafka_messages(platform: Platform) -> tuple[list[bytes], dict[str, int]]:
+    """Every message on every topic, from the beginning: keys and values, and a count per topic."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    assert platform.settings is not None
+
+    async def go() -> tuple[list[bytes], dict[str, int]]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=platform.settings.kafka_bootstrap_servers,
+                                    enable_auto_commit=False, auto_offset_reset="earliest")
+        await consumer.start()
+        blobs: list[bytes] = []
+        counts: dict[str, int] = {}
+        try:
+            topics = await consumer.topics()
+            parts = [TopicPartition(t, p) for t in topics
+                     for p in (consumer.partitions_for_topic(t) or ())]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            # Tansu's end offsets lag a batch's true end: read until nothing more comes.
+            quiet = 0
+            while quiet < 3:
+                got = await consumer.getmany(timeout_ms=1000, max_records=5000)
+                if not got:
+                    quiet += 1
+                    continue
+                quiet = 0
+                for tp, records in got.items():
+                    counts[tp.topic] = counts.get(tp.topic, 0) + len(records)
+                    for rec in records:
+                        blobs += [rec.key or b"", rec.value or b""]
+                        blobs += [v for _, v in (rec.headers or ())]
+        finally:
+            await consumer.stop()
+        return blobs, counts
+
+    return asyncio.run(go())
+
+
+def _database_rows(platform: Platform) -> dict[str, list[str]]:
+    """Every row of every table in the public schema, whole, as text (bytea shows as hex), read
+    as the superuser so row-level security hides nothing."""
+    tables = [r["table_name"] for r in db_fetch(
+        platform, "SELECT table_name FROM information_schema.tables"
+                  " WHERE table_schema = 'public' AND table_type = 'BASE TABLE'")]
+    return {t: [r[0] for r in db_fetch(platform, f'SELECT t::text FROM public."{t}" t')]
+            for t in tables}
+
+
+def _state_files(platform: Platform) -> dict[str, bytes]:
+    """Every file the platform wrote under its state folder (database files, broker and service
+    logs, the stream worker's data), but the local SMS gateways' own: they stand in for the
+    provider, which is given the number to send to."""
+    out = {}
+    for path in platform.state_dir.rglob("*"):
+        if not path.is_file() or path.name.startswith("sms-gateway-"):
+            continue
+        try:
+            out[str(path.relative_to(platform.state_dir))] = path.read_bytes()
+        except OSError:
+            continue  # gone meanwhile (a temporary file)
+    return out
+
+
+def test_given_a_realistic_run_then_no_phone_number_is_anywhere_in_clear(
+        platform: Platform, client: httpx.Client, tokens: dict[str, str], county: County) -> None:
+    household, solo, old_form, no_consent = numbers = _numbers(4, seed=1)
+    now = county_time(county, datetime.now(UTC))
+    stamp = int(time.time()) % 10**6
+    plan = [("ZTO", household), ("ZTO", household), ("YTO", household), ("STO", solo),
+            ("JT", old_form), ("EMS", no_consent)]
+    parcels = [(f"{b[:2]}8{stamp:06d}{i:04d}", b, p) for i, (b, p) in enumerate(plan)]
+    # Given manifests from five brands (one in the old v1 upload form) …
+    for wb, brand, phone in parcels:
+        if phone == old_form:
+            reg = envelope("parcel.registered", 1, now, brand, "manifest", {
+                "waybill": wb, "phone": phone, "village": POINT, "weight_g": 700})
+        else:
+            reg = envelope("parcel.registered", 2, now, brand, "manifest", {
+                "waybill": wb, "recipient_phone": phone, "destination_village": POINT,
+                "weight_g": 700})
+        _post(client, tokens[f"{brand}-system"], [reg, envelope(
+            "consent.recorded", 1, now, brand, "manifest",
+            {"waybill": wb, "consent": phone != no_consent, "channel": "app"})])
+    # … scanned down the chain to the village point, where the SMS go out …
+    for step, (action, node) in enumerate((("received", "CTY-HAICHENG"), ("arrived", "TWN-XILIU"),
+                                           ("stored", POINT))):
+        _post(client, tokens["scanner"], [
+            envelope("parcel.scanned", 1, now + timedelta(minutes=step), b, "op-1",
+                     {"waybill": wb, "action": action, "node_id": node}) for wb, b, _ in parcels])
+    manager = bearer(tokens["manager"])
+
+    def sms_settled() -> bool:
+        for wb, _, _ in parcels:
+            r = client.get(f"/v1/parcels/{wb}/sms", headers=manager)
+            if r.status_code != 200 or not r.json()["sms"] or r.json()["sms"][-1]["state"] not in (
+                    "delivered", "failed"):
+                return False
+        return True
+
+    wait_for(sms_settled, 60, "every SMS sent and its receipt in")
+    # … looked up by the villagers (once right, once wrong), read by brands and the manager.
+    wb0 = parcels[0][0]
+    assert client.post("/v1/public/track", json={"waybill": wb0, "phone_last4": household[-4:]}
+                       ).status_code == 200
+    client.post("/v1/public/track", json={"waybill": wb0, "phone_last4": "0000"})
+    assert client.get(f"/v1/parcels/{wb0}", headers=bearer(tokens["ZTO-brand"])).status_code == 200
+    wait_for(lambda: db_fetch(platform, "SELECT count(*) FROM parcels WHERE waybill = ANY($1)"
+                                        " AND status = 'stored'", [p[0] for p in parcels])[0][0]
+             == len(parcels), 30, "tracking level with the scans")
+
+    # Then the numbers reached the villagers (the provider's stand-in has them) …
+    sent = b"".join(platform.gateway_log(g).read_bytes() for g in ("aliyun", "tencent")
+                    if platform.gateway_log(g).exists())
+    assert all(p.encode() in sent for p in numbers), "the SMS did not go out: nothing is proven"
+    # … and only the SMS sender's key opens them from the journal …
+    assert _open_registrations(platform, county, [p[0] for p in parcels]) == {
+        wb: phone for wb, _, phone in parcels}
+    # … and none is anywhere else: not on Kafka, not in a table, not in any file.
+    blobs, counts = _kafka_messages(platform)
+    assert counts.get("parcel-events", 0) >= len(parcels) and counts.get("sms-events", 0) >= 1
+    tables, files = _database_rows(platform), _state_files(platform)
+    assert {"journal", "tracking_events", "sla_events", "settlement_events", "sms_recipients",
+            "sms_messages", "parcels"} <= set(tables)
+    assert any(name.startswith("logs/") for name in files) and any("pg" in n for n in files)
+    found = []
+    for phone in numbers:
+        for form in _forms(phone):
+            found += [f"kafka message {i}" for i, b in enumerate(blobs) if form in b]
+            found += [f"table {t}" for t, rows in tables.items()
+                      if any(form.decode() in row for row in rows)]
+            found += [f"file {name}" for name, data in files.items() if form in data]
+    assert not found, sorted(set(found))
+    # The masked form is what the views keep: present, so the search looked at the right rows.
+    assert any(f"{household[:3]}****{household[-4:]}" in row for row in tables["parcels"])
+
+
+def _figures(platform: Platform, waybills: list[str]) -> dict[str, Any]:
+    """Everything a phone must not change: the books, the SLA tables, and each parcel's status
+    and timeline."""
+    return {
+        "ledger": [tuple(r) for r in db_fetch(
+            platform, "SELECT entry_id, line_no, period, posting_date, unit, kind, account, brand,"
+                      " ref, amount_fen, event_ids FROM ledger_lines ORDER BY entry_id, line_no")],
+        "sla_legs": [r[0] for r in db_fetch(platform, "SELECT t::text FROM sla_legs t ORDER BY 1")],
+        "sla_daily": [r[0] for r in db_fetch(platform, "SELECT t::text FROM sla_daily t ORDER BY 1")],
+        "parcels": [tuple(r) for r in db_fetch(
+            platform, "SELECT waybill, brand, status, public_code, destination_village,"
+                      " current_node, misrouted, last_event_at, view FROM parcels"
+                      " WHERE waybill = ANY($1) ORDER BY waybill", waybills)],
+    }
+
+
+def _month_after(period: str) -> str:
+    year, month = map(int, period.split("-"))
+    return f"{year + month // 12}-{month % 12 + 1:02d}"
+
+
+def test_given_an_erasure_and_a_shredded_month_then_the_numbers_are_gone_and_no_figure_moved(
+        platform: Platform, client: httpx.Client, tokens: dict[str, str], county: County) -> None:
+    from domain.envelope import Envelope
+    from domain.validation import validate_batch
+    from infra.db import create_pool
+    from infra.pii import PhoneErased, period_of, seal_events
+    from projections import journal
+
+    erased, kept, old = _numbers(3, seed=2)
+    # Given this month's parcels, uploaded through the API, two of them for the number that
+    # will be erased, walked all the way to delivery (with their runs' departures) …
+    traffic = CountyTraffic(county, seed=int(time.time()) % 90 + 10)
+    t0 = county_time(county, datetime.now(UTC)) - timedelta(hours=10)
+    regs: dict[str, list[dict[str, Any]]] = {}
+    for i in range(10):
+        parcel, event = traffic.register(t0)
+        parcel.phone = event["payload"]["recipient_phone"] = (
+            erased if i < 2 else kept if i == 2 else parcel.phone)
+        regs.setdefault(parcel.brand, []).append(event)
+    for brand, events in regs.items():
+        _post(client, tokens[f"{brand}-system"], events)
+    for step in range(7):
+        at = t0 + timedelta(hours=step + 1)
+        scans = [e for p in traffic.parcels if (e := traffic.advance(p, at))]
+        _post(client, tokens["scanner"], traffic.departures(scans, at) + scans)
+    recent = [p.waybill for p in traffic.parcels]
+    # … and parcels of a month long past, journalled then (sealed into that month's keys).
+    past = datetime.now(UTC) - timedelta(days=200)
+    old_period = period_of(past, county.utc_offset_minutes)
+    old_waybills = [f"ZT7{int(time.time()) % 10**6:06d}{i:03d}" for i in range(3)]
+    raw = [envelope("parcel.registered", 2, past, "ZTO", "manifest", {
+        "waybill": wb, "recipient_phone": old, "destination_village": POINT, "weight_g": 500})
+        for wb in old_waybills] + [envelope("parcel.scanned", 1, past + timedelta(hours=h), "ZTO",
+                                            "op-1", {"waybill": wb, "action": a, "node_id": n})
+                                   for wb in old_waybills for h, a, n in (
+                                       (1, "received", "CTY-HAICHENG"), (5, "stored", POINT),
+                                       (9, "delivered", POINT))]
+    envs = validate_batch(raw, county=county, permitted_brands=frozenset({"ZTO"}), device_id="pda",
+                          recorded_at=past + timedelta(hours=10))
+    assert all(isinstance(e, Envelope) for e in envs), envs
+
+    async def append_old() -> None:
+        assert platform.settings is not None
+        pool = await create_pool(platform.settings.app_database_url, max_size=1)
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await journal.append(conn, await seal_events(conn, _keys(platform, county), envs))  # type: ignore[arg-type]
+        finally:
+            await pool.close()
+
+    asyncio.run(append_old())
+    everyone = recent + old_waybills
+
+    def level() -> dict[str, Any] | None:
+        done = db_fetch(platform, "SELECT count(*) FROM parcels WHERE waybill = ANY($1)"
+                                  " AND status = 'delivered'", everyone)[0][0]
+        ledger = db_fetch(platform, "SELECT (SELECT max(seq) FROM journal)"
+                                    " - (SELECT seq FROM ledger_cursor LIMIT 1)")[0][0]
+        if done != len(everyone) or ledger:
+            return None
+        first = _figures(platform, everyone)
+        time.sleep(2)
+        return first if _figures(platform, everyone) == first else None
+
+    before = wait_for(level, 90, "every projection level with the journal")
+    assert before["ledger"] and before["sla_legs"]
+    assert _open_registrations(platform, county, [recent[0], old_waybills[0]]) == {
+        recent[0]: erased, old_waybills[0]: old}
+
+    # When the villager asks to be forgotten …
+    done = _gongpei(platform, "pii", "erase", "--phone", erased)
+    assert done.returncode == 0, done.stderr
+    assert erased not in done.stdout + done.stderr
+    assert f"{erased[:3]}****{erased[-4:]}" in done.stdout
+    assert "data keys destroyed: 2" in done.stdout
+    # … and the long-past month is shredded, and tracking rebuilt from the journal.
+    shred = _gongpei(platform, "pii", "shred", "--before", _month_after(old_period))
+    assert shred.returncode == 0, shred.stderr
+    assert old_period in shred.stdout and "data keys destroyed: 3" in shred.stdout
+    assert old not in shred.stdout
+    refused = _gongpei(platform, "pii", "shred", "--before", "2999-01")
+    assert refused.returncode != 0 and "current month" in refused.stderr
+    rebuilt = _gongpei(platform, "rebuild", "tracking")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+
+    # Then the numbers cannot be opened by anyone, the SMS sender included …
+    opened = _open_registrations(platform, county, everyone)
+    assert all(isinstance(opened[wb], PhoneErased) for wb in recent[:2] + old_waybills), opened
+    assert opened[recent[2]] == kept  # … while other numbers still open
+    # … no read model shows them, and the public lookup no longer answers with them …
+    rows = {r["waybill"]: r for r in db_fetch(
+        platform, "SELECT waybill, phone_masked, phone_last4 FROM parcels WHERE waybill = ANY($1)",
+        everyone)}
+    assert all(rows[wb]["phone_masked"] is None and rows[wb]["phone_last4"] is None
+               for wb in recent[:2] + old_waybills)
+    assert rows[recent[2]]["phone_masked"] == f"{kept[:3]}****{kept[-4:]}"
+    for wb, phone in ((recent[0], erased), (old_waybills[0], old)):
+        r = client.post("/v1/public/track", json={"waybill": wb, "phone_last4": phone[-4:]})
+        assert r.status_code == 404 and phone[-4:] not in r.text
+    assert client.post("/v1/public/track", json={"waybill": recent[2], "phone_last4": kept[-4:]}
+                       ).status_code == 200
+    sms_rows = db_fetch(platform, "SELECT t::text FROM sms_recipients t WHERE waybill = ANY($1)",
+                        recent[:2] + old_waybills)
+    assert sms_rows and not any(f"{p[:3]}****" in r[0] for r in sms_rows for p in (erased, old))
+    # … and every figure is as it was: the books, the SLA, each parcel's status and timeline.
+    after = _figures(platform, everyone)
+    assert after == before
+
+
+@pytest.mark.parametrize("args", [["pii", "erase", "--phone", "1381234567"],
+                                  ["pii", "erase", "--phone", "１３８１２３４５６７８"]])
+def test_given_a_malformed_number_to_erase_then_the_cli_refuses_without_echoing_it(
+        platform: Platform, args: list[str]) -> None:
+    done = _gongpei(platform, *args)
+    assert done.returncode != 0 and args[-1] not in done.stdout + done.stderr
+
+
+def test_the_sms_service_alone_holds_the_private_key(platform: Platform) -> None:
+    assert platform.settings is not None
+    key = platform.settings.pii_private_keys
+    assert key
+    for name, child in platform.children.items():
+        has = child.env.get("GONGPEI_PII_PRIVATE_KEYS") == key
+        assert has == (name == "sms"), name
+    assert (Path(platform.state_dir) / "pii-master-key").stat().st_mode & 0o077 == 0
