@@ -374,3 +374,128 @@ def test_the_sms_service_alone_holds_the_private_key(platform: Platform) -> None
         has = child.env.get("GONGPEI_PII_PRIVATE_KEYS") == key
         assert has == (name == "sms"), name
     assert (Path(platform.state_dir) / "pii-master-key").stat().st_mode & 0o077 == 0
+
+
+def test_given_a_number_erased_after_its_sms_was_decided_then_the_sender_fails_it_as_erased(
+        platform: Platform, county: County) -> None:
+    """Driven step by step with the running SMS service stopped: the SMS is requested, then the
+    villager's erasure request comes in before it goes out."""
+    from uuid import uuid4
+
+    from domain.envelope import Envelope
+    from domain.events import ParcelRegisteredUpload, ParcelScanned, ScanAction
+    from infra.db import _init_connection, create_pool
+    from infra.pii_admin import erase
+    from projections import journal, sms_store
+    from streams.sms_service import Sender
+    from tests.integration.test_sms import RecordingProvider
+
+    assert platform.settings is not None
+    settings = platform.settings
+    keys = _keys(platform, county)
+    (mobile,) = _numbers(1, seed=3)
+    wb, node, t0 = f"YT6{int(time.time()) % 10**6:06d}001", county.villages[60].id, datetime.now(UTC)
+
+    def event(event_type: str, payload: Any) -> Envelope:
+        return Envelope(event_id=str(uuid4()), type=event_type,
+                        schema_version=2 if event_type == "parcel.registered" else 1,
+                        occurred_at=t0, recorded_at=t0, device_id="pda-test", brand="YTO",
+                        operator_id="op-1", payload=payload)
+
+    async def go() -> RecordingProvider:
+        pool = await create_pool(settings.app_database_url, max_size=2)
+        provider = RecordingProvider()
+        clock = t0 + timedelta(seconds=county.sms.digest_seconds + 5)
+        sender = Sender(county, [provider], keys=keys, clock=lambda: clock)
+        try:
+            async with pool.acquire() as conn:
+                async with conn.transaction():
+                    await journal.append(conn, await seal_events(conn, keys, [
+                        event("parcel.registered", ParcelRegisteredUpload(
+                            waybill=wb, recipient_phone=mobile, destination_village=node,
+                            weight_g=500)),
+                        event("parcel.scanned", ParcelScanned(waybill=wb, action=ScanAction.stored,
+                                                              node_id=node))]))
+                await sms_store.catch_up(conn, county, now=t0, keys=keys)
+                assert await sms_store.close_due(conn, county, clock) >= 1
+                await sms_store.catch_up(conn, county, now=clock, keys=keys)
+            owner = await asyncpg.connect(settings.database_url)
+            try:
+                await _init_connection(owner)
+                assert (await erase(owner, mobile)).keys == 1
+            finally:
+                await owner.close()
+            await sender.send_due(pool)
+            async with pool.acquire() as conn:
+                await sms_store.catch_up(conn, county, now=clock, keys=keys)
+            return provider
+        finally:
+            await pool.close()
+
+    from infra.pii import seal_events
+
+    platform.children["sms"].stop()
+    try:
+        provider = asyncio.run(go())
+    finally:
+        platform.children["sms"].start()
+    rows = db_fetch(platform, "SELECT m.sms_id, m.state, m.failure_code, m.permanent,"
+                              " m.phone_masked FROM sms_messages m JOIN sms_message_parcels"
+                              " p USING (sms_id) WHERE p.waybill = $1", wb)
+    arrival = db_fetch(platform, "SELECT call_reason FROM sms_arrivals WHERE waybill = $1", wb)
+    assert [(r["state"], r["failure_code"], r["permanent"], r["phone_masked"]) for r in rows] == [
+        ("failed", "PHONE_ERASED", True, "erased")]
+    assert rows[0]["sms_id"] not in provider.calls  # nothing reached a provider
+    assert arrival[0]["call_reason"] == "sms_failed:PHONE_ERASED"  # the keeper phones instead
+
+
+def test_given_a_new_master_key_when_rotated_then_only_it_is_needed_to_open_every_month(
+        platform: Platform, county: County) -> None:
+    import base64
+
+    from domain.envelope import Envelope
+    from infra.db import _init_connection
+    from infra.pii import Keyring, KeyUnavailable, generate_keypair, load_key, master_key_id
+
+    assert platform.settings is not None
+    settings = platform.settings
+    old_private = settings.pii_private_keys
+    new_public, new_private = generate_keypair()
+    new_b64 = base64.b64encode(new_private).decode()
+
+    def rotate(keys: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **settings.to_env(), "GONGPEI_PII_PRIVATE_KEYS": keys}
+        return subprocess.run([sys.executable, "-m", "infra.cli", "pii", "rotate"], env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    async def open_one(keys: Keyring) -> str:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await _init_connection(conn)
+            row = await conn.fetchrow(
+                "SELECT j.partition_key, j.body FROM journal j JOIN pii_keys k ON"
+                " k.key_id = j.body->'payload'->'recipient_phone'->>'key_id'"
+                " WHERE j.type = 'parcel.registered' ORDER BY j.seq DESC LIMIT 1")
+            sealed = Envelope.from_wire(row["body"]).payload.recipient_phone  # type: ignore[attr-defined]
+            assert await load_key(conn, sealed.key_id) is not None
+            return await keys.open(conn, sealed, row["partition_key"])
+        finally:
+            await conn.close()
+
+    only_new = Keyring(None, {master_key_id(new_public): new_private}, county.utc_offset_minutes)
+    with pytest.raises(KeyUnavailable):
+        asyncio.run(open_one(only_new))
+    platform.children["sms"].stop()  # it holds only the old key: it sits this one out
+    try:
+        done = rotate(f"{new_b64},{old_private}")
+        assert done.returncode == 0 and "re-sealed" in done.stdout, done.stderr
+        assert {r[0] for r in db_fetch(platform, "SELECT DISTINCT master_key_id FROM pii_periods"
+                                                 " WHERE private_key IS NOT NULL")} == {
+            master_key_id(new_public)}
+        fresh = Keyring(None, {master_key_id(new_public): new_private}, county.utc_offset_minutes)
+        assert len(asyncio.run(open_one(fresh))) == 11
+    finally:
+        back = rotate(f"{old_private},{new_b64}")  # and back, for the rest of the session
+        platform.children["sms"].start()
+    assert back.returncode == 0, back.stderr
+    assert len(asyncio.run(open_one(_keys(platform, county)))) == 11
