@@ -58,9 +58,13 @@ async def _clear_projections(conn: asyncpg.Connection, key_ids: list[str], out: 
         " phone_ref = 'erased:' || (sealed_phone->>'key_id')"
         " WHERE sealed_phone->>'key_id' = ANY($1::text[]) AND sealed_phone->>'erased' IS NULL"
         " RETURNING 1", key_ids))
+    # A long SMS ends "凭尾号5678取件" (the last four): that goes from its text and params too.
     out.sms_messages += len(await conn.fetch(
         f"UPDATE sms_messages SET sealed_phone = {stub}, phone_masked = $2,"
-        " phone_ref = 'erased:' || (sealed_phone->>'key_id')"
+        " phone_ref = 'erased:' || (sealed_phone->>'key_id'),"
+        " text = regexp_replace(text, '尾号[0-9]{4}', '尾号****', 'g'),"
+        " params = CASE WHEN params ? 'codes' THEN jsonb_set(params, '{codes}', to_jsonb("
+        "  regexp_replace(params->>'codes', '尾号[0-9]{4}', '尾号****', 'g'))) ELSE params END"
         " WHERE sealed_phone->>'key_id' = ANY($1::text[]) AND sealed_phone->>'erased' IS NULL"
         " RETURNING 1", key_ids, ERASED))
 

@@ -16,6 +16,7 @@ registration is applied; a number already erased gets the reference `erased:<key
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ COLLECTING = ("delivered", "returned", "out_for_delivery")
 DEVICE = "gongpei-sms"
 # What the SMS tables show for a number that was erased (or whose month was shredded).
 ERASED = "erased"
+_LAST4 = re.compile(r"尾号[0-9]{4}")
 TABLES = ("sms_message_parcels", "sms_messages", "sms_digests", "sms_arrivals", "sms_points",
           "sms_recipients", "sms_skipped", "sms_cursor")
 
@@ -308,16 +310,22 @@ async def _requested(conn: asyncpg.Connection, county: County, e: Envelope) -> N
         p.parcels[0].waybill)
     sealed = recipient["sealed_phone"] if recipient else None
     ref = (recipient["phone_ref"] if recipient else None) or f"unknown:{p.sms_id}"
-    # A number erased since the SMS was decided: its masked form is not shown again either.
-    masked = ERASED if sealed is None or sealed.get("erased") else p.phone_masked
+    # A number erased since the SMS was decided: its masked form and last four (in a long
+    # SMS's "凭尾号5678取件") are not shown again either.
+    erased = sealed is None or bool(sealed.get("erased"))
+    masked = ERASED if erased else p.phone_masked
+    text, params = p.text, dict(p.params)
+    if erased:
+        text = _LAST4.sub("尾号****", text)
+        params = {k: _LAST4.sub("尾号****", v) for k, v in params.items()}
     inserted = await conn.fetchval(
         "INSERT INTO sms_messages (sms_id, kind, stage, node_id, sealed_phone, phone_ref,"
         " phone_masked, text, template_code, params, segments, consented, send_after,"
         " first_known_at, requested_at, state, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6,"
         " $7, $8, $9, $10, $11, $12, $13, $14, $15, 'requested', $13)"
         " ON CONFLICT (sms_id) DO NOTHING RETURNING 1",
-        p.sms_id, p.kind, p.stage, p.node_id, sealed, ref, masked, p.text, p.template_code,
-        dict(p.params), p.segments, p.consented, p.send_after, p.first_known_at, e.occurred_at)
+        p.sms_id, p.kind, p.stage, p.node_id, sealed, ref, masked, text, p.template_code,
+        params, p.segments, p.consented, p.send_after, p.first_known_at, e.occurred_at)
     if not inserted:
         return
     await conn.executemany(
