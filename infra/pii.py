@@ -17,6 +17,7 @@ on Kafka and in every copy stay where they are, and can no longer be opened by a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -41,6 +42,7 @@ from domain.phone import mask_phone
 from domain.upcasting import upcast
 
 NONCE = 12
+SEAL_INLINE = 32  # registrations sealed on the event loop; more go to a thread
 
 
 class PhoneErased(Exception):
@@ -299,16 +301,22 @@ async def seal_events(conn: asyncpg.Connection, keyring: Keyring,
     """The events as they may be journalled: every phone in clear sealed, its data key stored
     (in the caller's transaction, so a key exists exactly when its event was appended, but
     for resends answered `duplicate`, whose spare key is destroyed with its period)."""
-    out: list[Envelope] = []
-    rows: list[tuple[Any, ...]] = []
-    for e in events:
-        if not e.unsealed:
-            out.append(e)
-            continue
-        keys = await keyring.period_keys(conn, period_of(e.recorded_at, keyring.utc_offset_minutes))
-        stored, row = seal_registration(e, keys)
-        out.append(stored)
-        rows.append(row)
+    plain = [i for i, e in enumerate(events) if e.unsealed]
+    if not plain:
+        return list(events)
+    keys = [await keyring.period_keys(
+        conn, period_of(events[i].recorded_at, keyring.utc_offset_minutes)) for i in plain]
+
+    def seal_all() -> list[tuple[Envelope, tuple[Any, ...]]]:
+        return [seal_registration(events[i], k) for i, k in zip(plain, keys)]
+
+    # About 0.3 ms each (two X25519 exchanges): a manifest of hundreds is sealed off the event
+    # loop, so other uploads are not held up meanwhile.
+    sealed = await asyncio.to_thread(seal_all) if len(plain) > SEAL_INLINE else seal_all()
+    out = list(events)
+    for i, (stored, _) in zip(plain, sealed):
+        out[i] = stored
+    rows = [row for _, row in sealed]
     if rows:
         await conn.executemany(
             "INSERT INTO pii_keys (key_id, period, household, sealed_key) VALUES ($1, $2, $3, $4)",

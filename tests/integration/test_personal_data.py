@@ -499,3 +499,49 @@ def test_given_a_new_master_key_when_rotated_then_only_it_is_needed_to_open_ever
         platform.children["sms"].start()
     assert back.returncode == 0, back.stderr
     assert len(asyncio.run(open_one(_keys(platform, county)))) == 11
+
+
+def test_given_a_manifest_of_hundreds_when_sealed_then_each_phone_gets_its_own_key(
+        platform: Platform, county: County) -> None:
+    """A large manifest is sealed off the event loop; in a transaction rolled back after."""
+    from domain.validation import validate_batch
+    from infra.db import create_pool
+    from infra.pii import SEAL_INLINE, seal_events
+
+    numbers = _numbers(SEAL_INLINE * 3, seed=4)
+    now = county_time(county, datetime.now(UTC))
+    raw = [envelope("parcel.registered", 2, now, "SF", "manifest", {
+        "waybill": f"SF5{int(time.time()) % 10**6:06d}{i:04d}", "recipient_phone": phone,
+        "destination_village": POINT, "weight_g": 300}) for i, phone in enumerate(numbers)]
+    envs = validate_batch(raw, county=county, permitted_brands=frozenset({"SF"}), device_id="d",
+                          recorded_at=datetime.now(UTC))
+
+    class Rollback(Exception):
+        pass
+
+    async def go() -> tuple[list[Any], int]:
+        assert platform.settings is not None
+        pool = await create_pool(platform.settings.app_database_url, max_size=1)
+        out: tuple[list[Any], int] = ([], 0)
+        try:
+            async with pool.acquire() as conn:
+                try:
+                    async with conn.transaction():
+                        sealed = await seal_events(conn, _keys(platform, county), envs)  # type: ignore[arg-type]
+                        keys = await conn.fetchval(
+                            "SELECT count(*) FROM pii_keys WHERE key_id = ANY($1::text[])",
+                            [e.payload.recipient_phone.key_id for e in sealed])
+                        out = (sealed, keys)
+                        raise Rollback
+                except Rollback:
+                    pass
+        finally:
+            await pool.close()
+        return out
+
+    sealed, keys = asyncio.run(go())
+    assert [e.event_id for e in sealed] == [e.event_id for e in envs]  # type: ignore[union-attr]
+    assert not any(e.unsealed for e in sealed) and keys == len(numbers)
+    assert not any(phone in str(e.to_wire()) for e, phone in zip(sealed, numbers))
+    assert [e.payload.recipient_phone.masked for e in sealed] == [
+        f"{p[:3]}****{p[-4:]}" for p in numbers]

@@ -163,3 +163,13 @@ def test_given_no_public_key_then_the_api_keyring_refuses_to_start() -> None:
         pii.Keyring.from_settings(s, 480)
     with pytest.raises(SettingsError):
         Settings.from_env({**s.to_env(), "GONGPEI_PII_PUBLIC_KEY": "not-a-key"})
+
+
+def test_a_month_is_shredded_only_once_it_is_entirely_older_than_the_retention() -> None:
+    from infra.pii_admin import retention_cutoff
+
+    now = datetime(2026, 12, 1, 4, 0, tzinfo=UTC)  # 12:00 in the county
+    # Every month before the cutoff goes: May ended 183 days ago; June ended only 153 days ago.
+    assert retention_cutoff(now, 180, 480) == "2026-06"
+    assert retention_cutoff(now, 1, 480) == "2026-11"
+    assert retention_cutoff(datetime(2026, 12, 31, 16, 30, tzinfo=UTC), 30, 480) == "2026-12"
