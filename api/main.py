@@ -11,6 +11,7 @@ from api import errors
 from api.routes import conflicts, ingest, meta, parcels, settlement, sla, sms
 from domain.county import County
 from infra.db import create_pool
+from infra.pii import Keyring
 from infra.settings import Settings
 
 DESCRIPTION = """Gongpei (共配) — parcel tracking and co-delivery for a county's rural logistics.
@@ -33,6 +34,8 @@ def create_app(settings: Settings, county: County) -> FastAPI:
                   lifespan=lifespan)
     app.state.settings = settings
     app.state.county = county
+    # Phones are sealed at ingest to the master public key: no key, no API (SettingsError).
+    app.state.pii = Keyring.from_settings(settings, county.utc_offset_minutes)
     errors.install(app)
     app.include_router(ingest.router)
     app.include_router(parcels.router)

@@ -6,7 +6,7 @@ from functools import cache
 from typing import Any
 
 from domain.envelope import BRANDS
-from domain.events import CURRENT_VERSION, PAYLOADS
+from domain.events import CURRENT_VERSION, UPLOADS
 
 
 @cache
@@ -15,7 +15,8 @@ def scan_batch_schema() -> dict[str, Any]:
     defs: dict[str, Any] = {}
     variants = []
     for event_type, version in sorted(CURRENT_VERSION.items()):
-        payload = PAYLOADS[(event_type, version)].model_json_schema(
+        # The upload form (phones in clear): what a device sends, not what the journal stores.
+        payload = UPLOADS[(event_type, version)].model_json_schema(
             ref_template="#/$defs/{model}")
         defs.update(payload.pop("$defs", {}))
         name = event_type.replace(".", "_")

@@ -68,6 +68,8 @@ class County:
     sms: Any = None         # domain.sms.SmsPolicy, when the file has one
     # A brand's waybill format, where the county knows it: its waybills must match it whole.
     waybill_patterns: dict[str, re.Pattern[str]] = field(default_factory=dict)
+    # [privacy]: after this many days a month's phone numbers are destroyed (crypto-shredding).
+    phone_retention_days: int = 180
 
     @cached_property
     def centre(self) -> Node:
@@ -230,9 +232,19 @@ def parse_county(doc: dict[str, Any], source: str = "county") -> County:
         from domain.sms import parse_sms
 
         sms = parse_sms(doc, source)
+    retention = 180
+    if "privacy" in doc:
+        privacy = _table(doc["privacy"], source, "[privacy]")
+        unknown = sorted(set(privacy) - {"phone_retention_days"})
+        if unknown:
+            raise _fail(source, "[privacy]", f"unknown key {unknown[0]!r}")
+        retention = _req(privacy, "phone_retention_days", int, source, "[privacy]")
+        if not 1 <= retention <= 3650:
+            raise _fail(source, "[privacy]", f"phone_retention_days {retention} is not 1–3650")
     return County(code, _req(head, "name", str, source, "[county]"), offset, brands, nodes,
                   tuple(routes), settlement, sla, sms,
-                  _waybill_patterns(doc.get("waybill_patterns", {}), brands, source))
+                  _waybill_patterns(doc.get("waybill_patterns", {}), brands, source),
+                  phone_retention_days=retention)
 
 
 def _waybill_patterns(raw: object, brands: tuple[str, ...], source: str) -> dict[str, re.Pattern[str]]:

@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from domain.brands import BRANDS
-from domain.events import PAYLOADS, Payload
+from domain.events import PAYLOADS, UNSEALED, UPLOADS, Payload
 from domain.upcasting import upcast
 
 __all__ = ["BRANDS", "Envelope", "content_digest", "normalise_event_id"]
@@ -80,13 +80,20 @@ class Envelope(BaseModel):
 
     @model_validator(mode="after")
     def _payload_matches_type(self) -> Envelope:
-        # The payload's class must be the one registered for this type and version, or the
-        # wire form would claim one shape and carry another.
-        model = PAYLOADS.get((self.type, self.schema_version))
-        if model is None or type(self.payload) is not model:
+        # The payload's class must be the one registered for this type and version (stored or,
+        # before sealing, uploaded), or the wire form would claim one shape and carry another.
+        key = (self.type, self.schema_version)
+        model = PAYLOADS.get(key)
+        if model is None or type(self.payload) not in (model, UPLOADS[key]):
             raise ValueError(f"payload {type(self.payload).__name__} does not belong to "
                              f"{self.type!r} v{self.schema_version}")
         return self
+
+    @property
+    def unsealed(self) -> bool:
+        """True while the payload is an upload form holding a phone in clear: such an envelope
+        may be validated and sealed, never journalled or published."""
+        return type(self.payload) in UNSEALED
 
     @property
     def partition_key(self) -> str:
@@ -108,7 +115,8 @@ class Envelope(BaseModel):
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> Envelope:
-        """Read an event back from the journal or Kafka, upcasting old versions."""
+        """Read an event back from the journal or Kafka, upcasting old versions. Stored forms
+        only: a phone in clear where a sealed one belongs is refused."""
         version, payload = upcast(d["type"], int(d["schema_version"]), d["payload"])
         model = PAYLOADS[(d["type"], version)]
         return cls(

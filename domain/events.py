@@ -67,7 +67,7 @@ class Payload(BaseModel):
 
 
 class ParcelRegisteredV1(Payload):
-    """The early manifest shape: `phone` and `village`."""
+    """The early manifest shape: `phone` and `village` (upload form only: upcast on arrival)."""
 
     waybill: Waybill
     phone: Mobile
@@ -75,11 +75,41 @@ class ParcelRegisteredV1(Payload):
     weight_g: Grams
 
 
-class ParcelRegistered(Payload):
-    """A brand's manifest line: who the parcel is for and where it should end up."""
+MaskedPhone = Annotated[StrictStr, Field(pattern=r"^[0-9]{3}\*{4}[0-9]{4}$")]
+
+
+class SealedPhone(BaseModel):
+    """A phone number as it is stored and published: encrypted (AES-256-GCM) with a data key of
+    its own, which only the SMS sender can unwrap. `masked` stays readable (every view shows it,
+    the public lookup checks its last four); `household` is a keyed hash of the number for its
+    month, so two events naming one number compare equal without revealing it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    key_id: Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{32}$")]
+    ciphertext: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9+/]{40,200}={0,2}$")]
+    masked: MaskedPhone
+    household: Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ParcelRegisteredUpload(Payload):
+    """A brand's manifest line as uploaded, the recipient's phone in clear. Never journalled:
+    the API seals the phone first (infra/pii.py), making it a `ParcelRegistered`."""
 
     waybill: Waybill
     recipient_phone: Mobile
+    destination_village: Ident
+    weight_g: Grams
+    length_mm: Millimetres | None = None
+    width_mm: Millimetres | None = None
+    height_mm: Millimetres | None = None
+
+
+class ParcelRegistered(Payload):
+    """A brand's manifest line as stored: who the parcel is for (sealed), where it should end up."""
+
+    waybill: Waybill
+    recipient_phone: SealedPhone
     destination_village: Ident
     weight_g: Grams
     length_mm: Millimetres | None = None
@@ -119,7 +149,6 @@ class VehicleArrived(VehicleMoved):
     pass
 
 
-MaskedPhone = Annotated[StrictStr, Field(pattern=r"^[0-9]{3}\*{4}[0-9]{4}$")]
 SmsKind = Literal["arrival", "reminder"]
 ProviderCode = Annotated[StrictStr, Field(min_length=1, max_length=64)]
 
@@ -219,6 +248,12 @@ PAYLOADS: dict[tuple[str, int], type[Payload]] = {
     ("consent.recorded", 1): ConsentRecorded,
     ("period.closed", 1): PeriodClosed,
 }
+# The upload contract: what devices and brand systems send. It differs from the stored form only
+# where the platform transforms an event before journalling it (the phone, sealed at ingest).
+UPLOADS: dict[tuple[str, int], type[Payload]] = {
+    **PAYLOADS, ("parcel.registered", 2): ParcelRegisteredUpload}
+# Upload models that carry a phone in clear: an envelope holding one may not be journalled.
+UNSEALED: frozenset[type[Payload]] = frozenset({ParcelRegisteredV1, ParcelRegisteredUpload})
 CURRENT_VERSION: dict[str, int] = {}
 for _type, _version in PAYLOADS:
     CURRENT_VERSION[_type] = max(_version, CURRENT_VERSION.get(_type, 0))
@@ -227,4 +262,4 @@ for _type, _version in PAYLOADS:
 NODE_FIELDS: dict[str, str | None] = {"node_id": None, "destination_village": "village",
                                       "village": "village"}
 
-__all__ = ["CURRENT_VERSION", "NODE_FIELDS", "PAYLOADS", "ProblemReason", "ScanAction", "datetime"]
+__all__ = ["CURRENT_VERSION", "NODE_FIELDS", "PAYLOADS", "UNSEALED", "UPLOADS", "ProblemReason", "ScanAction", "datetime"]

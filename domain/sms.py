@@ -179,7 +179,7 @@ class Waiting:
     """A parcel waiting at a point, as reminders see it."""
 
     arrival_id: str
-    phone: str
+    phone_ref: str                 # who it is for: a reference, never the number
     node_id: str
     stored_at: datetime
     reminders: int                 # reminders already requested
@@ -197,7 +197,7 @@ def due_reminders(waiting: list[Waiting], now: datetime, policy: SmsPolicy,
             continue
         due = reminder_due(w.stored_at, w.reminders, policy, utc_offset_minutes, w.last_sms_at)
         if due is not None and due <= now:
-            out.setdefault((w.phone, w.node_id, w.reminders), []).append(w)
+            out.setdefault((w.phone_ref, w.node_id, w.reminders), []).append(w)
     return out
 
 

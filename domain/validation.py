@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from domain.brands import BRANDS
 from domain.county import County
 from domain.envelope import Envelope, normalise_event_id
-from domain.events import CURRENT_VERSION, NODE_FIELDS, PAYLOADS, ScanAction
+from domain.events import CURRENT_VERSION, NODE_FIELDS, UPLOADS, ScanAction
 from domain.phone import mask_phone
 from domain.upcasting import upcast
 
@@ -159,8 +159,8 @@ def _validate(raw: object, base: str, county: County, permitted_brands: frozense
         raise _Reject(Reason.type_not_permitted, f"{base}.type",
                       f"this token may not emit '{event_type}' events")
     version = _typed(raw, "schema_version", int, base)
-    if (event_type, version) not in PAYLOADS:
-        known = sorted(v for t, v in PAYLOADS if t == event_type)
+    if (event_type, version) not in UPLOADS:
+        known = sorted(v for t, v in UPLOADS if t == event_type)
         raise _Reject(Reason.unsupported_version, f"{base}.schema_version",
                       f"'{event_type}' has no schema_version {version}; supported: {known}")
     stamp = _typed(raw, "occurred_at", str, base)
@@ -189,7 +189,7 @@ def _validate(raw: object, base: str, county: County, permitted_brands: frozense
     payload = _typed(raw, "payload", dict, base)
     pbase = f"{base}.payload"
     try:
-        PAYLOADS[(event_type, version)].model_validate(payload)
+        UPLOADS[(event_type, version)].model_validate(payload)
     except ValidationError as err:
         raise _pydantic_rejection(err, pbase) from None
     _check_nodes(payload, county, pbase)
@@ -199,7 +199,7 @@ def _validate(raw: object, base: str, county: County, permitted_brands: frozense
     return Envelope(
         event_id=event_id, type=event_type, schema_version=current, occurred_at=occurred_at,
         recorded_at=recorded_at, device_id=device_id, brand=brand, operator_id=operator_id,
-        payload=PAYLOADS[(event_type, current)].model_validate(lifted),
+        payload=UPLOADS[(event_type, current)].model_validate(lifted),  # sealed at ingest
     )
 
 

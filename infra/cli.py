@@ -44,6 +44,10 @@ def cmd_api(args: argparse.Namespace) -> None:
     from api.main import create_app
 
     settings = _settings()
+    try:
+        settings.pii_public_key_bytes()  # phones are sealed to it before they are journalled
+    except SettingsError as exc:
+        sys.exit(f"gongpei: {exc}")
     uvicorn.run(create_app(settings, _county(settings)), host=args.host, port=args.port,
                 log_level="warning", access_log=False, limit_concurrency=200)
 
@@ -116,8 +120,14 @@ def cmd_sms(args: argparse.Namespace) -> None:
         logging.getLogger("gongpei.sms").warning("no [sms] in the county file or no provider; idle")
         _serve(settings, "sms", lambda pool, stop: stop.wait())
         return
+    from infra.pii import Keyring
+
+    keys = Keyring.from_settings(settings, county.utc_offset_minutes, sealing=False)
+    if not keys.can_open:
+        sys.exit("gongpei: the SMS service needs GONGPEI_PII_PRIVATE_KEYS to open phone numbers")
     sender = sms_service.Sender(
-        county, providers, query_after=timedelta(seconds=settings.sms_query_after_seconds))
+        county, providers, keys=keys,
+        query_after=timedelta(seconds=settings.sms_query_after_seconds))
     _serve(settings, "sms", lambda pool, stop: sms_service.run(pool, county, sender, stop))
 
 
@@ -215,6 +225,77 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
     print(f"tracking rebuilt from {count} journal events")
 
 
+def _normalise_phone(text: str) -> str:
+    from domain.phone import is_mobile
+
+    digits = text.strip().replace(" ", "").replace("-", "")
+    for prefix in ("+86", "0086", "86"):
+        if digits.startswith(prefix) and len(digits) == 11 + len(prefix):
+            digits = digits[len(prefix):]
+    if not is_mobile(digits):
+        sys.exit("gongpei: --phone must be an 11-digit mainland mobile number")
+    return digits
+
+
+def cmd_pii(args: argparse.Namespace) -> None:
+    """Keys for phone numbers: a new master keypair, retention, erasure, rotation."""
+    import base64
+
+    from infra import pii, pii_admin
+
+    if args.action == "keygen":
+        public, private = pii.generate_keypair()
+        print(f"# master key {pii.master_key_id(public)}: give the public key to the API, the"
+              " private key only to the SMS service and to `gongpei pii`")
+        print(f"GONGPEI_PII_PUBLIC_KEY={base64.b64encode(public).decode()}")
+        print(f"GONGPEI_PII_PRIVATE_KEYS={base64.b64encode(private).decode()}")
+        return
+    from datetime import UTC, datetime
+
+    import asyncpg
+
+    from infra.db import _init_connection
+
+    settings = _settings()
+    county = _county(settings)
+    phone = _normalise_phone(args.phone) if args.action == "erase" else ""
+
+    async def main() -> None:
+        conn = await asyncpg.connect(settings.database_url)  # the schema owner
+        try:
+            await _init_connection(conn)
+            if args.action == "shred":
+                now = datetime.now(UTC)
+                before = args.before or pii_admin.retention_cutoff(
+                    now, county.phone_retention_days, county.utc_offset_minutes)
+                try:
+                    done = await pii_admin.shred(conn, before, now, county.utc_offset_minutes)
+                except ValueError as exc:
+                    sys.exit(f"gongpei: {exc}")
+                print(f"shredded every month before {before} (retention"
+                      f" {county.phone_retention_days} days)")
+            elif args.action == "erase":
+                from domain.phone import mask_phone
+
+                done = await pii_admin.erase(conn, phone)
+                print(f"erased {mask_phone(phone)}")
+            else:
+                keys = pii.Keyring.from_settings(settings, county.utc_offset_minutes,
+                                                 sealing=False)
+                try:
+                    periods = await pii_admin.rotate(conn, keys)
+                except pii.KeyUnavailable as exc:
+                    sys.exit(f"gongpei: {exc}")
+                print(f"re-sealed to the newest master key: {', '.join(periods) or 'nothing'}")
+                return
+            for line in done.lines():
+                print(f"  {line}")
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
 def cmd_up(args: argparse.Namespace) -> None:
     from infra.platform import Platform
 
@@ -261,6 +342,14 @@ def cmd_up(args: argparse.Namespace) -> None:
         print("stopping…", flush=True)
         platform.stop()
         print("stopped.", flush=True)
+
+
+def _month(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[0-9]{4}-(0[1-9]|1[0-2])", text):
+        raise argparse.ArgumentTypeError("must be YYYY-MM")
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -312,6 +401,18 @@ def main(argv: list[str] | None = None) -> None:
                              " replay it beside the books and report any difference")
     rebuild.add_argument("projection", choices=["tracking", "ledger", "sms"])
     rebuild.set_defaults(func=cmd_rebuild)
+
+    pii = sub.add_parser("pii", help="phone numbers: master keys, retention, erasure, rotation")
+    psub = pii.add_subparsers(dest="action", required=True)
+    psub.add_parser("keygen", help="print a fresh master keypair (settings for the services)")
+    shred = psub.add_parser("shred", help="destroy the keys of every month older than the"
+                            " county's [privacy] phone_retention_days, and say what went")
+    shred.add_argument("--before", type=_month, help="YYYY-MM: shred every month before it")
+    erase = psub.add_parser("erase", help="a data subject's request: destroy one number's keys")
+    erase.add_argument("--phone", required=True)
+    psub.add_parser("rotate", help="re-seal month keys to the newest master key (the first of"
+                    " GONGPEI_PII_PRIVATE_KEYS)")
+    pii.set_defaults(func=cmd_pii)
 
     args = parser.parse_args(argv)
     args.func(args)

@@ -187,10 +187,22 @@ class EmbeddedPostgres:
         _stop(self.proc, signal.SIGINT, 20)  # SIGINT = fast shutdown, a clean checkpoint
 
     def kill(self) -> None:
-        """Crash PostgreSQL (SIGKILL on the postmaster), as a fault test would."""
+        """Crash PostgreSQL as a power cut would: SIGKILL to the postmaster and every backend
+        (its own process group), and wait until they are all gone; a backend left behind would
+        hold the old shared memory and make the next start fail."""
         if self.proc and self.proc.poll() is None:
-            self.proc.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait(5)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(self.proc.pid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.05)
 
     def remove(self) -> None:
         self.stop()

@@ -101,6 +101,21 @@ class Platform:
             path.chmod(0o600)
         return path.read_text().strip()
 
+    def _pii_master_key(self) -> tuple[str, str]:
+        """The master keypair phones are sealed to (public, private; base64), generated once
+        into the state folder, readable by its owner only."""
+        import base64
+
+        from infra.pii import generate_keypair, public_of
+
+        path = self.state_dir / "pii-master-key"
+        if not path.exists():
+            _, private = generate_keypair()
+            path.touch(mode=0o600)
+            path.write_text(base64.b64encode(private).decode())
+        private = base64.b64decode(path.read_text().strip())
+        return base64.b64encode(public_of(private)).decode(), base64.b64encode(private).decode()
+
     def _app_password(self) -> str:
         return self._secret("app-password")
 
@@ -126,6 +141,7 @@ class Platform:
         self.broker.start()
         self.api_port = self.api_port or free_port()
         self.gateway_ports = {name: self.gateway_ports.get(name) or free_port() for name in GATEWAYS}
+        pii_public, pii_private = self._pii_master_key()
         self.settings = Settings(
             database_url=self.pg.superuser_dsn, app_password=self._app_password(),
             kafka_bootstrap_servers=self.broker.bootstrap, county_file=self.county_file,
@@ -139,14 +155,20 @@ class Platform:
             sms_tencent_app_id="1400000001",
             sms_receipt_key=self._secret("sms-receipt-key"),
             sms_query_after_seconds=2.0,  # the local gateways record before they answer
+            # The platform keeps the private key for the commands it runs itself (tests, CLI);
+            # of its children only `sms` gets it (to_env withholds it).
+            pii_public_key=pii_public, pii_private_keys=pii_private,
         )
         asyncio.run(migrate(self.settings.database_url, self.settings.app_password))
-        base = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+        # The keys that open phone numbers go to the SMS service alone, never by inheritance.
+        base = {**{k: v for k, v in os.environ.items() if k != "GONGPEI_PII_PRIVATE_KEYS"},
+                "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
                 "GONGPEI_STATE_DIR": str(self.state_dir), "PYTHONUNBUFFERED": "1"}
 
         def env_for(service: str | None) -> dict[str, str]:
             # Each child holds its own database role's password and no other, as in production.
-            return {**base, **self.settings.for_service(service).to_env()}  # type: ignore[union-attr]
+            env = {**base, **self.settings.for_service(service).to_env()}  # type: ignore[union-attr]
+            return {**env, **self.settings.pii_private_env()} if service == "sms" else env  # type: ignore[union-attr]
 
         for name, port in self.gateway_ports.items():
             argv = [sys.executable, "-m", "infra.sms_gateway", "--port", str(port),

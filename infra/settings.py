@@ -66,6 +66,11 @@ class Settings:
     # A service's own role password (GONGPEI_DB_PASSWORD_API, …), given instead of app_password
     # to a process that should hold no other role's: keyed by service name.
     role_passwords: dict[str, str] = field(default_factory=dict)
+    # Phone numbers are sealed to this X25519 public key (base64, `gongpei pii keygen`): every
+    # service that journals a phone (the API) needs it. The private keys (base64, comma-separated,
+    # newest first) open them: ONLY the SMS service and the operator's `gongpei pii` get them.
+    pii_public_key: str = ""
+    pii_private_keys: str = ""
 
     def role_password(self, service: str) -> str:
         """The password of `service`'s database role: its own setting, else derived."""
@@ -125,6 +130,22 @@ class Settings:
             out.append((name, kind, scheme, host.rstrip("/")))
         return out
 
+    def pii_public_key_bytes(self) -> bytes:
+        """The master public key phones are sealed to; SettingsError when it is missing or bad."""
+        if not self.pii_public_key:
+            raise SettingsError("GONGPEI_PII_PUBLIC_KEY is required to accept parcel registrations"
+                                " (generate one with `gongpei pii keygen`)")
+        return _key32("GONGPEI_PII_PUBLIC_KEY", self.pii_public_key)
+
+    def pii_private_key_list(self) -> list[bytes]:
+        """The master private keys, newest first (empty: this process cannot open phones)."""
+        return [_key32("GONGPEI_PII_PRIVATE_KEYS", k)
+                for k in filter(None, (x.strip() for x in self.pii_private_keys.split(",")))]
+
+    def pii_private_env(self) -> dict[str, str]:
+        """The one setting `to_env` withholds: give it only to the SMS service."""
+        return {"GONGPEI_PII_PRIVATE_KEYS": self.pii_private_keys}
+
     @property
     def broker_session_timeout(self) -> float:
         # Tansu makes every group join wait half the session timeout: keep it short there.
@@ -151,6 +172,9 @@ class Settings:
             if secret and profile != "embedded" and (
                     len(secret) < 16 or secret in {"changeme", "password"}):
                 raise SettingsError(f"{name} must be a real secret of 16+ characters")
+        for name in ("GONGPEI_PII_PUBLIC_KEY", "GONGPEI_PII_PRIVATE_KEYS"):
+            for key in filter(None, (k.strip() for k in env.get(name, "").split(","))):
+                _key32(name, key)  # a mistyped key fails at start, not at the first parcel
         return cls(
             database_url=env["DATABASE_URL"],
             app_password=password,
@@ -169,11 +193,14 @@ class Settings:
             sms_tencent_app_id=env.get("GONGPEI_SMS_TENCENT_APP_ID", ""),
             sms_receipt_key=env.get("GONGPEI_SMS_RECEIPT_KEY", ""),
             sms_query_after_seconds=float(env.get("GONGPEI_SMS_QUERY_AFTER_SECONDS", "60")),
+            pii_public_key=env.get("GONGPEI_PII_PUBLIC_KEY", ""),
+            pii_private_keys=env.get("GONGPEI_PII_PRIVATE_KEYS", ""),
         )
 
     def to_env(self) -> dict[str, str]:
         """The environment a child process needs to rebuild these settings (every password
-        variable is present, empty if unset, so that none leaks in from the parent's)."""
+        variable is present, empty if unset, so that none leaks in from the parent's), without the
+        private keys that open phone numbers (`pii_private_env`: for the SMS service only)."""
         return {
             "DATABASE_URL": self.database_url,
             "GONGPEI_APP_PASSWORD": self.app_password,
@@ -192,4 +219,18 @@ class Settings:
             "GONGPEI_SMS_TENCENT_APP_ID": self.sms_tencent_app_id,
             "GONGPEI_SMS_RECEIPT_KEY": self.sms_receipt_key,
             "GONGPEI_SMS_QUERY_AFTER_SECONDS": str(self.sms_query_after_seconds),
+            "GONGPEI_PII_PUBLIC_KEY": self.pii_public_key,
         }
+
+
+def _key32(name: str, value: str) -> bytes:
+    import base64
+    import binascii
+
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise SettingsError(f"{name}: not a base64 X25519 key of 32 bytes")
+    return raw

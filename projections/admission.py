@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from domain.county import County
-from domain.envelope import Envelope
+from domain.envelope import Envelope, content_digest
 from domain.ownership import (
     OWNED_TYPES,
     Conflict,
@@ -22,6 +22,7 @@ from domain.ownership import (
     waybill_pattern_refusal,
 )
 from domain.phone import mask_phone
+from infra.pii import Keyring, household, period_of, seal_events
 from projections import journal, ownership_store
 from projections.ownership_store import ConflictRecord, OwnerChange
 
@@ -69,11 +70,13 @@ def evidence(e: Envelope) -> dict[str, Any]:
 
 
 async def admit(conn: asyncpg.Connection, county: County, uploader: Uploader,
-                events: Sequence[Envelope], digests: dict[str, bytes]) -> Admission:
-    """Decide every event and write what follows: the new events to the journal, the owners they
-    make, the conflicts they raise. The caller's transaction makes it one atomic step."""
+                events: Sequence[Envelope], keyring: Keyring) -> Admission:
+    """Decide every event and write what follows: the new events to the journal (phones sealed),
+    the owners they make, the conflicts they raise. The caller's transaction makes it one atomic
+    step."""
     out = Admission()
     await journal.lock(conn)
+    digests = {e.event_id: await _digest(conn, keyring, e) for e in events}
     known = await journal.known_digests(conn, [e.event_id for e in events])
     owners = await ownership_store.owners(conn, filter(None, map(_waybill, events)))
     changes: dict[str, OwnerChange] = {}
@@ -109,11 +112,21 @@ async def admit(conn: asyncpg.Connection, county: County, uploader: Uploader,
                 continue
         out.verdicts[e.event_id] = Verdict.accepted
         to_append.append(e)
-    new = await journal.append(conn, to_append, digests)
+    new = await journal.append(conn, await seal_events(conn, keyring, to_append), digests)
     assert new == {e.event_id for e in to_append}, "appends are serialised: all must be new"
     await ownership_store.save_owners(conn, list(changes.values()))
     await ownership_store.record_conflicts(conn, out.conflicts)
     return out
+
+
+async def _digest(conn: asyncpg.Connection, keyring: Keyring, e: Envelope) -> bytes:
+    """The content digest, a phone entering it as its keyed hash in the month the event happened
+    (a resend carries the same occurred_at, so the same month's key, whenever it is sent)."""
+    wire = e.to_wire()
+    if not e.unsealed:
+        return content_digest(wire)
+    keys = await keyring.period_keys(conn, period_of(e.occurred_at, keyring.utc_offset_minutes))
+    return content_digest(wire, phone_ref=lambda phone: household(keys.hash_key, str(phone)))
 
 
 def _record(kind: Conflict, e: Envelope, owner: Owner | None, uploader: Uploader) -> ConflictRecord:

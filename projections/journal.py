@@ -15,6 +15,10 @@ from domain.envelope import Envelope
 JOURNAL_APPEND_LOCK = 7710002
 NOTIFY_CHANNEL = "journal_appended"
 
+class UnsealedPhoneError(ValueError):
+    """An envelope with a plain phone reached the journal: a programming error, never data."""
+
+
 _INSERT = """
 INSERT INTO journal (event_id, type, schema_version, brand, partition_key,
                      occurred_at, recorded_at, device_id, body, content_hash)
@@ -41,9 +45,12 @@ async def known_digests(conn: asyncpg.Connection, event_ids: Sequence[str]) -> d
 async def append(conn: asyncpg.Connection, events: Sequence[Envelope],
                  digests: Mapping[str, bytes] | None = None) -> set[str]:
     """Append events in the caller's transaction, with the content digests of uploaded ones;
-    returns the ids that were new (others: duplicates)."""
+    returns the ids that were new (others: duplicates). An event still holding a phone in clear
+    is refused: seal it first (infra.pii.seal_events)."""
     if not events:
         return set()
+    if any(e.unsealed for e in events):
+        raise UnsealedPhoneError("an event with a phone in clear cannot be journalled; seal it")
     await lock(conn)
     digests = digests or {}
     cols: list[list[Any]] = [[] for _ in range(10)]

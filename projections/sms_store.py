@@ -7,11 +7,16 @@ an SMS requested, submitted, failed) are journal events too, and change this sta
 back from the journal: a rebuild from the journal arrives at the same state, and an arrival whose
 SMS the journal already holds is never announced again.
 
-Rows hold the recipient's phone because the sender needs it; nothing here serves it unmasked."""
+Rows never hold a phone number: the sealed object from the registration (only the sender opens
+it, at the moment of a provider call) and `phone_ref`, a reference to the number the service
+derives with its own key, to group digests and count the daily budget (the same across months,
+unlike the events' per-month household hash). The number is opened in memory to derive it when a
+registration is applied; a number already erased gets the reference `erased:<key id>`."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,8 +28,8 @@ import asyncpg
 from domain import sms as rules
 from domain.county import County
 from domain.envelope import Envelope
-from domain.events import PickupAssigned, SmsParcel, SmsRequested
-from domain.phone import last4, mask_phone
+from domain.events import PickupAssigned, SealedPhone, SmsParcel, SmsRequested
+from infra.pii import Keyring, KeyUnavailable, PhoneErased
 from projections import journal
 from projections.metrics import DEAD_LETTERS
 from projections.tracking_store import use_all_brands
@@ -37,6 +42,9 @@ MAX_DIGEST_PARCELS = 100
 log = logging.getLogger("gongpei.sms")
 COLLECTING = ("delivered", "returned", "out_for_delivery")
 DEVICE = "gongpei-sms"
+# What the SMS tables show for a number that was erased (or whose month was shredded).
+ERASED = "erased"
+_LAST4 = re.compile(r"尾号[0-9]{4}")
 TABLES = ("sms_message_parcels", "sms_messages", "sms_digests", "sms_arrivals", "sms_points",
           "sms_recipients", "sms_skipped", "sms_cursor")
 
@@ -53,14 +61,15 @@ def platform_event(event_type: str, payload: Any, event_id: str, brand: str,
 # ------------------------------------------------------------------------------ journal → state
 
 
-async def catch_up(conn: asyncpg.Connection, county: County, *, now: datetime,
+async def catch_up(conn: asyncpg.Connection, county: County, *, now: datetime, keys: Keyring,
                    page: int = 1000, careful: bool = False) -> int:
     """Apply every journal event not yet applied; returns how many. `now` stamps the events this
     writes (pickup codes); it never decides anything here. `careful` applies each event in a
     savepoint and sets aside one that fails (in sms_skipped, with the error's kind), so that
-    one bad event cannot stop every SMS: the caller retries carefully after an unexpected error."""
+    one bad event cannot stop every SMS: the caller retries carefully after an unexpected error.
+    `keys` open each registration's phone, once, to derive its reference."""
     total = 0
-    while (n := await _apply_page(conn, county, now, page, careful)) > 0:
+    while (n := await _apply_page(conn, county, now, page, careful, keys)) > 0:
         total += n
         if n < page:
             break
@@ -68,7 +77,7 @@ async def catch_up(conn: asyncpg.Connection, county: County, *, now: datetime,
 
 
 async def _apply_page(conn: asyncpg.Connection, county: County, now: datetime, page: int,
-                      careful: bool) -> int:
+                      careful: bool, keys: Keyring) -> int:
     async with conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SMS_LOCK):
             return 0  # another SMS service is at it
@@ -85,13 +94,14 @@ async def _apply_page(conn: asyncpg.Connection, county: County, now: datetime, p
         out: list[Envelope] = []
         for r in rows:
             if not careful:
-                await _apply(conn, county, Envelope.from_wire(r["body"]), out, now)
+                await _apply(conn, county, Envelope.from_wire(r["body"]), out, now, keys)
                 continue
             mark = len(out)
             try:
                 async with conn.transaction():
-                    await _apply(conn, county, Envelope.from_wire(r["body"]), out, now)
-            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
+                    await _apply(conn, county, Envelope.from_wire(r["body"]), out, now, keys)
+            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError,
+                    KeyUnavailable):  # a missing key is the configuration's fault, not the event's
                 raise
             except Exception as exc:  # noqa: BLE001 - set aside, named, never swallowed silently
                 del out[mark:]
@@ -110,15 +120,16 @@ async def _apply_page(conn: asyncpg.Connection, county: County, now: datetime, p
 
 
 async def _apply(conn: asyncpg.Connection, county: County, e: Envelope, out: list[Envelope],
-                 now: datetime) -> None:
+                 now: datetime, keys: Keyring) -> None:
     p: Any = e.payload
     if e.type == "parcel.registered":
+        sealed, ref = await _reference(conn, keys, p.recipient_phone, p.waybill)
         await conn.execute(
-            "INSERT INTO sms_recipients (waybill, brand, phone, registered_at, known_at)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (waybill) DO UPDATE SET brand = $2,"
-            " phone = $3, registered_at = $4, known_at = $5"
-            " WHERE sms_recipients.registered_at IS NULL OR sms_recipients.registered_at <= $4",
-            p.waybill, e.brand, p.recipient_phone, e.occurred_at, e.recorded_at)
+            "INSERT INTO sms_recipients (waybill, brand, sealed_phone, phone_ref, registered_at,"
+            " known_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (waybill) DO UPDATE"
+            " SET brand = $2, sealed_phone = $3, phone_ref = $4, registered_at = $5, known_at = $6"
+            " WHERE sms_recipients.registered_at IS NULL OR sms_recipients.registered_at <= $5",
+            p.waybill, e.brand, sealed, ref, e.occurred_at, e.recorded_at)
         for a in await conn.fetch(
                 "SELECT * FROM sms_arrivals WHERE waybill = $1 AND waiting AND digest_id IS NULL"
                 " AND arrival_sms IS NULL", p.waybill):
@@ -175,6 +186,31 @@ async def _apply(conn: asyncpg.Connection, county: County, e: Envelope, out: lis
             p.sms_id, f"sms_failed:{p.provider_code}")
 
 
+def erased_stub(key_id: str, waybill: str) -> dict[str, Any]:
+    """What the SMS tables keep of a sealed phone whose key is destroyed: which key it was."""
+    return {"key_id": key_id, "waybill": waybill, "erased": True}
+
+
+async def _reference(conn: asyncpg.Connection, keys: Keyring, sealed: SealedPhone,
+                     waybill: str) -> tuple[dict[str, Any], str]:
+    """The sealed phone as the SMS tables keep it (with the waybill it is bound to) and its
+    grouping reference. The number is opened only to derive the reference, and not kept."""
+    try:
+        ref = keys.phone_ref(await keys.open(conn, sealed, waybill))
+    except PhoneErased:
+        return erased_stub(sealed.key_id, waybill), f"erased:{sealed.key_id}"
+    return {**sealed.model_dump(), "waybill": waybill}, ref
+
+
+def open_sealed(stored: dict[str, Any]) -> tuple[SealedPhone, str]:
+    """A sealed phone as the SMS tables keep it: the object and its waybill; PhoneErased when
+    only the stub of an erased one is left."""
+    if stored.get("erased"):
+        raise PhoneErased(f"key {stored.get('key_id')} was destroyed")
+    body = {k: v for k, v in stored.items() if k != "waybill"}
+    return SealedPhone.model_validate(body), str(stored["waybill"])
+
+
 async def _arrive(conn: asyncpg.Connection, county: County, e: Envelope, out: list[Envelope],
                   now: datetime) -> None:
     p: Any = e.payload
@@ -217,14 +253,14 @@ async def _arrive(conn: asyncpg.Connection, county: County, e: Envelope, out: li
 
 async def _plan(conn: asyncpg.Connection, county: County, arrival: asyncpg.Record) -> None:
     """Put a waiting arrival into its phone's open digest at the point, or open one."""
-    recipient = await conn.fetchrow("SELECT phone, known_at FROM sms_recipients WHERE waybill = $1",
-                                    arrival["waybill"])
-    if recipient is None or recipient["phone"] is None:
+    recipient = await conn.fetchrow(
+        "SELECT phone_ref, known_at FROM sms_recipients WHERE waybill = $1", arrival["waybill"])
+    if recipient is None or recipient["phone_ref"] is None:
         return  # no manifest yet: planned when it comes
     known_at = max(arrival["known_at"], recipient["known_at"])
     digest = await conn.fetchrow(
-        "SELECT digest_id, closes_at FROM sms_digests WHERE phone = $1 AND node_id = $2"
-        " ORDER BY closes_at DESC LIMIT 1", recipient["phone"], arrival["node_id"])
+        "SELECT digest_id, closes_at FROM sms_digests WHERE phone_ref = $1 AND node_id = $2"
+        " ORDER BY closes_at DESC LIMIT 1", recipient["phone_ref"], arrival["node_id"])
     if digest is not None and rules.joins_digest(digest["closes_at"], known_at) and (
             await conn.fetchval("SELECT count(*) FROM sms_arrivals WHERE digest_id = $1",
                                 digest["digest_id"]) < MAX_DIGEST_PARCELS):
@@ -232,9 +268,9 @@ async def _plan(conn: asyncpg.Connection, county: County, arrival: asyncpg.Recor
     else:
         digest_id = rules.derived_id("digest", arrival["arrival_id"])
         await conn.execute(
-            "INSERT INTO sms_digests (digest_id, node_id, phone, opened_at, closes_at)"
+            "INSERT INTO sms_digests (digest_id, node_id, phone_ref, opened_at, closes_at)"
             " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            digest_id, arrival["node_id"], recipient["phone"], known_at,
+            digest_id, arrival["node_id"], recipient["phone_ref"], known_at,
             rules.digest_closes_at(known_at, county.sms, county.utc_offset_minutes))
     await conn.execute("UPDATE sms_arrivals SET digest_id = $2, known_at = $3 WHERE arrival_id = $1",
                        arrival["arrival_id"], digest_id, known_at)
@@ -268,16 +304,28 @@ async def _drop_if_empty(conn: asyncpg.Connection, digest_ids: list[str]) -> Non
 
 async def _requested(conn: asyncpg.Connection, county: County, e: Envelope) -> None:
     p: Any = e.payload
-    phone = await conn.fetchval(
-        "SELECT phone FROM sms_digests WHERE digest_id = $1", p.sms_id) or await conn.fetchval(
-        "SELECT phone FROM sms_recipients WHERE waybill = $1", p.parcels[0].waybill)
+    # The number of the message is its first parcel's (every parcel in it has the same one).
+    recipient = await conn.fetchrow(
+        "SELECT sealed_phone, phone_ref FROM sms_recipients WHERE waybill = $1",
+        p.parcels[0].waybill)
+    sealed = recipient["sealed_phone"] if recipient else None
+    ref = (recipient["phone_ref"] if recipient else None) or f"unknown:{p.sms_id}"
+    # A number erased since the SMS was decided: its masked form and last four (in a long
+    # SMS's "凭尾号5678取件") are not shown again either.
+    erased = sealed is None or bool(sealed.get("erased"))
+    masked = ERASED if erased else p.phone_masked
+    text, params = p.text, dict(p.params)
+    if erased:
+        text = _LAST4.sub("尾号****", text)
+        params = {k: _LAST4.sub("尾号****", v) for k, v in params.items()}
     inserted = await conn.fetchval(
-        "INSERT INTO sms_messages (sms_id, kind, stage, node_id, phone, phone_masked, text,"
-        " template_code, params, segments, consented, send_after, first_known_at, requested_at,"
-        " state, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
-        " $14, 'requested', $12) ON CONFLICT (sms_id) DO NOTHING RETURNING 1",
-        p.sms_id, p.kind, p.stage, p.node_id, phone, p.phone_masked, p.text, p.template_code,
-        dict(p.params), p.segments, p.consented, p.send_after, p.first_known_at, e.occurred_at)
+        "INSERT INTO sms_messages (sms_id, kind, stage, node_id, sealed_phone, phone_ref,"
+        " phone_masked, text, template_code, params, segments, consented, send_after,"
+        " first_known_at, requested_at, state, next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6,"
+        " $7, $8, $9, $10, $11, $12, $13, $14, $15, 'requested', $13)"
+        " ON CONFLICT (sms_id) DO NOTHING RETURNING 1",
+        p.sms_id, p.kind, p.stage, p.node_id, sealed, ref, masked, text, p.template_code,
+        params, p.segments, p.consented, p.send_after, p.first_known_at, e.occurred_at)
     if not inserted:
         return
     await conn.executemany(
@@ -324,18 +372,20 @@ async def close_due(conn: asyncpg.Connection, county: County, now: datetime,
         for d in await conn.fetch("SELECT * FROM sms_digests WHERE closes_at <= $1 ORDER BY closes_at",
                                   now - grace):
             arrivals = await conn.fetch(
-                "SELECT a.*, r.consent FROM sms_arrivals a JOIN sms_recipients r USING (waybill)"
+                "SELECT a.*, r.consent, r.sealed_phone FROM sms_arrivals a"
+                " JOIN sms_recipients r USING (waybill)"
                 " WHERE a.digest_id = $1 AND a.waiting AND a.arrival_sms IS NULL", d["digest_id"])
             if not arrivals:
                 await conn.execute("DELETE FROM sms_digests WHERE digest_id = $1", d["digest_id"])
                 continue
             try:
                 out.append(_request(county, "arrival", 0, d["digest_id"], d["node_id"],
-                                    d["phone"], arrivals, now))
-            except (ValueError, KeyError) as exc:  # pydantic's ValidationError is a ValueError
+                                    arrivals, now))
+            except (ValueError, KeyError, PhoneErased) as exc:  # ValidationError is a ValueError
                 await _cannot_compose(conn, d["digest_id"], [a["arrival_id"] for a in arrivals], exc)
         rows = await conn.fetch(
-            "SELECT a.*, r.consent, r.phone, (SELECT max(m.submitted_at) FROM sms_messages m"
+            "SELECT a.*, r.consent, r.phone_ref, r.sealed_phone, (SELECT max(m.submitted_at)"
+            "  FROM sms_messages m"
             "  JOIN sms_message_parcels mp ON mp.sms_id = m.sms_id"
             "  WHERE mp.arrival_id = a.arrival_id AND m.state IN ('submitted', 'delivered')"
             " ) AS last_sms_at FROM sms_arrivals a JOIN sms_recipients r USING (waybill)"
@@ -343,16 +393,16 @@ async def close_due(conn: asyncpg.Connection, county: County, now: datetime,
             " AND a.stored_at <= $2", len(policy.reminder_hours),
             now - timedelta(hours=policy.reminder_hours[0]))
         by_id = {r["arrival_id"]: r for r in rows}
-        waiting = [rules.Waiting(r["arrival_id"], r["phone"], r["node_id"], r["stored_at"],
+        waiting = [rules.Waiting(r["arrival_id"], r["phone_ref"], r["node_id"], r["stored_at"],
                                  r["reminders"], r["last_sms_at"]) for r in rows]
-        for (phone, node_id, stage), group in rules.due_reminders(
+        for (_ref, node_id, stage), group in rules.due_reminders(
                 waiting, now, policy, county.utc_offset_minutes).items():
             first = min(w.arrival_id for w in group)
             try:
                 out.append(_request(county, "reminder", stage,
                                     rules.derived_id("reminder", str(stage), first), node_id,
-                                    phone, [by_id[w.arrival_id] for w in group], now))
-            except (ValueError, KeyError) as exc:
+                                    [by_id[w.arrival_id] for w in group], now))
+            except (ValueError, KeyError, PhoneErased) as exc:
                 await _cannot_compose(conn, "", [w.arrival_id for w in group], exc)
         await journal.append(conn, out)
     return len(out)
@@ -362,26 +412,35 @@ async def _cannot_compose(conn: asyncpg.Connection, digest_id: str, arrival_ids:
                           exc: Exception) -> None:
     """An SMS that cannot be composed (a point gone from the county file, say) would fail every
     round: its parcels go to the keeper's call list instead, and the digest is dropped."""
-    log.error("digest %s: cannot compose its SMS (%s); its parcels go on the call list",
-              digest_id, type(exc).__name__)
+    erased = isinstance(exc, PhoneErased)
+    log.log(logging.INFO if erased else logging.ERROR,
+            "digest %s: cannot compose its SMS (%s); its parcels go on the call list",
+            digest_id, type(exc).__name__)
     await conn.execute(
-        "UPDATE sms_arrivals SET digest_id = NULL,"
-        " call_reason = coalesce(call_reason, 'sms_not_composed') WHERE arrival_id = ANY($1::text[])",
-        arrival_ids)
+        "UPDATE sms_arrivals SET digest_id = NULL, call_reason = coalesce(call_reason, $2)"
+        " WHERE arrival_id = ANY($1::text[])",
+        arrival_ids, "phone_erased" if erased else "sms_not_composed")
     await conn.execute("DELETE FROM sms_digests WHERE digest_id = $1", digest_id)
 
 
-def _request(county: County, kind: str, stage: int, sms_id: str, node_id: str, phone: str,
+def _request(county: County, kind: str, stage: int, sms_id: str, node_id: str,
              arrivals: Sequence[asyncpg.Record], now: datetime) -> Envelope:
+    """The SMS for these arrivals (of one number). Its masked form and last four come from the
+    sealed object's readable `masked`; an erased number cannot be composed (KeyError): its
+    parcels go to the keeper."""
     policy = county.sms
+    stored = arrivals[0]["sealed_phone"] or {}
+    if stored.get("erased") or "masked" not in stored:
+        raise PhoneErased("the number was erased")
+    masked = str(stored["masked"])
     parcels = [rules.Parcel(a["waybill"], a["brand"], a["pickup_code"]) for a in arrivals]
     consented = all(a["consent"] is True for a in arrivals)
     oldest = min(a["stored_at"] for a in arrivals)
     message = rules.compose(kind, parcels, county.nodes[node_id].name, policy, consented=consented,
-                            days=max(1, (now - oldest).days), phone_last4=last4(phone))
+                            days=max(1, (now - oldest).days), phone_last4=masked[-4:])
     payload = SmsRequested(
         sms_id=sms_id, kind=kind, stage=stage, node_id=node_id,  # type: ignore[arg-type]
-        phone_masked=mask_phone(phone),
+        phone_masked=masked,
         parcels=tuple(SmsParcel(waybill=a["waybill"], brand=a["brand"], arrival_id=a["arrival_id"],
                                 pickup_code=a["pickup_code"]) for a in arrivals),
         consented=consented, template_code=message.template, params=message.params,
@@ -398,7 +457,8 @@ def _request(county: County, kind: str, stage: int, sms_id: str, node_id: str, p
 @dataclass(frozen=True)
 class Outgoing:
     sms_id: str
-    phone: str
+    sealed_phone: dict[str, Any] | None  # opened only for the provider call (open_sealed)
+    phone_ref: str
     phone_masked: str
     brand: str
     template_code: str
@@ -435,7 +495,8 @@ async def due_messages(conn: asyncpg.Connection, now: datetime, limit: int = 50)
             if a["outcome"] == "transient":
                 transient[a["provider"]] += 1
         out.append(Outgoing(
-            r["sms_id"], r["phone"], r["phone_masked"], r["brand"] or "", r["template_code"],
+            r["sms_id"], r["sealed_phone"], r["phone_ref"], r["phone_masked"], r["brand"] or "",
+            r["template_code"],
             dict(r["params"]), r["first_known_at"], len(tried),
             tuple((a["provider"], a["started_at"]) for a in tried if a["outcome"] is None),
             dict(transient), any(a["outcome"] == "ok" for a in tried),
@@ -450,15 +511,15 @@ async def overdue(conn: asyncpg.Connection, before: datetime) -> int:
         "SELECT count(*) FROM sms_messages WHERE state = 'requested' AND send_after < $1", before))
 
 
-async def sent_today(conn: asyncpg.Connection, phone: str, day_start: datetime) -> int:
+async def sent_today(conn: asyncpg.Connection, phone_ref: str, day_start: datetime) -> int:
     """SMS a provider accepted for this number since the county day began, counted from the
     calls (committed as each is answered, so a batch sees its own sends at once)."""
     async with conn.transaction():
         await use_all_brands(conn)
         return int(await conn.fetchval(
             "SELECT count(DISTINCT a.sms_id) FROM sms_attempts a JOIN sms_messages m"
-            " ON m.sms_id = a.sms_id WHERE m.phone = $1 AND a.outcome = 'ok' AND a.started_at >= $2",
-            phone, day_start))
+            " ON m.sms_id = a.sms_id WHERE m.phone_ref = $1 AND a.outcome = 'ok'"
+            " AND a.started_at >= $2", phone_ref, day_start))
 
 
 async def begin_attempt(conn: asyncpg.Connection, sms_id: str, attempt: int, provider: str,

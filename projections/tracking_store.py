@@ -16,7 +16,7 @@ import asyncpg
 
 from domain.county import County
 from domain.envelope import Envelope
-from domain.phone import last4, mask_phone
+from domain.events import SealedPhone
 from domain.tracking import ParcelView, entries_from_view, entry_for, project_entries, view_to_dict
 
 PROJECTION = "tracking"
@@ -77,43 +77,67 @@ async def _fold(conn: asyncpg.Connection, county: County,
     """Fold new events into each parcel's stored view; the view's timeline is its whole history
     (kept in step with tracking_events in the same transaction), so nothing is re-read."""
     rows = await conn.fetch(
-        "SELECT waybill, view, phone_last4, phone_masked FROM parcels WHERE waybill = ANY($1)",
-        list(fresh))
+        "SELECT waybill, view, phone_last4, phone_masked, phone_key_id FROM parcels"
+        " WHERE waybill = ANY($1)", list(fresh))
     stored = {r["waybill"]: r for r in rows}
+    live = await _live_keys(conn, fresh)
     out: list[tuple[Any, ...]] = []
     for waybill, events in fresh.items():
         row = stored.get(waybill)
         entries = entries_from_view(row["view"]) if row else []
         view = project_entries(entries + [entry_for(e, county) for e in events], county, waybill)
-        phone_last4, phone_masked = _phone_columns(view, events, row)
+        phone_last4, phone_masked, key_id = _phone_columns(view, events, row, live)
         out.append((view.waybill, view.brand, str(view.status), view.public_code,
                     view.destination_village, view.current_node, view.misrouted, phone_last4,
-                    phone_masked, view.last_event_at, view_to_dict(view)))
+                    phone_masked, key_id, view.last_event_at, view_to_dict(view)))
     await conn.execute(
         "INSERT INTO parcels (waybill, brand, status, public_code, destination_village,"
-        " current_node, misrouted, phone_last4, phone_masked, last_event_at, view)"
+        " current_node, misrouted, phone_last4, phone_masked, phone_key_id, last_event_at, view)"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[],"
-        " $6::text[], $7::bool[], $8::text[], $9::text[], $10::timestamptz[], $11::jsonb[])"
+        " $6::text[], $7::bool[], $8::text[], $9::text[], $10::text[], $11::timestamptz[],"
+        " $12::jsonb[])"
         " ON CONFLICT (waybill) DO UPDATE SET brand = EXCLUDED.brand, status = EXCLUDED.status,"
         " public_code = EXCLUDED.public_code, destination_village = EXCLUDED.destination_village,"
         " current_node = EXCLUDED.current_node, misrouted = EXCLUDED.misrouted,"
         " phone_last4 = EXCLUDED.phone_last4, phone_masked = EXCLUDED.phone_masked,"
+        " phone_key_id = EXCLUDED.phone_key_id,"
         " last_event_at = EXCLUDED.last_event_at, view = EXCLUDED.view, updated_at = now()",
         *map(list, zip(*out)),
     )
 
 
-def _phone_columns(view: ParcelView, events: Sequence[Envelope],
-                   row: asyncpg.Record | None) -> tuple[str | None, str | None]:
-    """Last 4 and masked phone from the registration the view follows (the latest one)."""
+def _sealed(e: Envelope) -> SealedPhone | None:
+    phone = getattr(e.payload, "recipient_phone", None)
+    return phone if isinstance(phone, SealedPhone) else None
+
+
+async def _live_keys(conn: asyncpg.Connection,
+                     fresh: Mapping[str, Sequence[Envelope]]) -> set[str]:
+    """Which of the new registrations' data keys still exist: a number erased or shredded must
+    not come back into the read model when its registration is folded again (a rebuild)."""
+    key_ids = [s.key_id for events in fresh.values() for e in events if (s := _sealed(e))]
+    if not key_ids:
+        return set()
+    rows = await conn.fetch("SELECT key_id FROM pii_keys WHERE key_id = ANY($1::text[])", key_ids)
+    return {r["key_id"] for r in rows}
+
+
+def _phone_columns(view: ParcelView, events: Sequence[Envelope], row: asyncpg.Record | None,
+                   live: set[str]) -> tuple[str | None, str | None, str | None]:
+    """Last 4, masked phone and data key id from the registration the view follows (the latest
+    one), taken from its readable `masked` form: tracking never opens a phone. A registration
+    whose key was destroyed leaves them empty."""
     registrations = [t for t in view.timeline if t.type == "parcel.registered"]
     if registrations:
         latest_id = registrations[-1].event_id
         for e in events:
-            if e.event_id == latest_id:
-                phone = str(e.payload.recipient_phone)  # type: ignore[attr-defined]
-                return last4(phone), mask_phone(phone)
-    return (row["phone_last4"], row["phone_masked"]) if row else (None, None)
+            sealed = _sealed(e)
+            if e.event_id == latest_id and sealed is not None:
+                if sealed.key_id not in live:
+                    return None, None, sealed.key_id
+                return sealed.masked[-4:], sealed.masked, sealed.key_id
+    return ((row["phone_last4"], row["phone_masked"], row["phone_key_id"]) if row
+            else (None, None, None))
 
 
 async def reset(conn: asyncpg.Connection, consumer: str = PROJECTION) -> None:

@@ -81,9 +81,11 @@ async def rebuild_sms(settings: Settings, county: County) -> int:
     first, as the service never takes them the other way round)."""
     from datetime import UTC, datetime
 
+    from infra.pii import Keyring
     from projections import sms_store
     from streams.sms_service import SENDER_LOCK
 
+    keys = Keyring.from_settings(settings, county.utc_offset_minutes, sealing=False)
     # As the SMS service's own role: it may read the journal and keep the SMS state, no more.
     pool = await create_pool(settings.database_url_for("sms"), max_size=2)
     try:
@@ -92,7 +94,7 @@ async def rebuild_sms(settings: Settings, county: County) -> int:
             await conn.execute("SELECT pg_advisory_lock($1)", sms_store.SMS_LOCK)
             try:
                 await sms_store.reset(conn)
-                return await sms_store.catch_up(conn, county, now=datetime.now(UTC))
+                return await sms_store.catch_up(conn, county, now=datetime.now(UTC), keys=keys)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock_all()")
     finally:

@@ -23,6 +23,7 @@ from domain import sms as rules
 from domain.county import County
 from domain.events import SmsFailed, SmsSubmitted
 from infra.db import TRANSIENT_DB_ERRORS
+from infra.pii import InvalidTag, Keyring, PhoneErased
 from projections import sms_store
 from projections.metrics import (
     PROJECTION_EVENTS,
@@ -43,7 +44,7 @@ class Sender:
     """Sends due messages. `providers` in order of preference; `query_after` is how long an
     unanswered call is left before the provider is asked about it (its records may lag)."""
 
-    def __init__(self, county: County, providers: Sequence[Provider], *,
+    def __init__(self, county: County, providers: Sequence[Provider], *, keys: Keyring,
                  transient_limit: int = 3, query_after: timedelta = timedelta(seconds=2),
                  give_up_after: timedelta = timedelta(minutes=30),
                  retry_window: timedelta = timedelta(hours=6),
@@ -51,6 +52,7 @@ class Sender:
         if not providers:
             raise ValueError("at least one SMS provider is needed")
         self.county = county
+        self.keys = keys  # opens a message's phone for the moment of a provider call
         self.policy = county.sms
         self.providers = {p.name: p for p in providers}
         self.order = [p.name for p in providers]
@@ -89,6 +91,7 @@ class Sender:
         if release > now:  # quiet hours began while it waited
             await sms_store.defer(conn, m.sms_id, release)
             return 0
+        phone: str | None = None
         # 1. Calls that got no answer: ask before anything else is sent.
         for provider_name, started in m.uncertain:
             if now - started < self.query_after:
@@ -99,8 +102,10 @@ class Sender:
                 # Nobody left to ask: sending again could be a second SMS. The keeper calls.
                 await self._failed(conn, m, provider_name, "PROVIDER_GONE", permanent=True)
                 return 0
+            if phone is None and (phone := await self._open(conn, m)) is None:
+                return 0
             try:
-                found = await provider.find(phone=m.phone, out_id=m.sms_id,
+                found = await provider.find(phone=phone, out_id=m.sms_id,
                                             sent_on=self._provider_day(started))
             except ProviderUnavailable as exc:
                 if now - started > self.give_up_after:
@@ -127,7 +132,7 @@ class Sender:
             await sms_store.settle_uncertain(conn, m.sms_id, "not_sent")
         # 2. The per-number daily budget.
         day_start = self._county_day_start(now)
-        if await sms_store.sent_today(conn, m.phone, day_start) >= self.policy.daily_budget:
+        if await sms_store.sent_today(conn, m.phone_ref, day_start) >= self.policy.daily_budget:
             await self._failed(conn, m, "gongpei", "DAILY_BUDGET", permanent=True)
             return 0
         # 3. The provider: the first this message has not failed on too often; once all have,
@@ -137,10 +142,12 @@ class Sender:
         if m.first_attempt_at is not None and now - m.first_attempt_at > self.retry_window:
             await self._failed(conn, m, name, "RETRIES_EXHAUSTED", permanent=True)
             return 0
+        if phone is None and (phone := await self._open(conn, m)) is None:
+            return 0
         attempt = m.attempts + 1
         await sms_store.begin_attempt(conn, m.sms_id, attempt, name, now)
         result = await self.providers[name].send(
-            phone=m.phone, sign_name=self.policy.sign_name, template_code=m.template_code,
+            phone=phone, sign_name=self.policy.sign_name, template_code=m.template_code,
             params=m.params, out_id=m.sms_id)
         if result.outcome == "ok":
             assert result.message_id is not None
@@ -159,6 +166,19 @@ class Sender:
                         result.code)
             await sms_store.defer(conn, m.sms_id, now + self.query_after)
         return 1
+
+    async def _open(self, conn: asyncpg.Connection, m: sms_store.Outgoing) -> str | None:
+        """The message's number in clear, for one provider call; None (and the message failed
+        for good, its parcels to the keeper) when it was erased or its month shredded."""
+        try:
+            sealed, waybill = sms_store.open_sealed(m.sealed_phone or {"erased": True})
+            return await self.keys.open(conn, sealed, waybill)
+        except PhoneErased:
+            await self._failed(conn, m, "gongpei", "PHONE_ERASED", permanent=True)
+            return None
+        except (InvalidTag, ValueError):  # not this waybill's ciphertext, or a damaged one
+            await self._failed(conn, m, "gongpei", "PHONE_UNREADABLE", permanent=True)
+            return None
 
     def _provider_day(self, t: datetime) -> date:
         return t.astimezone(BEIJING).date()
@@ -199,25 +219,25 @@ class Sender:
         log.warning("sms %s to %s failed: %s from %s", m.sms_id, m.phone_masked, code, provider)
 
 
-async def _follow(conn: asyncpg.Connection, county: County, now: datetime) -> int:
+async def _follow(conn: asyncpg.Connection, county: County, now: datetime, keys: Keyring) -> int:
     """Catch up with the journal; after an unexpected error, again, setting aside the event
     that caused it, so that one bad event does not stop every SMS."""
     try:
-        return await sms_store.catch_up(conn, county, now=now)
+        return await sms_store.catch_up(conn, county, now=now, keys=keys)
     except TRANSIENT_DB_ERRORS:
         raise
     except Exception as exc:  # noqa: BLE001 - retried carefully; the bad event is set aside
         log.error("catching up failed (%s); once more, event by event", type(exc).__name__)
-        return await sms_store.catch_up(conn, county, now=now, careful=True)
+        return await sms_store.catch_up(conn, county, now=now, keys=keys, careful=True)
 
 
 async def step(pool: asyncpg.Pool, county: County, sender: Sender, now: datetime) -> int:
     """One round: follow the journal, request what is due, follow again, send what is due."""
     async with pool.acquire() as conn:
-        applied = await _follow(conn, county, now)
+        applied = await _follow(conn, county, now, sender.keys)
         requested = await sms_store.close_due(conn, county, now)
         if requested:
-            applied += await _follow(conn, county, now)
+            applied += await _follow(conn, county, now, sender.keys)
     if applied:
         PROJECTION_EVENTS.labels(projection="sms", result="new").inc(applied)
     if requested:
@@ -225,7 +245,7 @@ async def step(pool: asyncpg.Pool, county: County, sender: Sender, now: datetime
     calls = await sender.send_due(pool)
     async with pool.acquire() as conn:
         if calls:
-            await _follow(conn, county, now)
+            await _follow(conn, county, now, sender.keys)
         async with conn.transaction(readonly=True):
             await sms_store.use_all_brands(conn)
             SMS_OVERDUE.set(await sms_store.overdue(conn, now - OVERDUE_AFTER))

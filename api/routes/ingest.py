@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from api.deps import CountyDep, PoolDep, PrincipalDep, require_role
 from api.errors import ApiError
-from domain.envelope import Envelope, content_digest
+from domain.envelope import Envelope
 from domain.ownership import Refusal, Writer
 from domain.validation import Rejection, validate_batch
 from projections import journal
@@ -125,11 +125,10 @@ async def post_scan_batch(request: Request, principal: PrincipalDep, pool: PoolD
         recorded_at=journal.recorded_now(),
     )
     valid = [o for o in outcomes if isinstance(o, Envelope)]
-    digests = {e.event_id: content_digest(e.to_wire()) for e in valid}
     uploader = Uploader(Writer(principal.role, principal.brands, principal.node_id),
                         principal.token_id, principal.device_id)
     async with pool.acquire() as conn, conn.transaction():
-        admission = await admit(conn, county, uploader, valid, digests)
+        admission = await admit(conn, county, uploader, valid, request.app.state.pii)
     for record in admission.conflicts:
         INGEST_CONFLICTS.labels(kind=str(record.kind)).inc()
     results = [_result(i, raw, o, admission.verdicts, admission.refusals)

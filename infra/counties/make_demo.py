@@ -87,6 +87,11 @@ pickup_hours = "8:00-19:00"
 max_segments = 2
 template_codes = { arrival = "SMS_GP_ARRIVAL", arrival_no_consent = "SMS_GP_ARRIVAL_NC", reminder = "SMS_GP_REMINDER" }
 tencent_template_ids = { arrival = "2000101", arrival_no_consent = "2000102", reminder = "2000103" }
+
+# Phone numbers are personal data (PIPL): a month's numbers become unreadable everywhere once the
+# whole month is older than this (`gongpei pii shred`, run daily), journal and Kafka included.
+[privacy]
+phone_retention_days = 180
 """
 
 

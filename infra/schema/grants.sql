@@ -55,6 +55,11 @@ GRANT SELECT (waybill, brand, consent) ON sms_recipients TO gongpei_api; -- RLS;
 GRANT SELECT, INSERT, UPDATE ON waybill_owners TO gongpei_api;
 GRANT SELECT, INSERT, UPDATE ON ingest_conflicts TO gongpei_api;
 GRANT USAGE ON SEQUENCE ingest_conflicts_id_seq TO gongpei_api;
+-- Sealing phones (infra/pii.py): a month's public key and its hash key (the keyed hash of a
+-- number within that month), and a new data key per sealed phone, which it may add but never
+-- read back. The months' private keys it cannot read: only the SMS service opens a phone.
+GRANT SELECT (period, public_key, hash_key), INSERT ON pii_periods TO gongpei_api;
+GRANT INSERT ON pii_keys TO gongpei_api;
 -- The public lookup's own counter of wrong guesses (a waybill and a count; no brand, no phone).
 GRANT SELECT, INSERT, UPDATE ON public_lookup_failures TO gongpei_api;
 
@@ -77,6 +82,9 @@ GRANT SELECT, INSERT, UPDATE ON parcels TO gongpei_worker;
 GRANT SELECT, INSERT, UPDATE ON consumer_offsets TO gongpei_worker;
 GRANT SELECT, INSERT ON sla_events TO gongpei_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sla_legs, sla_daily, sla_runs TO gongpei_worker;
+-- Whether a registration's data key still exists: an erased number's masked form is not shown
+-- again by a rebuild. The key material itself it cannot read.
+GRANT SELECT (key_id) ON pii_keys TO gongpei_worker;
 
 -- ------------------------------------------------------------------------- gongpei_ledger
 -- The ledger: follows the whole journal in seq order (every brand: it books them all) and
@@ -95,3 +103,6 @@ GRANT USAGE ON SEQUENCE journal_seq_seq TO gongpei_sms;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sms_cursor, sms_recipients, sms_points, sms_arrivals,
     sms_digests, sms_messages, sms_message_parcels, sms_skipped TO gongpei_sms;
 GRANT SELECT, INSERT, UPDATE ON sms_attempts TO gongpei_sms;
+-- The only service that opens a phone: it unwraps a month's private key with the master key it
+-- alone is given, then the phone's data key. Shredding and erasure are the owner's (`gongpei pii`).
+GRANT SELECT ON pii_periods, pii_keys TO gongpei_sms;

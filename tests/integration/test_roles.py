@@ -35,12 +35,14 @@ API_READS_WITHOUT_RLS = {
     "waybill_owners": "which brand owns a waybill, read across brands by the ingest transaction"
                       " to refuse a competitor's claim (never served)",
     "ingest_conflicts": "refused uploads for the county manager's route only (phone masked)",
+    "pii_periods": "a month's public key and hash key, to seal phones at ingest (never the"
+                   " month's private key: column grants)",
 }
 FORGED_APPEND = ("INSERT INTO journal (event_id, type, schema_version, brand, partition_key,"
                  " occurred_at, recorded_at, device_id, body) VALUES ('e', 't', 1, 'ZTO', 'k',"
                  " now(), now(), 'd', '{}')")
 # The API may read these phone-derived columns and no other column with "phone" in its name.
-API_PHONE_COLUMNS = {"phone_masked", "phone_last4"}
+API_PHONE_COLUMNS = {"phone_masked", "phone_last4", "phone_key_id"}  # the last: a key's id
 
 
 def _try(platform: Platform, service: str, sql: str, *args: Any,
@@ -193,11 +195,13 @@ def test_given_the_api_role_with_no_tenant_set_then_every_brand_table_answers_ze
 
 def test_given_the_api_role_when_it_reads_phone_columns_then_permission_is_denied(
         platform: Platform, populated: None) -> None:
-    for sql in ("SELECT phone FROM sms_recipients", "SELECT * FROM sms_recipients",
-                "SELECT phone FROM sms_messages", "SELECT * FROM sms_messages",
-                "SELECT count(*) FROM sms_messages WHERE phone LIKE '13%'",  # guessing counts too
-                "SELECT phone FROM sms_digests", "SELECT body FROM tracking_events",
-                "SELECT body FROM sla_events", "SELECT * FROM sms_attempts"):
+    # The SMS tables hold a phone only sealed (and a reference to group by): the API reads neither.
+    for sql in ("SELECT sealed_phone FROM sms_recipients", "SELECT * FROM sms_recipients",
+                "SELECT sealed_phone FROM sms_messages", "SELECT * FROM sms_messages",
+                "SELECT count(*) FROM sms_messages WHERE phone_ref LIKE 'a%'",  # counts too
+                "SELECT phone_ref FROM sms_digests", "SELECT body FROM tracking_events",
+                "SELECT body FROM sla_events", "SELECT * FROM sms_attempts",
+                "SELECT sealed_key FROM pii_keys", "SELECT private_key FROM pii_periods"):
         assert _try(platform, "api", sql, scope="*") == DENIED, sql
     # And no column with "phone" in its name, in any table, but the masked form and last four.
     readable = db_fetch(platform, "SELECT table_name, column_name FROM"
@@ -285,8 +289,10 @@ def test_given_the_ledger_role_then_it_reads_the_journal_and_keeps_only_the_book
 
 def test_given_the_sms_role_then_it_keeps_the_sms_state_and_nothing_of_the_others(
         platform: Platform, populated: None) -> None:
-    assert _try(platform, "sms", "SELECT phone FROM sms_recipients LIMIT 1", scope="*") != DENIED
-    for sql in ("SELECT * FROM parcels", "SELECT * FROM tokens", "SELECT * FROM tracking_events",
+    for sql in ("SELECT sealed_phone FROM sms_recipients LIMIT 1",
+                "SELECT sealed_key FROM pii_keys LIMIT 1"):
+        assert _try(platform, "sms", sql, scope="*") != DENIED, sql
+    for sql in ("DELETE FROM pii_keys", "UPDATE pii_periods SET private_key = NULL", "SELECT * FROM parcels", "SELECT * FROM tokens", "SELECT * FROM tracking_events",
                 "SELECT * FROM ledger_lines", "SELECT * FROM sla_legs",
                 "UPDATE journal SET body = '{}'", "DELETE FROM journal", "DELETE FROM sms_attempts"):
         assert _try(platform, "sms", sql, scope="*") == DENIED, sql

@@ -9,10 +9,13 @@ import json
 import random
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Any
 
+import asyncpg
 import httpx
 
 from domain.county import County
@@ -36,6 +39,19 @@ def post(client: httpx.Client, token: str, events: list[dict[str, Any]]) -> dict
     r = client.post("/v1/scan-batches", json={"events": events}, headers=bearer(token))
     assert r.status_code == 200, r.text
     return r.json()  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def as_api(settings: Any) -> AsyncIterator[asyncpg.Connection]:
+    """A connection as the API's role: it seals and journals uploads, which the SMS role may not."""
+    from infra.db import _init_connection
+
+    conn = await asyncpg.connect(settings.database_url_for("api"))
+    try:
+        await _init_connection(conn)
+        yield conn
+    finally:
+        await conn.close()
 
 
 def gateway_sent(platform: Platform) -> list[dict[str, Any]]:
@@ -299,12 +315,14 @@ def test_a_parcel_that_reaches_the_journal_while_its_digest_is_being_sent_gets_i
     from uuid import uuid4
 
     from domain.envelope import Envelope
-    from domain.events import ParcelRegistered, ParcelScanned, ScanAction
+    from domain.events import ParcelRegisteredUpload, ParcelScanned, ScanAction
     from infra.db import create_pool
+    from infra.pii import Keyring, seal_events
     from projections import journal, sms_store
 
     settings = platform.settings
     assert settings is not None
+    keys = Keyring.from_settings(settings, county.utc_offset_minutes)  # seals and, here, opens
     t0 = datetime.now(UTC)
     mobile, node = phone(), "VIL-XILIU-02"
     first, late = waybill("ZTO"), waybill("ZTO")
@@ -322,22 +340,23 @@ def test_a_parcel_that_reaches_the_journal_while_its_digest_is_being_sent_gets_i
         pool = await create_pool(settings.database_url_for("sms"), max_size=2)
         try:
             async with pool.acquire() as conn:
-                async with conn.transaction():
-                    await journal.append(conn, [event("parcel.registered", ParcelRegistered(
-                        waybill=wb, recipient_phone=mobile, destination_village=node,
-                        weight_g=500), t0) for wb in (first, late)] + [stored_at(first, t0)])
-                await sms_store.catch_up(conn, county, now=t0)
+                async with as_api(settings) as api, api.transaction():
+                    await journal.append(api, await seal_events(api, keys, [
+                        event("parcel.registered", ParcelRegisteredUpload(
+                            waybill=wb, recipient_phone=mobile, destination_village=node,
+                            weight_g=500), t0) for wb in (first, late)] + [stored_at(first, t0)]))
+                await sms_store.catch_up(conn, county, now=t0, keys=keys)
                 # The late parcel is in the journal (learned of before the digest closed) …
                 async with conn.transaction():
                     await journal.append(conn, [stored_at(late, t0 + timedelta(seconds=1))])
                 # … but the digest's SMS is decided before it is applied.
                 closes = t0 + timedelta(seconds=county.sms.digest_seconds + 5)
                 assert await sms_store.close_due(conn, county, closes) >= 1
-                await sms_store.catch_up(conn, county, now=closes)
+                await sms_store.catch_up(conn, county, now=closes, keys=keys)
                 # Its own digest closes later and asks for its own SMS.
                 later = closes + timedelta(seconds=county.sms.digest_seconds + 5)
                 await sms_store.close_due(conn, county, later)
-                await sms_store.catch_up(conn, county, now=later)
+                await sms_store.catch_up(conn, county, now=later, keys=keys)
                 async with conn.transaction():
                     await sms_store.use_all_brands(conn)
                     return [r["sms_id"] for r in await conn.fetch(
@@ -382,13 +401,15 @@ def test_the_sender_keeps_the_daily_budget_within_a_batch_and_skips_parcels_alre
     from uuid import uuid4
 
     from domain.envelope import Envelope
-    from domain.events import ParcelRegistered, ParcelScanned, ScanAction
+    from domain.events import ParcelRegisteredUpload, ParcelScanned, ScanAction
     from infra.db import create_pool
+    from infra.pii import Keyring, seal_events
     from projections import journal, sms_store
     from streams.sms_service import Sender
 
     settings = platform.settings
     assert settings is not None
+    keys = Keyring.from_settings(settings, county.utc_offset_minutes)  # seals and, here, opens
     t0 = datetime.now(UTC)
     busy, other = phone(), phone()
     points = [v.id for v in county.villages[40:52]]
@@ -404,35 +425,39 @@ def test_the_sender_keeps_the_daily_budget_within_a_batch_and_skips_parcels_alre
         pool = await create_pool(settings.database_url_for("sms"), max_size=2)
         provider = RecordingProvider()
         clock = t0
-        sender = Sender(county, [provider], clock=lambda: clock)
+        sender = Sender(county, [provider], keys=keys, clock=lambda: clock)
         try:
             async with pool.acquire() as conn:
-                async with conn.transaction():
-                    await journal.append(conn, [event("parcel.registered", ParcelRegistered(
-                        waybill=wb, recipient_phone=mobile, destination_village=node,
-                        weight_g=500), t0) for wb, mobile, node in parcels] + [
+                async with as_api(settings) as api, api.transaction():
+                    await journal.append(api, await seal_events(api, keys, [
+                        event("parcel.registered", ParcelRegisteredUpload(
+                            waybill=wb, recipient_phone=mobile, destination_village=node,
+                            weight_g=500), t0) for wb, mobile, node in parcels] + [
                         event("parcel.scanned", ParcelScanned(
                             waybill=wb, action=ScanAction.stored, node_id=node), t0)
-                        for wb, _, node in parcels])
-                await sms_store.catch_up(conn, county, now=t0)
+                        for wb, _, node in parcels]))
+                await sms_store.catch_up(conn, county, now=t0, keys=keys)
                 clock = t0 + timedelta(seconds=county.sms.digest_seconds + 5)
                 assert await sms_store.close_due(conn, county, clock) == len(parcels)
-                await sms_store.catch_up(conn, county, now=clock)
+                await sms_store.catch_up(conn, county, now=clock, keys=keys)
                 # The other number's parcel is picked up before its SMS goes out.
                 async with conn.transaction():
                     await journal.append(conn, [event("parcel.scanned", ParcelScanned(
                         waybill=parcels[-1][0], action=ScanAction.delivered, node_id=points[0]),
                         clock)])
-                await sms_store.catch_up(conn, county, now=clock)
+                await sms_store.catch_up(conn, county, now=clock, keys=keys)
             await sender.send_due(pool)
             async with pool.acquire() as conn:
-                await sms_store.catch_up(conn, county, now=clock)
+                await sms_store.catch_up(conn, county, now=clock, keys=keys)
                 async with conn.transaction():
                     await sms_store.use_all_brands(conn)
-                    rows = await conn.fetch(
-                        "SELECT m.sms_id, m.phone, m.state, m.failure_code FROM sms_messages m"
+                    found = await conn.fetch(
+                        "SELECT m.sms_id, m.sealed_phone, m.state, m.failure_code FROM sms_messages m"
                         " JOIN sms_message_parcels p USING (sms_id) WHERE p.waybill = ANY($1)",
                         [wb for wb, _, _ in parcels])
+                    # The table holds the sealed phone: open it as the sender does, to compare.
+                    rows = [{**r, "phone": await keys.open(
+                        conn, *sms_store.open_sealed(r["sealed_phone"]))} for r in found]
             await sender.send_due(pool)  # nothing more is sent on a second round
             return provider, rows
         finally:

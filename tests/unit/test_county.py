@@ -132,3 +132,21 @@ def test_given_no_file_or_bad_toml_then_the_error_says_which(tmp_path: Path) -> 
         load_county(tmp_path / "missing.toml")
     with pytest.raises(CountyConfigError, match="broken.toml: not valid TOML"):
         load_text(tmp_path, "[county\n")
+
+
+def test_given_a_privacy_table_then_phones_are_kept_that_many_days_else_180(tmp_path: Path) -> None:
+    assert COUNTY.phone_retention_days == 180
+    assert load_text(tmp_path, HEAD + ROUTE).phone_retention_days == 180  # type: ignore[attr-defined]
+    county = load_text(tmp_path, HEAD + ROUTE + "\n[privacy]\nphone_retention_days = 30\n")
+    assert county.phone_retention_days == 30  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("privacy, message", [
+    ("phone_retention_days = 0", "phone_retention_days 0 is not 1–3650"),
+    ('phone_retention_days = "180"', "'phone_retention_days' must be int"),
+    ("phone_retention = 180", "unknown key 'phone_retention'"),
+])
+def test_given_a_bad_privacy_table_then_the_error_says_why(tmp_path: Path, privacy: str,
+                                                           message: str) -> None:
+    with pytest.raises(CountyConfigError, match=message):
+        load_text(tmp_path, HEAD + ROUTE + f"\n[privacy]\n{privacy}\n")

@@ -56,3 +56,26 @@ def test_envelopes_are_frozen() -> None:
     e = Envelope.from_wire(golden("parcel.scanned", 1))
     with pytest.raises(ValidationError):
         e.brand = "SF"  # type: ignore[misc]
+
+
+UPLOADS_DIR = GOLDEN / "uploads"
+
+
+@pytest.mark.parametrize("name", ["parcel.registered.v1.json", "parcel.registered.v2.json"])
+def test_given_a_manifest_with_its_phone_in_clear_when_read_as_stored_then_it_is_refused(
+        name: str) -> None:
+    # The upload form is never a stored form: a plain phone in the journal or on Kafka is a bug.
+    with pytest.raises(ValidationError):
+        Envelope.from_wire(orjson.loads((UPLOADS_DIR / name).read_bytes()))
+
+
+def test_given_the_golden_sealed_phone_then_its_golden_data_key_opens_it_for_its_waybill_only() -> None:
+    from cryptography.exceptions import InvalidTag
+
+    from infra.pii import decrypt_phone
+
+    phone = Envelope.from_wire(golden("parcel.registered", 2)).payload.recipient_phone  # type: ignore[attr-defined]
+    data_key = bytes(range(32))  # the golden file was made with this key
+    assert decrypt_phone(data_key, phone.ciphertext, phone.key_id, "ZT7300012345678") == "13812345678"
+    with pytest.raises(InvalidTag):
+        decrypt_phone(data_key, phone.ciphertext, phone.key_id, "ZT7300099999999")

@@ -16,6 +16,7 @@ from domain.money import Fen
 from domain.settlement.rules import TripManifest, parcel_lines, trip_lines
 from domain.settlement.statement import build_statement
 from infra.settings import DEMO_COUNTY
+from tests.fixtures.phones import sealed
 
 COUNTY = load_county(DEMO_COUNTY)
 CST = timezone(timedelta(hours=8))
@@ -33,7 +34,7 @@ def ev(event_type: str, hours: float, brand: str = "ZTO", **payload: Any) -> Env
 
 
 def reg(w: str, grams: int, brand: str = "ZTO", **dims: int) -> Envelope:
-    return ev("parcel.registered", -10, brand, waybill=w, recipient_phone="13812345678",
+    return ev("parcel.registered", -10, brand, waybill=w, recipient_phone=sealed("13812345678"),
               destination_village="VIL-XILIU-01", weight_g=grams, **dims)
 
 

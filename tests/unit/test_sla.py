@@ -14,6 +14,7 @@ from domain.envelope import Envelope
 from domain.events import PAYLOADS
 from domain.sla import LegOutcome, evaluate_parcel, live_status
 from infra.settings import DEMO_COUNTY
+from tests.fixtures.phones import sealed
 
 COUNTY = load_county(DEMO_COUNTY)
 SLA = COUNTY.sla
@@ -37,7 +38,7 @@ def ev(event_type: str, when: datetime, **payload: Any) -> Envelope:
 
 
 def reg() -> Envelope:
-    return ev("parcel.registered", at(-2), waybill=W, recipient_phone="13812345678",
+    return ev("parcel.registered", at(-2), waybill=W, recipient_phone=sealed("13812345678"),
               destination_village="VIL-XILIU-01", weight_g=900)
 
 

@@ -14,6 +14,7 @@ from domain.envelope import Envelope
 from domain.events import PAYLOADS
 from domain.tracking import Status, project_parcel, view_to_dict
 from infra.settings import DEMO_COUNTY
+from tests.fixtures.phones import sealed
 
 COUNTY = load_county(DEMO_COUNTY)
 CST = timezone(timedelta(hours=8))
@@ -31,7 +32,7 @@ def event(n: int, event_type: str, at: datetime, **payload: Any) -> Envelope:
 
 
 def registered(n: int = 0, village: str = "VIL-XILIU-01") -> Envelope:
-    return event(n, "parcel.registered", T0 - timedelta(hours=12), recipient_phone="13812345678",
+    return event(n, "parcel.registered", T0 - timedelta(hours=12), recipient_phone=sealed("13812345678"),
                  destination_village=village, weight_g=900)
 
 
