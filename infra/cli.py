@@ -151,13 +151,13 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
-    from infra.db import migrate
+    from infra.db import MigrationError, migrate
 
     settings = _settings()
     try:
         applied = asyncio.run(migrate(settings.database_url, settings.app_password,
                                       role_passwords=settings.role_passwords))
-    except ValueError as exc:
+    except (ValueError, MigrationError) as exc:
         sys.exit(f"gongpei: {exc}")
     print("applied: " + (", ".join(applied) or "nothing (up to date)"))
 
@@ -297,6 +297,7 @@ def cmd_pii(args: argparse.Namespace) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> None:
+    from infra.db import MigrationError
     from infra.platform import Platform
 
     _log_to_stderr()
@@ -312,7 +313,10 @@ def cmd_up(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     started = time.monotonic()
     try:
-        platform.start()
+        try:
+            platform.start()
+        except MigrationError as exc:
+            sys.exit(f"gongpei: {exc}")
         assert platform.settings is not None
         demo = None
         if not args.no_demo:

@@ -97,9 +97,26 @@ async def migrate(owner_dsn: str, app_password: str = "", *,
             if await _legacy(conn):
                 # The one role every service used to share: no login, no privileges left.
                 await conn.execute(f"ALTER ROLE {LEGACY_APP_ROLE} NOLOGIN")
+        if await holds_clear_phones(conn):
+            raise MigrationError(
+                "this database's journal holds phone numbers in clear, written before phones were"
+                " sealed in events; it cannot be brought forward in place (the journal is never"
+                " rewritten). For the embedded platform, move the state folder aside"
+                " (mv .state .state.old) and start again; see docs/security.md")
         return applied
     finally:
         await conn.close()
+
+
+async def holds_clear_phones(conn: asyncpg.Connection) -> bool:
+    """Whether the journal has a manifest from before phones were sealed (a clear string)."""
+    return bool(await conn.fetchval(
+        "SELECT 1 FROM journal WHERE type = 'parcel.registered'"
+        " AND jsonb_typeof(body->'payload'->'recipient_phone') = 'string' LIMIT 1"))
+
+
+class MigrationError(RuntimeError):
+    """The database cannot be brought to this version; the message says why and what to do."""
 
 
 async def _ensure_role(conn: asyncpg.Connection, role: str, password: str) -> None:

@@ -546,3 +546,33 @@ def test_given_a_manifest_of_hundreds_when_sealed_then_each_phone_gets_its_own_k
     assert not any(phone in str(e.to_wire()) for e, phone in zip(sealed, numbers))
     assert [e.payload.recipient_phone.masked for e in sealed] == [
         f"{p[:3]}****{p[-4:]}" for p in numbers]
+
+
+def test_given_a_journal_from_before_sealing_then_migrate_says_to_start_afresh(
+        platform: Platform) -> None:
+    """A database whose journal holds clear phones cannot be brought forward in place (the journal
+    is never rewritten): migrate refuses it by name instead of leaving services crash-looping."""
+    from uuid import uuid4
+
+    from infra.db import holds_clear_phones
+
+    async def go() -> tuple[bool, bool]:
+        assert platform.settings is not None
+        conn = await asyncpg.connect(platform.settings.database_url)
+        try:
+            before = await holds_clear_phones(conn)
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                await conn.execute(
+                    "INSERT INTO journal (event_id, type, schema_version, brand, partition_key,"
+                    " occurred_at, recorded_at, device_id, body) VALUES ($1, 'parcel.registered',"
+                    " 2, 'ZTO', 'ZT100', now(), now(), 'd', $2::jsonb)", str(uuid4()),
+                    '{"payload": {"waybill": "ZT100", "recipient_phone": "13812345678"}}')
+                return before, await holds_clear_phones(conn)
+            finally:
+                await tx.rollback()  # never seen by the relay: nothing commits
+        finally:
+            await conn.close()
+
+    assert asyncio.run(go()) == (False, True)
