@@ -12,9 +12,11 @@ from __future__ import annotations
 import ipaddress
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
+# The instant of a bucket nobody has guessed into (kept for new keys, so "never" is not "now").
+NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,8 @@ class LookupPolicy:
     per_address_waybill: Rate   # wrong guesses on one waybill from one address
     new_waybills: Rate          # waybills one address starts guessing on
     per_waybill: Rate           # wrong guesses on one waybill from everywhere
+    # A waybill stays known to an address (not new again) this long after its bucket drained.
+    known_for: timedelta = DAY
 
     def keys(self, address: str, waybill: str) -> dict[str, str]:
         """The bucket keys one lookup touches, by bucket name."""
@@ -73,11 +77,11 @@ class Decision:
 
 
 def decide(policy: LookupPolicy, tats: dict[str, datetime], now: datetime) -> Decision:
-    """Check every bucket a lookup touches (`tats` by bucket name; absent: empty)."""
+    """Check every bucket a lookup touches (`tats` by bucket name; absent: never filled)."""
     def tat(name: str) -> datetime:
-        return tats.get(name) or now
+        return tats.get(name, NEVER)
 
-    new_waybill = tat("per_address_waybill") <= now
+    new_waybill = tat("per_address_waybill") <= now - policy.known_for
     waits = {name: getattr(policy, name).wait(tat(name), now)
              for name in ("per_address", "per_address_waybill", "per_waybill")}
     if new_waybill:
@@ -95,7 +99,7 @@ def after_failure(policy: LookupPolicy, tats: dict[str, datetime], now: datetime
     names = ["per_address", "per_address_waybill", "per_waybill"]
     if new_waybill:
         names.append("new_waybills")
-    return {n: getattr(policy, n).fill(tats.get(n) or now, now) for n in names}
+    return {n: getattr(policy, n).fill(tats.get(n, NEVER), now) for n in names}
 
 
 def normalise_last4(value: str) -> str | None:

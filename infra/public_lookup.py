@@ -9,19 +9,20 @@ from typing import Any
 
 import asyncpg
 
-from domain.lookup import LookupPolicy, after_failure, decide
+from domain.lookup import NEVER, LookupPolicy, after_failure, decide
 
 # Lock the touched buckets (creating empty ones) in key order, so concurrent lookups never
 # deadlock and two wrong guesses racing on one bucket are both counted.
 _LOCK = """
 INSERT INTO public_lookup_limits (key, tat)
-SELECT k, now() FROM unnest($1::text[]) AS k ORDER BY k
+SELECT k, $2 FROM unnest($1::text[]) AS k ORDER BY k
 ON CONFLICT (key) DO UPDATE SET tat = public_lookup_limits.tat
 RETURNING key, tat, now() AS now"""
-# Empty buckets carry nothing: drop a few on every lookup, so addresses are not kept.
+# A bucket a day past draining carries nothing (not even "this waybill is known to this
+# address"): drop a few on every lookup, so addresses are not kept.
 _PRUNE = """
 DELETE FROM public_lookup_limits WHERE key IN (
-    SELECT key FROM public_lookup_limits WHERE tat < now() ORDER BY tat LIMIT 20
+    SELECT key FROM public_lookup_limits WHERE tat < now() - $1::interval ORDER BY tat LIMIT 20
     FOR UPDATE SKIP LOCKED)"""
 
 
@@ -41,7 +42,7 @@ async def look_up(conn: asyncpg.Connection, policy: LookupPolicy, address: str, 
     keys = policy.keys(address, waybill)
     names = {key: name for name, key in keys.items()}
     async with conn.transaction():
-        rows = await conn.fetch(_LOCK, sorted(keys.values()))
+        rows = await conn.fetch(_LOCK, sorted(keys.values()), NEVER)
         now: datetime = rows[0]["now"]
         tats = {names[r["key"]]: r["tat"] for r in rows}
         decision = decide(policy, tats, now)
@@ -59,5 +60,5 @@ async def look_up(conn: asyncpg.Connection, policy: LookupPolicy, address: str, 
             "UPDATE public_lookup_limits SET tat = v.tat FROM unnest($1::text[], $2::timestamptz[])"
             " AS v(key, tat) WHERE public_lookup_limits.key = v.key",
             [keys[n] for n in filled], list(filled.values()))
-        await conn.execute(_PRUNE)
+        await conn.execute(_PRUNE, policy.known_for)
         return Outcome()

@@ -83,6 +83,15 @@ def test_given_ten_new_waybills_from_one_address_then_an_eleventh_waits_but_a_kn
     assert decide(POLICY, known, NOW).retry_after == 0
 
 
+def test_given_a_waybill_guessed_on_earlier_today_then_it_is_not_new_again() -> None:
+    # Its own bucket drained 12 minutes after the guess; the address still knows it for a day.
+    tats = {"new_waybills": NOW + 10 * POLICY.new_waybills.interval,
+            "per_address_waybill": NOW - timedelta(hours=5)}
+    assert decide(POLICY, tats, NOW).retry_after == 0
+    stale = {**tats, "per_address_waybill": NOW - timedelta(days=1, seconds=1)}
+    assert decide(POLICY, stale, NOW).refused_by == ("new_waybills",)
+
+
 def test_refused_tries_do_not_count() -> None:
     tats = failures({}, 5, NOW)
     for _ in range(100):
