@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from domain.redact import mask_digit_runs
+
 log = logging.getLogger("gongpei.api")
 
 
@@ -22,10 +24,23 @@ class ApiError(Exception):
 
 
 def error_body(code: str, message: str, path: str | None = None) -> dict[str, object]:
-    err: dict[str, object] = {"code": code, "message": message}
+    """The error shape; message and path may echo the request, so phone-like runs are masked."""
+    err: dict[str, object] = {"code": code, "message": mask_digit_runs(message)}
     if path is not None:
-        err["path"] = path
+        err["path"] = mask_digit_runs(path)
     return {"error": err}
+
+
+JSON_MEDIA_TYPES = ("application/json",)
+
+
+def require_json(request: Request) -> None:
+    """A dependency for JSON POST endpoints: any other (or no) Content-Type is 415."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media not in JSON_MEDIA_TYPES:
+        raise ApiError(415, "unsupported_media_type",
+                       "send the body as JSON with 'Content-Type: application/json'",
+                       headers={"Accept-Post": "application/json"})
 
 
 def _loc_to_path(loc: tuple[object, ...]) -> str:

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from domain.brands import BRANDS
 from domain.county import County
 from domain.envelope import Envelope, normalise_event_id
 from domain.events import CURRENT_VERSION, NODE_FIELDS, UPLOADS, ScanAction
-from domain.phone import mask_phone
+from domain.redact import mask_digit_runs
 from domain.upcasting import upcast
 
 
@@ -42,6 +42,7 @@ class Reason(StrEnum):
     waybill_not_registered = "waybill_not_registered"
     consent_not_permitted = "consent_not_permitted"
     waybill_pattern_mismatch = "waybill_pattern_mismatch"
+    too_old = "too_old"
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,6 @@ ENVELOPE_FIELDS = ("event_id", "type", "schema_version", "occurred_at", "brand",
 SERVER_FIELDS = ("recorded_at", "device_id")
 # A device clock this far ahead of the server is wrong, not early.
 MAX_CLOCK_AHEAD = timedelta(hours=24)
-_DIGITS = re.compile(r"\d{7,}")  # any script's digits: masking errs wide
 _OPERATOR = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 
 
@@ -70,7 +70,7 @@ class _Reject(Exception):
 def _quote(value: str, limit: int = 64) -> str:
     """An uploaded value fit to echo in a message: cut short, and any run of 7+ digits masked,
     because a device may put a phone number in any field."""
-    return _DIGITS.sub(lambda m: mask_phone(m.group()), value[:limit])
+    return mask_digit_runs(value[:limit])
 
 
 def _typed(raw: dict[str, Any], key: str, kind: type, base: str) -> Any:
@@ -107,6 +107,41 @@ def _pydantic_rejection(err: ValidationError, base: str) -> _Reject:
     return _Reject(Reason.invalid_value, path, f"'{field}': {msg}")
 
 
+def _check_age(occurred_at: datetime, recorded_at: datetime, max_age: timedelta | None,
+               path: str) -> None:
+    try:
+        # Year 1 at +14:00 or year 9999 at -14:00 parse but have no UTC instant Python can hold;
+        # the journal and every reader convert to UTC, so the event must be refused here.
+        occurred_at.astimezone(UTC)
+    except OverflowError:
+        raise _Reject(Reason.invalid_value, path, "'occurred_at' is outside the calendar once"
+                      " converted to UTC: check the device clock") from None
+    ahead = occurred_at - recorded_at
+    if ahead > MAX_CLOCK_AHEAD:
+        raise _Reject(Reason.invalid_value, path,
+                      "'occurred_at' is more than 24 h ahead of the server: check the device clock")
+    if max_age is not None and -ahead > max_age:
+        raise _Reject(Reason.too_old, path,
+                      f"'occurred_at' is more than {_days(max_age)} before the server received it;"
+                      " events that old are refused (ask the county centre to enter them)")
+
+
+def _check_instants(parsed: BaseModel, base: str) -> None:
+    """Every date-time in the payload must have a UTC instant (as `occurred_at` must): readers
+    convert them, and an OverflowError there would poison a projection."""
+    for name, value in parsed:
+        if isinstance(value, datetime):
+            try:
+                value.astimezone(UTC)
+            except OverflowError:
+                raise _Reject(Reason.invalid_value, f"{base}.{name}", f"'{name}' is outside the"
+                              " calendar once converted to UTC") from None
+
+
+def _days(span: timedelta) -> str:
+    return f"{span.days} days" if span.days != 1 else "1 day"
+
+
 def _check_nodes(payload: dict[str, Any], county: County, base: str) -> None:
     for key, tier in NODE_FIELDS.items():
         node_id = payload.get(key)
@@ -136,7 +171,7 @@ def _check_scan(payload: dict[str, Any], base: str) -> None:
 
 def _validate(raw: object, base: str, county: County, permitted_brands: frozenset[str],
               permitted_types: frozenset[str] | None, device_id: str,
-              recorded_at: datetime) -> Envelope:
+              recorded_at: datetime, max_age: timedelta | None) -> Envelope:
     if not isinstance(raw, dict):
         raise _Reject(Reason.not_an_object, base, f"an event must be a JSON object, got {type(raw).__name__}")
     for key in raw:
@@ -172,9 +207,7 @@ def _validate(raw: object, base: str, county: County, permitted_brands: frozense
     if occurred_at.tzinfo is None or occurred_at.utcoffset() is None:
         raise _Reject(Reason.naive_timestamp, f"{base}.occurred_at",
                       "'occurred_at' has no UTC offset (e.g. +08:00); device time is ambiguous without it")
-    if occurred_at - recorded_at > MAX_CLOCK_AHEAD:
-        raise _Reject(Reason.invalid_value, f"{base}.occurred_at",
-                      "'occurred_at' is more than 24 h ahead of the server: check the device clock")
+    _check_age(occurred_at, recorded_at, max_age, f"{base}.occurred_at")
     brand = _typed(raw, "brand", str, base)
     if brand not in BRANDS:
         raise _Reject(Reason.unknown_brand, f"{base}.brand",
@@ -189,9 +222,10 @@ def _validate(raw: object, base: str, county: County, permitted_brands: frozense
     payload = _typed(raw, "payload", dict, base)
     pbase = f"{base}.payload"
     try:
-        UPLOADS[(event_type, version)].model_validate(payload)
+        parsed = UPLOADS[(event_type, version)].model_validate(payload)
     except ValidationError as err:
         raise _pydantic_rejection(err, pbase) from None
+    _check_instants(parsed, pbase)
     _check_nodes(payload, county, pbase)
     if event_type == "parcel.scanned":
         _check_scan(payload, pbase)
@@ -205,19 +239,22 @@ def _validate(raw: object, base: str, county: County, permitted_brands: frozense
 
 def validate_event(raw: object, *, index: int, county: County, permitted_brands: frozenset[str],
                    device_id: str, recorded_at: datetime,
-                   permitted_types: frozenset[str] | None = None) -> Envelope | Rejection:
+                   permitted_types: frozenset[str] | None = None,
+                   max_age: timedelta | None = None) -> Envelope | Rejection:
     """Validate one uploaded event (at `$.events[index]`) against the contract and the county;
-    `permitted_types` (None: all) are the event types the uploading token may emit."""
+    `permitted_types` (None: all) are the event types the uploading token may emit; an event that
+    happened more than `max_age` (None: no horizon) before `recorded_at` is `too_old`."""
     try:
         return _validate(raw, f"$.events[{index}]", county, permitted_brands, permitted_types,
-                         device_id, recorded_at)
+                         device_id, recorded_at, max_age)
     except _Reject as r:
         return r.rejection
 
 
 def validate_batch(raw_events: list[Any], *, county: County, permitted_brands: frozenset[str],
                    device_id: str, recorded_at: datetime,
-                   permitted_types: frozenset[str] | None = None) -> list[Envelope | Rejection]:
+                   permitted_types: frozenset[str] | None = None,
+                   max_age: timedelta | None = None) -> list[Envelope | Rejection]:
     """Validate a batch. An event_id seen earlier in the batch (in any spelling, accepted or not)
     is `duplicate_in_batch`: one id names one event, so a second copy is never a correction."""
     first_at: dict[str, int] = {}
@@ -233,7 +270,7 @@ def validate_batch(raw_events: list[Any], *, county: County, permitted_brands: f
             first_at[event_id] = i
         out.append(validate_event(raw, index=i, county=county, permitted_brands=permitted_brands,
                                   device_id=device_id, recorded_at=recorded_at,
-                                  permitted_types=permitted_types))
+                                  permitted_types=permitted_types, max_age=max_age))
     return out
 
 

@@ -89,6 +89,7 @@ class Platform:
     gateway_args: tuple[str, ...] = ()   # extra options for the local SMS gateways (failure rates…)
     primary_gateway_args: tuple[str, ...] = ()  # and for the primary only (failover drills)
     gateway_ports: dict[str, int] = field(default_factory=dict)
+    settings_changes: dict[str, object] = field(default_factory=dict)  # e.g. a test's horizon
 
     @property
     def api_url(self) -> str:
@@ -158,7 +159,7 @@ class Platform:
             # The platform keeps the private key for the commands it runs itself (tests, CLI);
             # of its children only `sms` gets it (to_env withholds it).
             pii_public_key=pii_public, pii_private_keys=pii_private,
-        )
+        ).with_(**self.settings_changes)
         asyncio.run(migrate(self.settings.database_url, self.settings.app_password))
         # The keys that open phone numbers go to the SMS service alone, never by inheritance.
         base = {**{k: v for k, v in os.environ.items() if k != "GONGPEI_PII_PRIVATE_KEYS"},

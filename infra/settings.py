@@ -36,6 +36,13 @@ class SettingsError(ValueError):
     """A setting is missing or unusable."""
 
 
+def _positive_int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name, str(default))
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise SettingsError(f"{name} must be a whole number of 1 or more, got {raw!r}")
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where the platform's parts are and how they behave."""
@@ -50,6 +57,12 @@ class Settings:
     max_batch_events: int = 500
     max_body_bytes: int = 1 << 20
     worker_batch_size: int = 500
+    # An uploaded event that happened longer ago than this before the server received it is
+    # refused (`too_old`): a device's stale backlog or a wrong clock, not news to act on.
+    max_event_age_days: int = 30
+    # Addresses (or CIDR networks) of reverse proxies whose X-Forwarded-For names the client,
+    # comma-separated. Empty: the TCP peer is the client, and X-Forwarded-For is ignored.
+    trusted_proxies: str = ""
     # SMS providers in failover order, "name=scheme://host[:port]" joined by commas. A name is
     # "aliyun" or "tencent", optionally with a suffix ("aliyun-backup"); it says which API the
     # endpoint speaks (the provider's, or the local gateway's). Empty: the SMS service idles.
@@ -195,6 +208,8 @@ class Settings:
             sms_query_after_seconds=float(env.get("GONGPEI_SMS_QUERY_AFTER_SECONDS", "60")),
             pii_public_key=env.get("GONGPEI_PII_PUBLIC_KEY", ""),
             pii_private_keys=env.get("GONGPEI_PII_PRIVATE_KEYS", ""),
+            max_event_age_days=_positive_int(env, "GONGPEI_MAX_EVENT_AGE_DAYS", 30),
+            trusted_proxies=env.get("GONGPEI_TRUSTED_PROXIES", ""),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -220,6 +235,12 @@ class Settings:
             "GONGPEI_SMS_RECEIPT_KEY": self.sms_receipt_key,
             "GONGPEI_SMS_QUERY_AFTER_SECONDS": str(self.sms_query_after_seconds),
             "GONGPEI_PII_PUBLIC_KEY": self.pii_public_key,
+            "GONGPEI_MAX_EVENT_AGE_DAYS": str(self.max_event_age_days),
+            "GONGPEI_TRUSTED_PROXIES": self.trusted_proxies,
+            # uvicorn rewrites the client address from X-Forwarded-For when the peer is in
+            # FORWARDED_ALLOW_IPS, and trusts loopback when it is unset: say exactly whom to trust
+            # ("" trusts no one), so a local caller cannot pose as any address it likes.
+            "FORWARDED_ALLOW_IPS": self.trusted_proxies,
         }
 
 

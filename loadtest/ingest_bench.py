@@ -41,7 +41,8 @@ def build_events(parcels: int, seed: int) -> tuple[dict[str, list[dict[str, Any]
 
 async def run(parcels: int, uploaders: int, seed: int) -> dict[str, float]:
     state = Path(tempfile.mkdtemp(prefix="gongpei-bench-"))
-    plat = Platform(state, api_port=0)
+    # The bench replays a fixed day (2026-11-11): reach back to it, however long after it runs.
+    plat = Platform(state, api_port=0, settings_changes={"max_event_age_days": 36500})
     await asyncio.to_thread(plat.start, 90)
     try:
         assert plat.settings is not None

@@ -10,8 +10,15 @@ from typing import Any
 
 from domain.county import County
 
-BRAND_PREFIX = {"EMS": "EM", "ZTO": "ZT", "YTO": "YT", "STO": "ST", "YUNDA": "YD", "JT": "JT",
+# Each brand's waybill as its own labels print it (one regex per brand in WAYBILL_FORMATS): a
+# prefix and random digits, so a neighbour cannot be found by counting up from a known waybill.
+BRAND_PREFIX = {"EMS": "E", "ZTO": "7", "YTO": "YT", "STO": "77", "YUNDA": "43", "JT": "JT",
                 "SF": "SF", "JD": "JD"}
+WAYBILL_FORMATS = {"EMS": r"^E[A-Z][0-9]{9}CN$", "ZTO": r"^7[0-9]{13}$", "YTO": r"^YT[0-9]{13}$",
+                   "STO": r"^77[0-9]{13}$", "YUNDA": r"^43[0-9]{13}$", "JT": r"^JT[0-9]{13}$",
+                   "SF": r"^SF[0-9]{13}$", "JD": r"^JD[0-9]{13}$"}
+_WAYBILL_LENGTH = {"ZTO": 14, "STO": 15, "YUNDA": 15}  # all digits; the letter brands: prefix + 13
+_S10_WEIGHTS = (8, 6, 4, 2, 3, 5, 9, 7)
 # The downward chain at county level and below: (action, tier of the node it happens at).
 LIFECYCLE = (("received", "county"), ("sorted", "county"), ("loaded", "county"),
              ("arrived", "township"), ("out_for_delivery", "township"), ("stored", "village"),
@@ -43,16 +50,25 @@ class CountyTraffic:
     late_upload_hours: int = 13
     parcels: list[Parcel] = field(default_factory=list)
     departed: set[str] = field(default_factory=set)
-    _serial: int = 0
+    issued: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
+        # Waybills come from a stream of their own, so every other draw of a seed stays as it was.
+        self.waybill_rng = random.Random(f"waybills-{self.seed}")
         self.villages = [n.id for n in self.county.villages]
 
+    def waybill(self, brand: str) -> str:
+        """A fresh waybill in `brand`'s format, unique in this run."""
+        while True:
+            candidate = waybill_for(brand, self.waybill_rng)
+            if candidate not in self.issued:
+                self.issued.add(candidate)
+                return candidate
+
     def register(self, at: datetime) -> tuple[Parcel, dict[str, Any]]:
-        self._serial += 1
         brand = self.rng.choice(self.county.brands)
-        waybill = f"{BRAND_PREFIX.get(brand, 'GP')}{self.seed:02d}{self._serial:011d}"
+        waybill = self.waybill(brand)
         phone = f"1{self.rng.choice('3578')}{self.rng.randrange(10**9):09d}"
         parcel = Parcel(waybill, brand, self.rng.choice(self.villages), phone,
                         late_upload_hours=self.late_upload_hours if self.rng.random() < self.late_share else 0)
@@ -104,6 +120,19 @@ class CountyTraffic:
                     "trip_id": trip, "route_id": route, "run_id": run.id,
                     "node_id": self.county.centre.id, "scheduled_at": scheduled.isoformat()}))
         return out
+
+
+def waybill_for(brand: str, rng: random.Random) -> str:
+    """A random waybill in the brand's format (WAYBILL_FORMATS); EMS's is a UPU S10 number with its
+    check digit, the other brands' are a prefix and digits."""
+    if brand == "EMS":
+        serial = f"{rng.randrange(10**8):08d}"
+        check = 11 - sum(int(d) * w for d, w in zip(serial, _S10_WEIGHTS)) % 11
+        check = {10: 0, 11: 5}.get(check, check)
+        return f"E{chr(ord('A') + rng.randrange(26))}{serial}{check}CN"
+    prefix = BRAND_PREFIX.get(brand, "GP")
+    digits = _WAYBILL_LENGTH.get(brand, len(prefix) + 13) - len(prefix)
+    return f"{prefix}{rng.randrange(10**digits):0{digits}d}"
 
 
 def envelope(event_type: str, version: int, at: datetime, brand: str, operator: str,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,21 @@ def county_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+# The fixtures are dated days (an SLA day in September 2026, a settlement October, a lifecycle
+# on 2026-11-11): the test platform's horizon reaches back to them with a month to spare, however
+# long after they were written the suite runs. The rule itself stays on (test_ingest_edges).
+FIXTURES_SINCE = date(2026, 9, 1)
+
+
+def fixture_horizon_days() -> int:
+    return (datetime.now(UTC).date() - FIXTURES_SINCE).days + 30
+
+
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory: pytest.TempPathFactory, county_file: Path) -> Iterator[Platform]:
     # Gateway calls take 20–150 ms, so a SIGKILL of the sender often lands mid-call.
     p = Platform(tmp_path_factory.mktemp("gongpei-state"), county_file=county_file,
+                 settings_changes={"max_event_age_days": fixture_horizon_days()},
                  topic_partitions=4, gateway_args=("--latency", "0.02,0.15", "--receipt-delay", "1,6",
                                 "--seed", "7"),
                  # Numbers starting 1990 always fail at the primary: the failover test's.

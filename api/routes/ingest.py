@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any, Literal
 
 import orjson
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 from api.deps import CountyDep, PoolDep, PrincipalDep, require_role
-from api.errors import ApiError
+from api.errors import ApiError, require_json
 from domain.envelope import Envelope
 from domain.ownership import Refusal, Writer
+from domain.redact import mask_mobiles, mask_optional
 from domain.validation import Rejection, validate_batch
 from projections import journal
 from projections.admission import Uploader, Verdict, admit
@@ -34,6 +36,18 @@ class EventResult(BaseModel):
     reason: str | None = None
     path: str | None = None
     message: str | None = None
+
+    @model_validator(mode="after")
+    def _masked(self) -> EventResult:
+        # What echoes the upload (a refused id, a path through its keys, a message) is masked
+        # like an error body. An accepted id is the journal's canonical UUID/ULID: masking it
+        # would break the device's bookkeeping, so only a mobile number inside one is hidden.
+        if self.status == "rejected":
+            self.event_id = mask_optional(self.event_id)
+        elif self.event_id is not None:
+            self.event_id = mask_mobiles(self.event_id)
+        self.path, self.message = mask_optional(self.path), mask_optional(self.message)
+        return self
 
 
 class BatchResult(BaseModel):
@@ -106,6 +120,7 @@ def _parse_events(body: bytes, max_events: int) -> list[Any]:
         "example": EXAMPLE_BATCH}}}},
     responses={400: {"description": "Body is not JSON"}, 401: {"description": "No or bad token"},
                403: {"description": "Role may not upload"}, 413: {"description": "Body over 1 MiB"},
+               415: {"description": "Content-Type is not application/json"},
                422: {"description": "Body is not a batch, or more than 500 events"},
                503: {"description": "Storage unavailable; nothing was stored, retry"}},
 )
@@ -114,6 +129,7 @@ async def post_scan_batch(request: Request, principal: PrincipalDep, pool: PoolD
     require_role(principal, *EMITTABLE)
     settings = request.app.state.settings
     try:
+        require_json(request)
         raw_events = _parse_events(await _read_body(request, settings.max_body_bytes),
                                    settings.max_batch_events)
     except ApiError as exc:
@@ -122,7 +138,7 @@ async def post_scan_batch(request: Request, principal: PrincipalDep, pool: PoolD
     outcomes = validate_batch(
         raw_events, county=county, permitted_brands=principal.brands,
         permitted_types=EMITTABLE[principal.role], device_id=principal.device_id,
-        recorded_at=journal.recorded_now(),
+        recorded_at=journal.recorded_now(), max_age=timedelta(days=settings.max_event_age_days),
     )
     valid = [o for o in outcomes if isinstance(o, Envelope)]
     uploader = Uploader(Writer(principal.role, principal.brands, principal.node_id),

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 import asyncpg
-from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BaseModel, Field, field_validator
 
 from api.deps import CountyDep, PoolDep, PrincipalDep, require_role
-from api.errors import ApiError
+from api.errors import ApiError, require_json
 from domain.county import County
+from domain.lookup import POLICY, address_key, normalise_last4
 from domain.tracking import Status
+from infra.public_lookup import look_up
 
 router = APIRouter(tags=["tracking"])
 READERS = ("brand", "brand-system", "manager", "finance", "admin")
@@ -74,7 +75,16 @@ async def list_parcels(principal: PrincipalDep, pool: PoolDep,
 
 class PublicLookup(BaseModel):
     waybill: str = Field(pattern=WAYBILL_PATTERN, examples=["ZT7300012345678"])
-    phone_last4: str = Field(pattern=r"^\d{4}$", examples=["5678"])
+    phone_last4: str = Field(max_length=32, examples=["5678"],
+                             description="four digits; fullwidth and other scripts' digits count")
+
+    @field_validator("phone_last4")
+    @classmethod
+    def _four_digits(cls, value: str) -> str:
+        last4 = normalise_last4(value)
+        if last4 is None:
+            raise ValueError("'phone_last4' must be the last four digits of the phone number")
+        return last4
 
 
 def public_view(view: dict[str, Any], phone_masked: str | None, county: County) -> dict[str, Any]:
@@ -91,28 +101,25 @@ def public_view(view: dict[str, Any], phone_masked: str | None, county: County) 
     }
 
 
-# Ten wrong guesses per waybill per hour, then 429: four digits are 10,000 tries otherwise.
-LOOKUP_FAILURES_PER_HOUR = 10
-
-
 @router.post("/v1/public/track", summary="Public lookup by waybill and the last 4 phone digits",
+             dependencies=[Depends(require_json)],
+             description="Wrong guesses are limited per client address, per address and waybill, "
+                         "and per waybill (docs/security/public-lookup.md); a refused try is "
+                         "answered 429 with Retry-After in seconds and is not counted.",
              responses={404: {"description": "No such parcel, or the digits do not match"},
-                        429: {"description": "Too many wrong tries for this waybill this hour"}})
-async def public_track(body: PublicLookup, pool: PoolDep, county: CountyDep) -> dict[str, Any]:
+                        415: {"description": "Content-Type is not application/json"},
+                        422: {"description": "Not a waybill, or not four digits"},
+                        429: {"description": "Too many wrong tries; see Retry-After"}})
+async def public_track(body: PublicLookup, request: Request, pool: PoolDep,
+                       county: CountyDep) -> dict[str, Any]:
+    address = address_key(request.client.host if request.client else None)
     async with pool.acquire() as conn:
-        failures = await conn.fetchval(
-            "SELECT failures FROM public_lookup_failures WHERE waybill = $1"
-            " AND hour = date_trunc('hour', now())", body.waybill)
-        if failures is not None and failures >= LOOKUP_FAILURES_PER_HOUR:
-            raise ApiError(429, "too_many_attempts", "too many tries for this waybill; try again"
-                           " within the hour, or ask at the service point", headers={"Retry-After": "3600"})
-        row = await fetch_parcel(conn, body.waybill, "*")
-        # The same answer for "no parcel" and "wrong digits": a waybill alone reveals nothing.
-        if row is None or not row["phone_last4"] or not hmac.compare_digest(
-                row["phone_last4"], body.phone_last4):
-            await conn.execute(
-                "INSERT INTO public_lookup_failures (waybill, hour, failures)"
-                " VALUES ($1, date_trunc('hour', now()), 1) ON CONFLICT (waybill, hour)"
-                " DO UPDATE SET failures = public_lookup_failures.failures + 1", body.waybill)
-            raise ApiError(404, "not_found", "no parcel matches this waybill and phone digits")
-    return public_view(row["view"], row["phone_masked"], county)
+        outcome = await look_up(conn, POLICY, address, body.waybill, body.phone_last4)
+    if outcome.retry_after:
+        raise ApiError(429, "too_many_attempts",
+                       f"too many wrong tries; try again in {outcome.retry_after} s, or ask at"
+                       " the service point", headers={"Retry-After": str(outcome.retry_after)})
+    # The same answer for "no parcel" and "wrong digits": a waybill alone reveals nothing.
+    if outcome.view is None:
+        raise ApiError(404, "not_found", "no parcel matches this waybill and phone digits")
+    return public_view(outcome.view, outcome.phone_masked, county)

@@ -62,6 +62,8 @@ GRANT SELECT (period, public_key, hash_key), INSERT ON pii_periods TO gongpei_ap
 GRANT INSERT ON pii_keys TO gongpei_api;
 -- The public lookup's own counter of wrong guesses (a waybill and a count; no brand, no phone).
 GRANT SELECT, INSERT, UPDATE ON public_lookup_failures TO gongpei_api;
+-- Its limits (009): one bucket per address, address and waybill, or waybill; pruned after a day.
+GRANT SELECT, INSERT, UPDATE, DELETE ON public_lookup_limits TO gongpei_api;
 
 -- -------------------------------------------------------------------------- gongpei_relay
 -- The relay: reads the whole journal in order and publishes it to Kafka; keeps its cursor and

@@ -66,3 +66,19 @@ def test_settings_refuse_placeholder_secrets_outside_the_embedded_profile() -> N
     assert s.broker_session_timeout == 30.0
     with pytest.raises(SettingsError, match="missing settings: DATABASE_URL"):
         Settings.from_env({})
+
+
+def test_settings_carry_the_event_horizon_and_trusted_proxies_to_child_processes() -> None:
+    env = {"DATABASE_URL": "postgresql://owner@db/gongpei", "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
+           "GONGPEI_APP_PASSWORD": "a-real-secret-of-24-chars"}
+    default = Settings.from_env(env)
+    assert (default.max_event_age_days, default.trusted_proxies) == (30, "")
+    # uvicorn trusts X-Forwarded-For from loopback unless told: the child is told "no one"
+    assert default.to_env()["FORWARDED_ALLOW_IPS"] == ""
+    s = Settings.from_env({**env, "GONGPEI_MAX_EVENT_AGE_DAYS": "7",
+                           "GONGPEI_TRUSTED_PROXIES": "10.0.0.0/8"})
+    assert Settings.from_env(s.to_env()) == s
+    assert s.to_env()["FORWARDED_ALLOW_IPS"] == "10.0.0.0/8"
+    for bad in ("0", "-3", "thirty", ""):
+        with pytest.raises(SettingsError, match="GONGPEI_MAX_EVENT_AGE_DAYS"):
+            Settings.from_env({**env, "GONGPEI_MAX_EVENT_AGE_DAYS": bad})

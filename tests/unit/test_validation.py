@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import pytest
 
 from domain.county import load_county
 from domain.envelope import Envelope
+from domain.redact import mask_digit_runs, mask_mobiles
 from domain.validation import Reason, Rejection, validate_batch, validate_event
 from infra.settings import DEMO_COUNTY
 
@@ -225,7 +226,8 @@ def test_every_reason_is_produced_by_some_test() -> None:
     from tests.unit.test_ownership import OWNERSHIP_REASONS
 
     produced = {Reason(c[0]) for c in CASES} | {Reason.brand_not_permitted,
-                                                Reason.type_not_permitted, Reason.duplicate_in_batch}
+                                                Reason.type_not_permitted, Reason.duplicate_in_batch,
+                                                Reason.too_old}
     produced |= OWNERSHIP_REASONS  # decided at ingest against stored owners: test_ownership.py
     assert produced == set(Reason)
 
@@ -255,3 +257,74 @@ def test_given_a_v1_manifest_then_it_is_accepted_and_upcast() -> None:
 def test_a_rejection_never_echoes_a_phone_number() -> None:
     result = check(registered(recipient_phone="23812345678"))
     assert isinstance(result, Rejection) and "23812345678" not in result.message
+
+
+# Input edges: instants without a UTC equivalent, the age horizon, and masking.
+
+HORIZON = timedelta(days=30)
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:00:00+14:00", "0001-01-01T00:00:00+00:01",
+                                   "9999-12-31T23:59:59-14:00", "9999-12-31T23:00:00-01:00"])
+@pytest.mark.parametrize("horizon", [None, HORIZON])
+def test_given_an_instant_with_no_utc_equivalent_then_that_event_is_invalid_value_at_its_path(
+        stamp: str, horizon: timedelta | None) -> None:
+    result = validate_event(scan(occurred_at=stamp), index=3, county=COUNTY, permitted_brands=ALL,
+                            device_id="d", recorded_at=NOW, max_age=horizon)
+    assert isinstance(result, Rejection), result
+    assert (result.reason, result.path) == (Reason.invalid_value, "$.events[3].occurred_at")
+
+
+def test_given_a_scheduled_time_with_no_utc_equivalent_then_invalid_value_at_its_path() -> None:
+    result = check(vehicle(scheduled_at="0001-01-01T00:00:00+14:00"))
+    assert isinstance(result, Rejection), result
+    assert (result.reason, result.path) == (Reason.invalid_value, "$.events[3].payload.scheduled_at")
+
+
+def test_given_a_batch_with_one_unconvertible_instant_then_only_that_event_is_rejected() -> None:
+    out = batch([scan(event_id="0193b6c4-6f1e-7cc2-9a55-3c1f0e6f2a11",
+                      occurred_at="0001-01-01T00:00:00+14:00"), scan()])
+    assert isinstance(out[0], Rejection) and isinstance(out[1], Envelope)
+
+
+def horizon_check(occurred: datetime) -> Envelope | Rejection:
+    return validate_event(scan(occurred_at=occurred.isoformat()), index=3, county=COUNTY,
+                          permitted_brands=ALL, device_id="d", recorded_at=NOW, max_age=HORIZON)
+
+
+def test_given_an_event_exactly_at_the_horizon_then_accepted_one_second_older_too_old() -> None:
+    assert isinstance(horizon_check(NOW - HORIZON), Envelope)
+    older = horizon_check(NOW - HORIZON - timedelta(seconds=1))
+    assert isinstance(older, Rejection)
+    assert (older.reason, older.path) == (Reason.too_old, "$.events[3].occurred_at")
+    assert "30 days" in older.message
+
+
+def test_given_no_horizon_then_an_old_event_is_accepted() -> None:
+    assert isinstance(check(scan(occurred_at="2020-01-01T00:00:00+08:00")), Envelope)
+
+
+@pytest.mark.parametrize("text, hidden", [
+    ("13812345678", "13812345678"), ("id-13812345678-x", "13812345678"),
+    ("１３８１２３４５６７８", "１３８１２３４５６７８"), ("١٣٨١٢٣٤٥٦٧٨", "١٣٨١٢٣٤٥٦٧٨"),
+    ("$.events[0].payload.8613812345678", "8613812345678"), ("1234567", "1234567"),
+])
+def test_given_a_phone_like_run_then_masking_hides_it(text: str, hidden: str) -> None:
+    masked = mask_digit_runs(text)
+    assert hidden not in masked and "****" in masked
+
+
+def test_given_short_digit_runs_then_masking_leaves_them() -> None:
+    assert mask_digit_runs("$.events[12].payload.node_id 123456") == "$.events[12].payload.node_id 123456"
+
+
+def test_given_a_canonical_id_then_only_a_mobile_number_inside_it_is_masked() -> None:
+    assert mask_mobiles("0193b6c4-6f1e-7cc2-9a55-1234567890ab") == "0193b6c4-6f1e-7cc2-9a55-1234567890ab"
+    assert "13812345678" not in mask_mobiles("0193b6c4-6f1e-7cc2-9a55-013812345678")
+
+
+def test_given_phone_digits_in_an_unknown_key_or_bad_id_then_the_message_masks_them() -> None:
+    for raw in (scan(x13812345678=1), scan(event_id="13812345678"),
+                scan(payload={"13812345678": "x"}), scan(type="13812345678")):
+        result = check(raw)
+        assert isinstance(result, Rejection) and "13812345678" not in result.message
