@@ -8,6 +8,8 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -73,6 +75,17 @@ def test_given_a_fresh_clone_when_bin_up_runs_then_it_serves_moves_parcels_and_s
                 moved = {p["status"] for p in parcels} - {"info_received"}
                 time.sleep(1)
             assert len(moved) >= 3, f"demo parcels did not move: {moved}"
+            # The demo county names each brand's waybill format: ZTO's system cannot register
+            # a waybill that is not one of ZTO's.
+            zto = (state / "demo-tokens" / "ZTO-system").read_text().strip()
+            r = c.post("/v1/scan-batches", headers={"Authorization": f"Bearer {zto}"}, json={
+                "events": [{"event_id": str(uuid.uuid4()), "type": "parcel.registered",
+                            "schema_version": 2, "occurred_at": datetime.now(UTC).isoformat(),
+                            "brand": "ZTO", "operator_id": "manifest",
+                            "payload": {"waybill": "YT1234567890123",
+                                        "recipient_phone": "13812345678",
+                                        "destination_village": "VIL-XILIU-01", "weight_g": 800}}]})
+            assert r.json()["results"][0]["reason"] == "waybill_pattern_mismatch", r.text
     finally:
         proc.send_signal(signal.SIGINT)
         try:

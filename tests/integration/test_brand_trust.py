@@ -5,6 +5,7 @@ recorded as a conflict for the county manager, and changes nothing YTO, the vill
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -232,3 +233,17 @@ def test_the_ownership_check_holds_under_concurrent_claims(
                               " count(*) AS n FROM journal WHERE partition_key = ANY($1::text[])"
                               " GROUP BY partition_key", wbs)
     assert len(rows) == len(wbs) and all(r["brands"] == 1 and r["n"] == 1 for r in rows)
+
+
+def test_a_waybill_not_in_its_brands_format_is_refused_where_the_county_names_one(
+        client: httpx.Client, tokens: dict[str, str], county: County) -> None:
+    now = county_time(county, datetime.now(UTC))
+    assert county.waybill_patterns["JD"].pattern == "JD[0-9]{13}"
+    good, bad = f"JD{int(time.time() * 1000) % 10**13:013d}", "JD1234567890"
+
+    results = post(client, tokens["JD-system"], [register(county, good, "JD", phone(), now),
+                                                 register(county, bad, "JD", phone(), now)])
+
+    assert [r["status"] for r in results] == ["accepted", "rejected"]
+    assert results[1]["reason"] == "waybill_pattern_mismatch"
+    assert results[1]["path"] == "$.events[1].payload.waybill"
