@@ -88,6 +88,8 @@ class Platform:
     gateway_args: tuple[str, ...] = ()   # extra options for the local SMS gateways (failure rates…)
     primary_gateway_args: tuple[str, ...] = ()  # and for the primary only (failover drills)
     gateway_ports: dict[str, int] = field(default_factory=dict)
+    # Settings fields to change from the embedded defaults (e.g. rate limits for a benchmark).
+    setting_overrides: dict[str, object] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
@@ -138,7 +140,7 @@ class Platform:
             sms_tencent_app_id="1400000001",
             sms_receipt_key=self._secret("sms-receipt-key"),
             sms_query_after_seconds=2.0,  # the local gateways record before they answer
-        )
+        ).with_(**self.setting_overrides)
         asyncio.run(migrate(self.settings.database_url, self.settings.app_password))
         env = {**os.environ, **self.settings.to_env(), "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
                "GONGPEI_STATE_DIR": str(self.state_dir), "PYTHONUNBUFFERED": "1"}

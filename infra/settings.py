@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +43,20 @@ class Settings:
     # How long an unanswered provider call is left before the provider is asked about it: its
     # records lag its answers (Aliyun's QuerySendDetails by seconds); the local gateway's do not.
     sms_query_after_seconds: float = 60.0
+    # Rate limits, per API process (docs/security/writers.md): bursts and refills per minute.
+    # Uploads per token: 60 requests and 30,000 events at once (a day's backlog of 20,000 events
+    # in 500-event batches is 40 requests), then 1 request/s and 100 events/s.
+    upload_burst: int = 60
+    upload_per_minute: float = 60.0
+    upload_events_burst: int = 30_000
+    upload_events_per_minute: float = 6_000.0
+    read_burst: int = 600            # every other authenticated request, per token
+    read_per_minute: float = 1_200.0
+    auth_failure_burst: int = 20     # unknown/expired tokens per client address, then 429
+    auth_failures_per_minute: float = 2.0
+    # Proxies whose X-Forwarded-For is believed, comma-separated addresses; empty: none.
+    trusted_proxies: str = ""
+    access_log_retention_days: int = 90
 
     @property
     def app_database_url(self) -> str:
@@ -67,6 +82,14 @@ class Settings:
                                     " tencent (the API its endpoint speaks)")
             out.append((name, kind, scheme, host.rstrip("/")))
         return out
+
+    def trusted_proxy_set(self) -> frozenset[str]:
+        """The trusted proxies' addresses, normalised ('::1', '127.0.0.1')."""
+        try:
+            return frozenset(str(ipaddress.ip_address(a.strip()))
+                             for a in self.trusted_proxies.split(",") if a.strip())
+        except ValueError:
+            raise SettingsError("GONGPEI_TRUSTED_PROXIES: comma-separated IP addresses") from None
 
     @property
     def broker_session_timeout(self) -> float:
@@ -105,6 +128,7 @@ class Settings:
             sms_tencent_app_id=env.get("GONGPEI_SMS_TENCENT_APP_ID", ""),
             sms_receipt_key=env.get("GONGPEI_SMS_RECEIPT_KEY", ""),
             sms_query_after_seconds=float(env.get("GONGPEI_SMS_QUERY_AFTER_SECONDS", "60")),
+            **_limits_from_env(env),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -125,4 +149,40 @@ class Settings:
             "GONGPEI_SMS_TENCENT_APP_ID": self.sms_tencent_app_id,
             "GONGPEI_SMS_RECEIPT_KEY": self.sms_receipt_key,
             "GONGPEI_SMS_QUERY_AFTER_SECONDS": str(self.sms_query_after_seconds),
+            **{env: str(getattr(self, name)) for name, (env, _) in _LIMIT_ENV.items()},
         }
+
+
+# Settings field -> (environment variable, type) for the rate limits and the access log.
+_LIMIT_ENV: dict[str, tuple[str, type]] = {
+    "upload_burst": ("GONGPEI_UPLOAD_BURST", int),
+    "upload_per_minute": ("GONGPEI_UPLOAD_PER_MINUTE", float),
+    "upload_events_burst": ("GONGPEI_UPLOAD_EVENTS_BURST", int),
+    "upload_events_per_minute": ("GONGPEI_UPLOAD_EVENTS_PER_MINUTE", float),
+    "read_burst": ("GONGPEI_READ_BURST", int),
+    "read_per_minute": ("GONGPEI_READ_PER_MINUTE", float),
+    "auth_failure_burst": ("GONGPEI_AUTH_FAILURE_BURST", int),
+    "auth_failures_per_minute": ("GONGPEI_AUTH_FAILURES_PER_MINUTE", float),
+    "trusted_proxies": ("GONGPEI_TRUSTED_PROXIES", str),
+    "access_log_retention_days": ("GONGPEI_ACCESS_LOG_RETENTION_DAYS", int),
+}
+
+
+def _limits_from_env(env: dict[str, str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for name, (var, kind) in _LIMIT_ENV.items():
+        if env.get(var, "").strip() == "":
+            continue
+        try:
+            value = kind(env[var].strip())
+        except ValueError:
+            raise SettingsError(f"{var}: {env[var]!r} is not a {kind.__name__}") from None
+        if kind is not str and value <= 0:  # type: ignore[operator]
+            raise SettingsError(f"{var} must be positive")
+        out[name] = value
+    if "trusted_proxies" in out:
+        Settings(database_url="", app_password="", kafka_bootstrap_servers="",
+                 trusted_proxies=str(out["trusted_proxies"])).trusted_proxy_set()
+    if int(out.get("access_log_retention_days", 90)) < 7:  # type: ignore[call-overload]
+        raise SettingsError("GONGPEI_ACCESS_LOG_RETENTION_DAYS: at least 7")
+    return out

@@ -41,7 +41,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory, county_file: Path) -> Ite
                  topic_partitions=4, gateway_args=("--latency", "0.02,0.15", "--receipt-delay", "1,6",
                                 "--seed", "7"),
                  # Numbers starting 1990 always fail at the primary: the failover test's.
-                 primary_gateway_args=("--fail-prefix", "1990"))
+                 primary_gateway_args=("--fail-prefix", "1990"),
+                 # Tests act as clients at many addresses through X-Forwarded-For.
+                 setting_overrides={"trusted_proxies": "127.0.0.1"})
     try:
         p.start(timeout=90)
         yield p

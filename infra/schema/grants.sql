@@ -13,3 +13,6 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON public_lookup_failures TO gongpei_app;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sms_cursor, sms_recipients, sms_points, sms_arrivals,
     sms_digests, sms_messages, sms_message_parcels, sms_skipped TO gongpei_app;
 GRANT SELECT, INSERT, UPDATE ON sms_attempts TO gongpei_app;
+GRANT UPDATE (last_used_at) ON tokens TO gongpei_app;
+GRANT SELECT, INSERT ON access_log TO gongpei_app;
+GRANT EXECUTE ON FUNCTION prune_access_log(integer) TO gongpei_app;

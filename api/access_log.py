@@ -1,0 +1,209 @@
+"""Who called what: one access-log row per request, kept in memory and written to PostgreSQL in
+batches by a background task, together with the tokens' last-used times.
+
+A row holds the token's id, name and role (never the secret), the method, the route *template*
+(`/v1/parcels/{waybill}`, never the concrete path: a waybill or anything else in a path may be
+personal), the status, the duration and the client address. Never the query string, never a
+body."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from prometheus_client import Counter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.limits import Limits, client_address
+from infra.db import TRANSIENT_DB_ERRORS
+
+log = logging.getLogger("gongpei.access")
+
+ACCESS_LOG_DROPPED = Counter(
+    "gongpei_access_log_dropped", "Access-log rows dropped because the write buffer was full")
+ACCESS_LOG_WRITTEN = Counter("gongpei_access_log_written", "Access-log rows written to PostgreSQL")
+COLUMNS = ("at", "token_id", "token_name", "role", "method", "route", "status", "duration_ms",
+           "client")
+UNMATCHED = "(no route)"  # a 404 for a path no route knows: the path itself is not kept
+LAST_USED_EVERY = 60.0    # seconds: a token's last_used_at is written at most this often
+
+
+@dataclass(frozen=True)
+class Entry:
+    at: datetime
+    token_id: int | None
+    token_name: str | None
+    role: str | None
+    method: str
+    route: str
+    status: int
+    duration_ms: float
+    client: str
+
+
+class LastUsed:
+    """Which tokens' last_used_at to write: at most once per `every` seconds per token."""
+
+    def __init__(self, every: float = LAST_USED_EVERY, clock: Callable[[], float] = time.monotonic,
+                 ) -> None:
+        self.every, self._clock = every, clock
+        self._written: dict[int, float] = {}
+        self.pending: dict[int, datetime] = {}
+
+    def touch(self, token_id: int, at: datetime) -> None:
+        now = self._clock()
+        last = self._written.get(token_id)
+        if last is not None and now - last < self.every:
+            return
+        self._written[token_id] = now
+        self.pending[token_id] = at
+
+    def take(self) -> dict[int, datetime]:
+        out, self.pending = self.pending, {}
+        return out
+
+
+class AccessLog:
+    """The in-memory buffer and its writer. `record` never waits and never touches the database;
+    when the buffer is full (the database is away, or a flood) rows are dropped and counted."""
+
+    def __init__(self, *, max_pending: int = 20_000, flush_every: float = 1.0,
+                 retention_days: int = 90) -> None:
+        self.max_pending, self.flush_every, self.retention_days = (
+            max_pending, flush_every, retention_days)
+        self._rows: list[tuple[Any, ...]] = []
+        self.last_used = LastUsed()
+        self._task: asyncio.Task[None] | None = None
+        self._pruned_at = 0.0
+
+    def record(self, entry: Entry) -> None:
+        if len(self._rows) >= self.max_pending:
+            ACCESS_LOG_DROPPED.inc()
+            return
+        self._rows.append((entry.at, entry.token_id, entry.token_name, entry.role, entry.method,
+                           entry.route, entry.status, entry.duration_ms, entry.client))
+        if entry.token_id is not None:
+            self.last_used.touch(entry.token_id, entry.at)
+
+    async def flush(self, pool: asyncpg.Pool) -> int:
+        """Write what is buffered: one COPY for the rows, one UPDATE for the last-used times."""
+        rows, self._rows = self._rows, []
+        used = self.last_used.take()
+        if not rows and not used:
+            return 0
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                if rows:
+                    await conn.copy_records_to_table("access_log", records=rows, columns=COLUMNS)
+                if used:
+                    await conn.execute(
+                        "UPDATE tokens SET last_used_at = u.at"
+                        " FROM unnest($1::bigint[], $2::timestamptz[]) AS u(id, at)"
+                        " WHERE tokens.id = u.id"
+                        " AND (tokens.last_used_at IS NULL OR tokens.last_used_at < u.at)",
+                        list(used), list(used.values()))
+        except TRANSIENT_DB_ERRORS:
+            # The database is away: put them back (within the bound), try at the next tick.
+            kept = (rows + self._rows)[: self.max_pending]
+            ACCESS_LOG_DROPPED.inc(len(rows) + len(self._rows) - len(kept))
+            self._rows = kept
+            for token_id, at in used.items():
+                self.last_used.pending.setdefault(token_id, at)
+            raise
+        except asyncpg.PostgresError:
+            ACCESS_LOG_DROPPED.inc(len(rows))  # refused for what it holds: retrying cannot help
+            raise
+        ACCESS_LOG_WRITTEN.inc(len(rows))
+        return len(rows)
+
+    async def prune(self, pool: asyncpg.Pool) -> int:
+        async with pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT prune_access_log($1)", self.retention_days))
+
+    async def run(self, pool: asyncpg.Pool) -> None:
+        """Flush every `flush_every` seconds; prune expired rows once an hour."""
+        while True:
+            await asyncio.sleep(self.flush_every)
+            try:
+                await self.flush(pool)
+                if time.monotonic() - self._pruned_at > 3600:
+                    self._pruned_at = time.monotonic()
+                    pruned = await self.prune(pool)
+                    if pruned:
+                        log.info("pruned %d access-log rows older than %d days", pruned,
+                                 self.retention_days)
+            except (*TRANSIENT_DB_ERRORS, asyncpg.PostgresError) as exc:
+                # Away, or refused a batch: keep buffering (within the bound), try again.
+                log.warning("access log not written: %s", type(exc).__name__)
+
+    def start(self, pool: asyncpg.Pool) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.run(pool))
+
+    async def stop(self, pool: asyncpg.Pool) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        try:
+            await self.flush(pool)
+        except (*TRANSIENT_DB_ERRORS, asyncpg.PostgresError) as exc:
+            log.warning("access log not written at shutdown: %s", type(exc).__name__)
+
+
+class AccessLogMiddleware:
+    """Times each HTTP request and records it once the response has started; refunds a
+    request's rate-limit charge when the server failed it (5xx)."""
+
+    def __init__(self, app: ASGIApp, access_log: AccessLog, limits: Limits,
+                 trusted_proxies: frozenset[str]) -> None:
+        self.app, self.access_log, self.limits, self.trusted = (
+            app, access_log, limits, trusted_proxies)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        scope.setdefault("state", {})
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self._record(scope, status, (time.perf_counter() - started) * 1000.0)
+
+    def _record(self, scope: Scope, status: int, duration_ms: float) -> None:
+        state = scope.get("state") or {}
+        principal = state.get("principal")
+        charged = state.get("rate_limit_charge")
+        if charged is not None and status >= 500:
+            self.limits.refund(*charged)
+        route = scope.get("route")
+        peer = scope.get("client")
+        forwarded = next((v.decode("latin-1") for k, v in scope.get("headers", ())
+                          if k == b"x-forwarded-for"), None)
+        self.access_log.record(Entry(
+            at=datetime.now(UTC),
+            token_id=principal.token_id if principal else None,
+            token_name=principal.name if principal else None,
+            role=principal.role if principal else None,
+            method=scope["method"],
+            route=getattr(route, "path", None) or UNMATCHED,
+            status=status,
+            duration_ms=round(duration_ms, 3),
+            client=client_address(peer[0] if peer else None, forwarded, self.trusted),
+        ))
