@@ -18,9 +18,12 @@ from typing import Any
 
 import asyncpg
 from prometheus_client import Counter
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.limits import Limits, client_address
+from api.auth import hash_token
+from api.errors import error_body
+from api.limits import UPLOAD, UPLOAD_ROUTES, Limits, client_address, retry_after
 from infra.db import TRANSIENT_DB_ERRORS
 
 log = logging.getLogger("gongpei.access")
@@ -32,6 +35,10 @@ COLUMNS = ("at", "token_id", "token_name", "role", "method", "route", "status", 
            "client")
 UNMATCHED = "(no route)"  # a 404 for a path no route knows: the path itself is not kept
 LAST_USED_EVERY = 60.0    # seconds: a token's last_used_at is written at most this often
+# The upload route has no path parameters, so its template is its path: it can be recognised
+# before routing.
+UPLOAD_PATHS = UPLOAD_ROUTES
+UPLOAD_ROUTE = next(iter(UPLOAD_ROUTES))[1]
 
 
 @dataclass(frozen=True)
@@ -159,8 +166,8 @@ class AccessLog:
 
 
 class AccessLogMiddleware:
-    """Times each HTTP request and records it once the response has started; refunds a
-    request's rate-limit charge when the server failed it (5xx)."""
+    """Times each HTTP request and records it once it has ended; frees the request's upload slot,
+    and refunds its rate-limit charge when the server failed it (5xx)."""
 
     def __init__(self, app: ASGIApp, access_log: AccessLog, limits: Limits,
                  trusted_proxies: frozenset[str]) -> None:
@@ -174,6 +181,12 @@ class AccessLogMiddleware:
         started = time.perf_counter()
         status = 500
         scope.setdefault("state", {})
+        if (scope["method"], scope["path"]) in UPLOAD_PATHS:
+            refusal = self._refuse_early(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                self._record(scope, 429, (time.perf_counter() - started) * 1000.0, UPLOAD_ROUTE)
+                return
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -186,12 +199,35 @@ class AccessLogMiddleware:
         finally:
             self._record(scope, status, (time.perf_counter() - started) * 1000.0)
 
-    def _record(self, scope: Scope, status: int, duration_ms: float) -> None:
+    def _refuse_early(self, scope: Scope) -> JSONResponse | None:
+        """A 429 for an upload the limiter would refuse anyway, answered before routing,
+        dependencies or the body: a flood costs this process as little as it can."""
+        headers = dict(scope.get("headers", ()))
+        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        token_hash = hash_token(token.strip())
+        peer = scope.get("client")
+        address = client_address(peer[0] if peer else None,
+                                 headers.get(b"x-forwarded-for", b"").decode("latin-1") or None,
+                                 self.trusted)
+        refusal = self.limits.precheck(token_hash, address, UPLOAD)
+        if refusal is None:
+            return None
+        scope["state"]["principal"] = self.limits.known(token_hash)  # names it in the log only
+        wait = retry_after(refusal.seconds)
+        return JSONResponse(error_body(refusal.code, f"{refusal.message}; retry after {wait} s"),
+                            429, headers={"Retry-After": wait})
+
+    def _record(self, scope: Scope, status: int, duration_ms: float,
+                route_template: str | None = None) -> None:
         state = scope.get("state") or {}
         principal = state.get("principal")
         charged = state.get("rate_limit_charge")
-        if charged is not None and status >= 500:
-            self.limits.refund(*charged)
+        if charged is not None:
+            self.limits.release(*charged)
+            if status >= 500:
+                self.limits.refund(*charged)
         route = scope.get("route")
         peer = scope.get("client")
         forwarded = next((v.decode("latin-1") for k, v in scope.get("headers", ())
@@ -202,7 +238,7 @@ class AccessLogMiddleware:
             token_name=principal.name if principal else None,
             role=principal.role if principal else None,
             method=scope["method"],
-            route=getattr(route, "path", None) or UNMATCHED,
+            route=route_template or getattr(route, "path", None) or UNMATCHED,
             status=status,
             duration_ms=round(duration_ms, 3),
             client=client_address(peer[0] if peer else None, forwarded, self.trusted),

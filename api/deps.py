@@ -16,11 +16,11 @@ from domain.county import County
 _bearer = HTTPBearer(auto_error=False, description="A device or user token from `gongpei token create`")
 
 
-def get_pool(request: Request) -> asyncpg.Pool:
+async def get_pool(request: Request) -> asyncpg.Pool:
     return request.app.state.pool  # type: ignore[no-any-return]
 
 
-def get_county(request: Request) -> County:
+async def get_county(request: Request) -> County:
     return request.app.state.county  # type: ignore[no-any-return]
 
 

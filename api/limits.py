@@ -94,6 +94,7 @@ class LimitSettings:
     read_per_minute: float = 1_200.0
     auth_failure_burst: int = 20
     auth_failures_per_minute: float = 2.0
+    upload_concurrency: int = 1
 
 
 UPLOAD = "upload"
@@ -123,6 +124,7 @@ class Limits:
                                    clock=clock)
         self.auth_failures = KeyedBuckets(cfg.auth_failure_burst, cfg.auth_failures_per_minute,
                                           clock=clock)
+        self.uploading: dict[int, int] = {}  # token id -> uploads in progress in this process
         # Token hashes that were valid here recently -> who they were. A known token skips the
         # failed-authentication block of its address (a station's handhelds behind one NAT keep
         # working while something there guesses tokens) and is limited before the database.
@@ -156,18 +158,51 @@ class Limits:
         self.auth_failures.debit(address_key(address), 1.0)
 
     def take(self, token_id: int, kind: str) -> Refusal | None:
-        """Take one request of `kind` for a token; an upload also needs the token's events
-        bucket out of debt."""
+        """Take one request of `kind` for a token. An upload also needs the token's events
+        bucket out of debt and a free upload slot, which it holds until `release`."""
         if kind == UPLOAD:
             wait = self.events.wait(token_id, 0.0)
             if wait:
                 return Refusal("rate_limited", "this token uploaded more events than its limit;"
                                " send the rest later", wait)
+            if self.uploading.get(token_id, 0) >= self.cfg.upload_concurrency:
+                # One batch at a time per token: a backlog still goes through back to back, but
+                # a device cannot have many batches validated at once while others wait.
+                return Refusal("too_many_concurrent_uploads",
+                               f"this token already has {self.cfg.upload_concurrency} upload(s)"
+                               " in progress; send one batch after the other", 1.0)
         wait = self.requests[kind].take(token_id)
         if wait:
             return Refusal("rate_limited", f"this token sent more {kind} requests than its limit",
                            wait)
+        if kind == UPLOAD:
+            self.uploading[token_id] = self.uploading.get(token_id, 0) + 1
         return None
+
+    def precheck(self, token_hash: bytes, address: str, kind: str) -> Refusal | None:
+        """What `take` or `check_address` would refuse, without taking anything: lets a caller
+        turn a flood away before routing. Letting through here decides nothing."""
+        known = self._known.get(token_hash)
+        if known is None:
+            return self.check_address(address)
+        token_id = known.token_id
+        if kind == UPLOAD and (self.events.wait(token_id, 0.0)
+                               or self.uploading.get(token_id, 0) >= self.cfg.upload_concurrency):
+            return self.take(token_id, kind)  # refuses, and takes nothing when it refuses
+        wait = self.requests[kind].wait(token_id)
+        if wait:
+            return Refusal("rate_limited", f"this token sent more {kind} requests than its limit",
+                           wait)
+        return None
+
+    def release(self, token_id: int, kind: str) -> None:
+        """The request `take` let in has ended."""
+        if kind == UPLOAD:
+            left = self.uploading.get(token_id, 0) - 1
+            if left > 0:
+                self.uploading[token_id] = left
+            else:
+                self.uploading.pop(token_id, None)
 
     def refund(self, token_id: int, kind: str) -> None:
         """Give a request back (the server failed it: a device is not charged for our outage)."""

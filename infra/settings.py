@@ -50,6 +50,7 @@ class Settings:
     upload_per_minute: float = 60.0
     upload_events_burst: int = 30_000
     upload_events_per_minute: float = 6_000.0
+    upload_concurrency: int = 1      # batches of one token in progress at once
     read_burst: int = 600            # every other authenticated request, per token
     read_per_minute: float = 1_200.0
     auth_failure_burst: int = 20     # unknown/expired tokens per client address, then 429
@@ -159,6 +160,7 @@ _LIMIT_ENV: dict[str, tuple[str, type]] = {
     "upload_per_minute": ("GONGPEI_UPLOAD_PER_MINUTE", float),
     "upload_events_burst": ("GONGPEI_UPLOAD_EVENTS_BURST", int),
     "upload_events_per_minute": ("GONGPEI_UPLOAD_EVENTS_PER_MINUTE", float),
+    "upload_concurrency": ("GONGPEI_UPLOAD_CONCURRENCY", int),
     "read_burst": ("GONGPEI_READ_BURST", int),
     "read_per_minute": ("GONGPEI_READ_PER_MINUTE", float),
     "auth_failure_burst": ("GONGPEI_AUTH_FAILURE_BURST", int),

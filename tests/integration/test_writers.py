@@ -153,6 +153,11 @@ def test_given_a_device_sending_1500_tiny_batches_fast_then_it_gets_429_and_othe
         200, 403)
     r = client.post("/v1/scan-batches", json=tiny_batch(county), headers=at("203.0.113.42", quiet))
     assert r.status_code == 200 and r.json()["accepted"] == 1
+    # Every refusal is in the access log, under the device's name.
+    wait_for(lambda: db_fetch(platform, "SELECT count(*) AS n FROM access_log WHERE token_name ="
+                                        " 'pda-noisy' AND status = 429 AND route = $1",
+                              "/v1/scan-batches")[0]["n"] == 1500 - took, 10,
+             "the refusals in the access log")
     # And when it waits as told, it may upload again.
     time.sleep(max(retry_afters[-1], 1) + 0.1)
     assert client.post("/v1/scan-batches", json=tiny_batch(county),

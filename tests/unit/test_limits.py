@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from api.access_log import LastUsed
-from api.auth import parse_expires_in
+from api.auth import Principal, parse_expires_in
 from api.limits import (
     READ,
     UPLOAD,
@@ -111,6 +111,7 @@ def test_given_the_default_limits_when_a_handheld_uploads_a_days_backlog_at_once
         assert lim.take(7, UPLOAD) is None
         lim.charge_events(7, 500)
         clock.advance(0.05)
+        lim.release(7, UPLOAD)
 
 
 def test_given_the_default_limits_when_a_device_sends_1500_tiny_batches_then_it_is_refused_soon(
@@ -122,9 +123,10 @@ def test_given_the_default_limits_when_a_device_sends_1500_tiny_batches_then_it_
         r = lim.take(7, UPLOAD)
         if r is None:
             lim.charge_events(7, 1)
+            lim.release(7, UPLOAD)
         else:
             refused.append(r)
-        clock.advance(0.002)  # 1,500 in 3 seconds
+        clock.advance(0.002)  # 1,500 in 3 seconds, one after the other
     assert len(refused) >= 1500 - 60 - 4
     assert refused[0].code == "rate_limited" and 0 < refused[0].seconds <= 1.0
 
@@ -138,6 +140,7 @@ def test_given_a_device_pushing_full_batches_at_a_request_a_second_then_its_even
         outcomes.append(r)
         if r is None:
             lim.charge_events(7, 500)
+            lim.release(7, UPLOAD)
         clock.advance(1.0)
     refused = [r for r in outcomes if r is not None]
     assert refused and all("events" in r.message for r in refused)
@@ -148,14 +151,63 @@ def test_given_a_device_pushing_full_batches_at_a_request_a_second_then_its_even
 def test_given_uploads_refused_then_reads_by_the_same_token_still_pass() -> None:
     clock = FakeClock()
     lim = limits(clock, upload_burst=1)
-    assert lim.take(7, UPLOAD) is None and lim.take(7, UPLOAD) is not None
+    assert lim.take(7, UPLOAD) is None
+    lim.release(7, UPLOAD)
+    refused = lim.take(7, UPLOAD)
+    assert refused is not None and refused.code == "rate_limited"
     assert lim.take(7, READ) is None
+
+
+def test_given_an_upload_in_progress_then_a_second_one_by_the_same_token_waits_its_turn() -> None:
+    clock = FakeClock()
+    lim = limits(clock)
+    assert lim.take(7, UPLOAD) is None
+    second = lim.take(7, UPLOAD)
+    assert second is not None and second.code == "too_many_concurrent_uploads"
+    assert lim.take(8, UPLOAD) is None and lim.take(7, READ) is None  # others, and reads: free
+    lim.release(7, UPLOAD)
+    assert lim.take(7, UPLOAD) is None
+    # The refused attempt took nothing from the bucket: 60 in the burst, two taken.
+    assert lim.requests[UPLOAD].level(7) == 58
+
+
+def test_given_two_upload_slots_then_a_third_concurrent_upload_is_refused() -> None:
+    lim = limits(FakeClock(), upload_concurrency=2)
+    assert lim.take(7, UPLOAD) is None and lim.take(7, UPLOAD) is None
+    assert lim.take(7, UPLOAD) is not None
+    lim.release(7, UPLOAD)
+    lim.release(7, UPLOAD)
+    assert lim.uploading == {}
+
+
+def test_precheck_refuses_what_take_would_and_takes_nothing() -> None:
+    clock = FakeClock()
+    lim = limits(clock, upload_burst=2, auth_failure_burst=1)
+    lim.remember(b"known", Principal(7, "device", "scanner", "pda", frozenset({"ZTO"})))
+    assert lim.precheck(b"known", "198.51.100.1", UPLOAD) is None
+    assert lim.requests[UPLOAD].level(7) == 2  # a precheck that lets in takes nothing
+    assert lim.take(7, UPLOAD) is None
+    busy = lim.precheck(b"known", "198.51.100.1", UPLOAD)
+    assert busy is not None and busy.code == "too_many_concurrent_uploads"
+    lim.release(7, UPLOAD)
+    assert lim.take(7, UPLOAD) is None
+    lim.release(7, UPLOAD)
+    empty = lim.precheck(b"known", "198.51.100.1", UPLOAD)
+    assert empty is not None and empty.code == "rate_limited"
+    assert lim.requests[UPLOAD].level(7) == 0
+    # An unknown token: only its address's failures count.
+    assert lim.precheck(b"guess", "198.51.100.1", UPLOAD) is None
+    lim.failed("198.51.100.1")
+    blocked = lim.precheck(b"guess", "198.51.100.1", UPLOAD)
+    assert blocked is not None and blocked.code == "too_many_failed_authentications"
+    assert lim.precheck(b"known", "198.51.100.1", READ) is None  # a known token is not blocked
 
 
 def test_given_a_refund_after_a_server_failure_then_the_request_is_not_charged() -> None:
     clock = FakeClock()
     lim = limits(clock, upload_burst=1)
     assert lim.take(7, UPLOAD) is None
+    lim.release(7, UPLOAD)
     lim.refund(7, UPLOAD)
     assert lim.take(7, UPLOAD) is None
 
