@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import bisect
 import multiprocessing as mp
+import os
 import platform as pyplatform
 import random
 import statistics
@@ -57,9 +58,10 @@ def bodies(events: list[dict[str, Any]], size: int) -> list[bytes]:
     return [orjson.dumps({"events": events[i:i + size]}) for i in range(0, len(events), size)]
 
 
-def noisy_device(url: str, token: str, payloads: list[bytes], connections: int,
+def noisy_device(url: str, token: str, payloads: list[bytes], connections: int, nice: int,
                  go: Any, stop: Any, out: Any) -> None:
     """Hammer uploads from `connections` connections until `stop`, pausing while `go` is clear."""
+    os.nice(nice)
 
     accepted_at: list[float] = []  # wall-clock ends of its accepted uploads
 
@@ -116,6 +118,12 @@ async def well_behaved(url: str, token: str, payloads: list[bytes], interval: fl
             await asyncio.sleep(max(0.0, interval - elapsed))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], p: float) -> float:
     if len(values) < 2:
         return values[0] if values else float("nan")
@@ -142,8 +150,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         ctx = mp.get_context("spawn")
         go, stop_noisy, out = ctx.Event(), ctx.Event(), ctx.Queue()
-        proc = ctx.Process(target=noisy_device, args=(plat.api_url, noisy, noisy_payloads,
-                                                      args.noisy_connections, go, stop_noisy, out))
+        proc = ctx.Process(target=noisy_device, args=(
+            plat.api_url, noisy, noisy_payloads, args.noisy_connections, args.noisy_nice, go,
+            stop_noisy, out))
         proc.start()
         phase = [""]
         samples: dict[str, list[tuple[float, float, float]]] = {"alone": [], "with noisy": []}
@@ -153,12 +162,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                                   samples, failures))
                  for t, p in zip(devices, quiet_payloads)]
         await asyncio.sleep(args.interval + 1)  # every device has started
+        api = plat.children["api"].proc
+        assert api is not None
+        api_cpu: Counter[str] = Counter()
         for _ in range(args.rounds):
             for label in ("alone", "with noisy"):
                 if label == "with noisy":
                     go.set()
                 phase[0] = label
+                cpu = cpu_seconds(api.pid)
                 await asyncio.sleep(args.phase)
+                api_cpu[label] += cpu_seconds(api.pid) - cpu
                 phase[0] = ""
                 go.clear()
                 await asyncio.sleep(args.interval + 1)  # let the in-flight requests finish
@@ -182,6 +196,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ms = [v[2] for v in values]
             figures[label] = {"n": len(ms), "p50_ms": pct(ms, 50), "p95_ms": pct(ms, 95),
                               "max_ms": max(ms, default=0.0)}
+            figures[label]["api_cpu_pct"] = 100 * api_cpu.get(label, float("nan")) / (
+                args.phase * args.rounds)
         figures["noisy"] = noisy_counts
         figures["well_behaved_failures"] = dict(failures)
         return figures
@@ -199,16 +215,20 @@ def main() -> None:
     ap.add_argument("--noisy-connections", type=int, default=4)
     ap.add_argument("--noisy-events", type=int, default=50_000,
                     help="distinct events the noisy device cycles through, in 500-event batches")
+    ap.add_argument("--noisy-nice", type=int, default=0,
+                    help="niceness of the noisy client (19: it mostly gets CPU the platform"
+                         " leaves idle, as if it ran on another machine)")
     ap.add_argument("--unlimited", action="store_true", help="run with the rate limits off")
     args = ap.parse_args()
     figures = asyncio.run(run(args))
     print(f"machine: {pyplatform.node()} {pyplatform.machine()} python "
           f"{pyplatform.python_version()} date: {datetime.now(UTC):%Y-%m-%d}"
-          f" limits: {'off' if args.unlimited else 'default'}")
+          f" limits: {'off' if args.unlimited else 'default'} devices: {args.devices}"
+          f" noisy nice: {args.noisy_nice}")
     alone, noisy, refused = figures["alone"], figures["with noisy"], figures["refused only"]
     print(f"{'well-behaved uploads':<22} {'alone':>8} {'with noisy':>11} {'ratio':>6}"
           f" {'noisy refused only':>19} {'ratio':>6}")
-    for key in ("n", "p50_ms", "p95_ms", "max_ms"):
+    for key in ("n", "p50_ms", "p95_ms", "max_ms", "api_cpu_pct"):
         r1 = noisy[key] / alone[key] if alone[key] else float("nan")
         r2 = refused[key] / alone[key] if alone[key] else float("nan")
         print(f"{key:<22} {alone[key]:>8.1f} {noisy[key]:>11.1f} {r1:>6.2f}"
