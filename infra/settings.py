@@ -6,6 +6,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 DEMO_COUNTY = Path(__file__).parent / "counties" / "haicheng.toml"
@@ -170,8 +171,8 @@ _LIMIT_ENV: dict[str, tuple[str, type]] = {
 }
 
 
-def _limits_from_env(env: dict[str, str]) -> dict[str, object]:
-    out: dict[str, object] = {}
+def _limits_from_env(env: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for name, (var, kind) in _LIMIT_ENV.items():
         if env.get(var, "").strip() == "":
             continue
@@ -179,12 +180,12 @@ def _limits_from_env(env: dict[str, str]) -> dict[str, object]:
             value = kind(env[var].strip())
         except ValueError:
             raise SettingsError(f"{var}: {env[var]!r} is not a {kind.__name__}") from None
-        if kind is not str and value <= 0:  # type: ignore[operator]
+        if kind is not str and value <= 0:
             raise SettingsError(f"{var} must be positive")
         out[name] = value
     if "trusted_proxies" in out:
         Settings(database_url="", app_password="", kafka_bootstrap_servers="",
                  trusted_proxies=str(out["trusted_proxies"])).trusted_proxy_set()
-    if int(out.get("access_log_retention_days", 90)) < 7:  # type: ignore[call-overload]
+    if out.get("access_log_retention_days", 90) < 7:
         raise SettingsError("GONGPEI_ACCESS_LOG_RETENTION_DAYS: at least 7")
     return out

@@ -39,7 +39,7 @@ from infra.platform import Platform
 from infra.settings import DEMO_COUNTY
 from loadtest.traffic import CountyTraffic, county_time
 
-UNLIMITED = {"upload_burst": 10**9, "upload_per_minute": 1e12, "upload_events_burst": 10**12,
+UNLIMITED: dict[str, object] = {"upload_burst": 10**9, "upload_per_minute": 1e12, "upload_events_burst": 10**12,
              "upload_events_per_minute": 1e15, "read_burst": 10**9, "read_per_minute": 1e12}
 
 
@@ -164,7 +164,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.sleep(args.interval + 1)  # every device has started
         api = plat.children["api"].proc
         assert api is not None
-        api_cpu: Counter[str] = Counter()
+        api_cpu: dict[str, float] = {"alone": 0.0, "with noisy": 0.0}
         for _ in range(args.rounds):
             for label in ("alone", "with noisy"):
                 if label == "with noisy":
@@ -194,7 +194,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         figures: dict[str, Any] = {}
         for label, values in groups.items():
             ms = [v[2] for v in values]
-            figures[label] = {"n": len(ms), "p50_ms": pct(ms, 50), "p95_ms": pct(ms, 95),
+            figures[label] = {"n": float(len(ms)), "p50_ms": pct(ms, 50), "p95_ms": pct(ms, 95),
                               "max_ms": max(ms, default=0.0)}
             figures[label]["api_cpu_pct"] = 100 * api_cpu.get(label, float("nan")) / (
                 args.phase * args.rounds)
