@@ -165,6 +165,10 @@ class AccessLog:
             log.warning("access log not written at shutdown: %s", type(exc).__name__)
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    return next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == name), None)
+
+
 class AccessLogMiddleware:
     """Times each HTTP request and records it once it has ended; frees the request's upload slot,
     and refunds its rate-limit charge when the server failed it (5xx)."""
@@ -202,14 +206,14 @@ class AccessLogMiddleware:
     def _refuse_early(self, scope: Scope) -> JSONResponse | None:
         """A 429 for an upload the limiter would refuse anyway, answered before routing,
         dependencies or the body: a flood costs this process as little as it can."""
-        headers = dict(scope.get("headers", ()))
-        scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        # Read as the dependency reads them (first header of a name; the token unstripped), so
+        # that this check and the authoritative one see the same token.
+        scheme, _, token = (_header(scope, b"authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
             return None
-        token_hash = hash_token(token.strip())
+        token_hash = hash_token(token)
         peer = scope.get("client")
-        address = client_address(peer[0] if peer else None,
-                                 headers.get(b"x-forwarded-for", b"").decode("latin-1") or None,
+        address = client_address(peer[0] if peer else None, _header(scope, b"x-forwarded-for"),
                                  self.trusted)
         refusal = self.limits.precheck(token_hash, address, UPLOAD)
         if refusal is None:
@@ -230,8 +234,7 @@ class AccessLogMiddleware:
                 self.limits.refund(*charged)
         route = scope.get("route")
         peer = scope.get("client")
-        forwarded = next((v.decode("latin-1") for k, v in scope.get("headers", ())
-                          if k == b"x-forwarded-for"), None)
+        forwarded = _header(scope, b"x-forwarded-for")
         self.access_log.record(Entry(
             at=datetime.now(UTC),
             token_id=principal.token_id if principal else None,

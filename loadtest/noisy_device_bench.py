@@ -39,7 +39,7 @@ from infra.platform import Platform
 from infra.settings import DEMO_COUNTY
 from loadtest.traffic import CountyTraffic, county_time
 
-UNLIMITED: dict[str, object] = {"upload_burst": 10**9, "upload_per_minute": 1e12, "upload_events_burst": 10**12,
+UNLIMITED: dict[str, object] = {"upload_concurrency": 10**6, "upload_burst": 10**9, "upload_per_minute": 1e12, "upload_events_burst": 10**12,
              "upload_events_per_minute": 1e15, "read_burst": 10**9, "read_per_minute": 1e12}
 
 
@@ -118,6 +118,20 @@ async def well_behaved(url: str, token: str, payloads: list[bytes], interval: fl
             await asyncio.sleep(max(0.0, interval - elapsed))
 
 
+async def caught_up(plat: Platform, timeout: float = 180.0) -> None:
+    """Wait until the tracking read model holds every journalled event."""
+    assert plat.settings is not None
+    conn = await asyncpg.connect(plat.settings.database_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and await conn.fetchval(
+                "SELECT count(*) FROM tracking_events") < await conn.fetchval(
+                "SELECT count(*) FROM journal"):
+            await asyncio.sleep(0.5)
+    finally:
+        await conn.close()
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -162,6 +176,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                                   samples, failures))
                  for t, p in zip(devices, quiet_payloads)]
         await asyncio.sleep(args.interval + 1)  # every device has started
+        if args.drain:
+            # Let the noisy one use up its burst first, and the platform digest what it let in:
+            # what remains is the cost of refusing it.
+            go.set()
+            await asyncio.sleep(args.drain)
+            go.clear()
+            await caught_up(plat)
         api = plat.children["api"].proc
         assert api is not None
         api_cpu: dict[str, float] = {"alone": 0.0, "with noisy": 0.0}
@@ -218,13 +239,16 @@ def main() -> None:
     ap.add_argument("--noisy-nice", type=int, default=0,
                     help="niceness of the noisy client (19: it mostly gets CPU the platform"
                          " leaves idle, as if it ran on another machine)")
+    ap.add_argument("--drain", type=float, default=0.0,
+                    help="seconds the noisy device hammers before the measured phases (then the"
+                         " bench waits for the read model): measures refusals alone")
     ap.add_argument("--unlimited", action="store_true", help="run with the rate limits off")
     args = ap.parse_args()
     figures = asyncio.run(run(args))
     print(f"machine: {pyplatform.node()} {pyplatform.machine()} python "
           f"{pyplatform.python_version()} date: {datetime.now(UTC):%Y-%m-%d}"
           f" limits: {'off' if args.unlimited else 'default'} devices: {args.devices}"
-          f" noisy nice: {args.noisy_nice}")
+          f" noisy nice: {args.noisy_nice} drain: {args.drain:g} s")
     alone, noisy, refused = figures["alone"], figures["with noisy"], figures["refused only"]
     print(f"{'well-behaved uploads':<22} {'alone':>8} {'with noisy':>11} {'ratio':>6}"
           f" {'noisy refused only':>19} {'ratio':>6}")
