@@ -25,6 +25,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
+from collections.abc import MutableMapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,58 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await asyncio.to_thread(plat.stop)
 
 
+def refusal_cost(calls: int = 5000) -> dict[str, float]:
+    """CPU per refused request inside one API process (no network, no database): an upload,
+    refused by the middleware before routing, and a read, refused by the dependency after it."""
+    from api.auth import Principal, hash_token
+    from api.limits import READ, UPLOAD
+    from api.main import create_app
+    from infra.settings import Settings
+
+    settings = Settings(database_url="postgresql://bench@127.0.0.1/none", app_password="x" * 16,
+                        kafka_bootstrap_servers="none", upload_per_minute=1e-6,
+                        read_per_minute=1e-6)
+    app = create_app(settings, load_county(DEMO_COUNTY))
+    app.state.pool = None  # never reached: every request here is refused before the database
+    limits = app.state.limits
+    limits.remember(hash_token("gp_bench"), Principal(7, "device", "scanner", "pda", frozenset()))
+    while limits.take(7, UPLOAD) is None:
+        limits.release(7, UPLOAD)
+    while limits.take(7, READ) is None:
+        pass
+    body = orjson.dumps({"events": [{}] * 500})
+
+    async def call(method: str, path: str) -> int:
+        sent: list[MutableMapping[str, Any]] = []
+        scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(),
+                 "query_string": b"", "root_path": "", "scheme": "http", "http_version": "1.1",
+                 "headers": [(b"authorization", b"Bearer gp_bench"),
+                             (b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {}}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return int(sent[0]["status"])
+
+    async def timed(method: str, path: str) -> float:
+        assert await call(method, path) == 429
+        started = time.perf_counter()
+        for _ in range(calls):
+            await call(method, path)
+        return (time.perf_counter() - started) / calls * 1e6
+
+    async def both() -> dict[str, float]:
+        return {"refused upload (middleware), us": await timed("POST", "/v1/scan-batches"),
+                "refused read (dependency), us": await timed("GET", "/v1/parcels")}
+
+    return asyncio.run(both())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--devices", type=int, default=8, help="well-behaved handhelds")
@@ -243,7 +296,13 @@ def main() -> None:
                     help="seconds the noisy device hammers before the measured phases (then the"
                          " bench waits for the read model): measures refusals alone")
     ap.add_argument("--unlimited", action="store_true", help="run with the rate limits off")
+    ap.add_argument("--micro", action="store_true",
+                    help="only time one refusal inside the API process, without a platform")
     args = ap.parse_args()
+    if args.micro:
+        for name, value in refusal_cost().items():
+            print(f"{name:<34} {value:8.1f}")
+        return
     figures = asyncio.run(run(args))
     print(f"machine: {pyplatform.node()} {pyplatform.machine()} python "
           f"{pyplatform.python_version()} date: {datetime.now(UTC):%Y-%m-%d}"
