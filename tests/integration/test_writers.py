@@ -238,6 +238,12 @@ def test_given_calls_naming_a_waybill_and_a_phone_then_the_access_log_has_the_ro
     text = " ".join(str(v) for row in rows for v in row.values())
     assert phone not in text and waybill not in text and "gp_" not in text
 
+    # The operator's command shows the same, and nothing more.
+    listed = gongpei(platform, "access-log", "--limit", "1000").stdout
+    assert re.search(r"203\.0\.113\.60 +\d+:ZTO-brand\(brand\) +GET +/v1/parcels/\{waybill\} +404",
+                     listed), listed[-2000:]
+    assert phone not in listed and waybill not in listed
+
     # Only admins read it.
     r = client.get("/v1/access-log", headers=at("203.0.113.61", tokens["manager"]))
     assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_role"
