@@ -32,7 +32,7 @@ ACCESS_LOG_DROPPED = Counter(
     "gongpei_access_log_dropped", "Access-log rows dropped because the write buffer was full")
 ACCESS_LOG_WRITTEN = Counter("gongpei_access_log_written", "Access-log rows written to PostgreSQL")
 COLUMNS = ("at", "token_id", "token_name", "role", "method", "route", "status", "duration_ms",
-           "client")
+           "client", "requests")
 UNMATCHED = "(no route)"  # a 404 for a path no route knows: the path itself is not kept
 LAST_USED_EVERY = 60.0    # seconds: a token's last_used_at is written at most this often
 # The upload route has no path parameters, so its template is its path: it can be recognised
@@ -84,23 +84,38 @@ class AccessLog:
                  retention_days: int = 90) -> None:
         self.max_pending, self.flush_every, self.retention_days = (
             max_pending, flush_every, retention_days)
-        self._rows: list[tuple[Any, ...]] = []
+        self._rows: list[list[Any]] = []
+        # Refusals (429) of one caller, route and address within one flush share a row that
+        # counts them: a flood of refused requests cannot flood the table.
+        self._refused: dict[tuple[Any, ...], list[Any]] = {}
         self.last_used = LastUsed()
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = 0.0
 
     def record(self, entry: Entry) -> None:
+        key = (entry.token_id, entry.client, entry.method, entry.route) if (
+            entry.status == 429) else None
+        if key is not None and key in self._refused:
+            self._refused[key][-1] += 1
+            return
         if len(self._rows) >= self.max_pending:
             ACCESS_LOG_DROPPED.inc()
             return
-        self._rows.append((entry.at, entry.token_id, entry.token_name, entry.role, entry.method,
-                           entry.route, entry.status, entry.duration_ms, entry.client))
+        row = [entry.at, entry.token_id, entry.token_name, entry.role, entry.method, entry.route,
+               entry.status, entry.duration_ms, entry.client, 1]
+        self._rows.append(row)
+        if key is not None:
+            self._refused[key] = row
         if entry.token_id is not None:
             self.last_used.touch(entry.token_id, entry.at)
 
+    def buffered(self) -> list[dict[str, Any]]:
+        """The rows waiting to be written, as the table will hold them."""
+        return [dict(zip(COLUMNS, row)) for row in self._rows]
+
     async def flush(self, pool: asyncpg.Pool) -> int:
         """Write what is buffered: one COPY for the rows, one UPDATE for the last-used times."""
-        rows, self._rows = self._rows, []
+        rows, self._rows, self._refused = self._rows, [], {}
         used = self.last_used.take()
         if not rows and not used:
             return 0

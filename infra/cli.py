@@ -210,13 +210,14 @@ def cmd_access_log(args: argparse.Namespace) -> None:
                       f"{settings.access_log_retention_days} days")
                 return
             rows = await conn.fetch(
-                "SELECT at, token_id, token_name, role, method, route, status, duration_ms, client"
-                " FROM access_log WHERE ($1::bigint IS NULL OR token_id = $1)"
+                "SELECT at, token_id, token_name, role, method, route, status, duration_ms, client,"
+                " requests FROM access_log WHERE ($1::bigint IS NULL OR token_id = $1)"
                 " ORDER BY at DESC LIMIT $2", args.token, args.limit)
             for r in reversed(rows):
                 who = f"{r['token_id']}:{r['token_name']}({r['role']})" if r["token_id"] else "-"
                 print(f"{r['at']:%Y-%m-%dT%H:%M:%S.%f}Z {r['client']:<15} {who:<32} "
-                      f"{r['method']:<6} {r['route']:<36} {r['status']} {r['duration_ms']:.1f} ms")
+                      f"{r['method']:<6} {r['route']:<36} {r['status']} {r['duration_ms']:.1f} ms"
+                      + (f" ×{r['requests']}" if r["requests"] > 1 else ""))
         finally:
             await conn.close()
 

@@ -22,6 +22,7 @@ class AccessLogEntry(BaseModel):
     status: int
     duration_ms: float
     client: str
+    requests: int  # > 1: refusals (429) of the same caller and route within about a second
 
 
 class AccessLogPage(BaseModel):
@@ -40,7 +41,8 @@ async def list_access_log(principal: PrincipalDep, pool: PoolDep,
     require_role(principal, "admin")
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            "SELECT at, token_id, token_name, role, method, route, status, duration_ms, client"
+            "SELECT at, token_id, token_name, role, method, route, status, duration_ms, client,"
+            " requests"
             " FROM access_log WHERE ($1::bigint IS NULL OR token_id = $1)"
             " AND ($2::int IS NULL OR status = $2) ORDER BY at DESC LIMIT $3",
             token_id, status, limit)

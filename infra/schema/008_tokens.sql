@@ -18,7 +18,10 @@ CREATE TABLE access_log (
     route        text NOT NULL,
     status       smallint NOT NULL,
     duration_ms  real NOT NULL,
-    client       text NOT NULL        -- the peer, or X-Forwarded-For through a trusted proxy
+    client       text NOT NULL,       -- the peer, or X-Forwarded-For through a trusted proxy
+    -- Refusals (429) of one token or address on one route are counted in one row per write
+    -- (about a second): a flood of refused requests cannot flood this table.
+    requests     integer NOT NULL DEFAULT 1 CHECK (requests >= 1)
 );
 CREATE INDEX access_log_at ON access_log USING brin (at);
 CREATE INDEX access_log_token ON access_log (token_id, at) WHERE token_id IS NOT NULL;

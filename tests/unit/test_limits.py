@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from api.access_log import LastUsed
+from api.access_log import AccessLog, Entry, LastUsed
 from api.auth import Principal, parse_expires_in
 from api.limits import (
     READ,
@@ -300,3 +300,27 @@ def test_given_an_unusable_limit_setting_then_it_is_refused_by_name(var: str, va
            "GONGPEI_APP_PASSWORD": "a-real-secret-of-16+", var: value}
     with pytest.raises(SettingsError, match=var):
         Settings.from_env(env)
+
+
+def entry(status: int, client: str = "198.51.100.7", token_id: int | None = 7) -> Entry:
+    return Entry(at=datetime(2026, 12, 1, tzinfo=UTC), token_id=token_id, token_name="pda",
+                 role="scanner", method="POST", route="/v1/scan-batches", status=status,
+                 duration_ms=0.1, client=client)
+
+
+def test_given_a_flood_of_refusals_then_the_access_log_counts_them_in_one_row_per_caller() -> None:
+    log = AccessLog()
+    for _ in range(1000):
+        log.record(entry(429))
+    log.record(entry(200))
+    log.record(entry(429, client="203.0.113.9", token_id=None))
+    rows = log.buffered()
+    assert [(r["status"], r["client"], r["requests"]) for r in rows] == [
+        (429, "198.51.100.7", 1000), (200, "198.51.100.7", 1), (429, "203.0.113.9", 1)]
+
+
+def test_given_a_full_buffer_then_rows_are_dropped_not_waited_for() -> None:
+    log = AccessLog(max_pending=3)
+    for status in (200, 201, 202, 203, 204):
+        log.record(entry(status))
+    assert [r["status"] for r in log.buffered()] == [200, 201, 202]
