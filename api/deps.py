@@ -77,13 +77,13 @@ async def get_principal(
         limits.forget(token_hash)
         limits.failed(address)
         raise ApiError(401, "invalid_token", "the token is unknown or revoked")
+    request.state.principal = principal
     if known is None:
         limits.remember(token_hash, principal)
         refusal = limits.take(principal.token_id, kind)
         if refusal is not None:
             raise _too_many(refusal)
         request.state.rate_limit_charge = (principal.token_id, kind)
-    request.state.principal = principal
     return principal
 
 

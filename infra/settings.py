@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -180,8 +181,8 @@ def _limits_from_env(env: dict[str, str]) -> dict[str, Any]:
             value = kind(env[var].strip())
         except ValueError:
             raise SettingsError(f"{var}: {env[var]!r} is not a {kind.__name__}") from None
-        if kind is not str and value <= 0:
-            raise SettingsError(f"{var} must be positive")
+        if kind is not str and not (0 < value < math.inf):
+            raise SettingsError(f"{var} must be a positive number")
         out[name] = value
     if "trusted_proxies" in out:
         Settings(database_url="", app_password="", kafka_bootstrap_servers="",

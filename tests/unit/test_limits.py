@@ -294,6 +294,7 @@ def test_given_limit_settings_in_the_environment_then_they_round_trip() -> None:
 
 @pytest.mark.parametrize("var, value", [
     ("GONGPEI_UPLOAD_BURST", "0"), ("GONGPEI_READ_PER_MINUTE", "-5"), ("GONGPEI_READ_BURST", "x"),
+    ("GONGPEI_UPLOAD_PER_MINUTE", "nan"), ("GONGPEI_UPLOAD_EVENTS_PER_MINUTE", "inf"),
     ("GONGPEI_TRUSTED_PROXIES", "proxy.local"), ("GONGPEI_ACCESS_LOG_RETENTION_DAYS", "3")])
 def test_given_an_unusable_limit_setting_then_it_is_refused_by_name(var: str, value: str) -> None:
     env = {"DATABASE_URL": "postgresql://x@h/db", "KAFKA_BOOTSTRAP_SERVERS": "h:9092",
