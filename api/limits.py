@@ -103,6 +103,15 @@ READ = "read"
 UPLOAD_ROUTES = frozenset({("POST", "/v1/scan-batches")})
 
 
+# The 429 in the OpenAPI document of every route behind a token.
+RATE_LIMITED_RESPONSE: dict[int | str, dict[str, Any]] = {429: {
+    "description": "Over a rate limit (`rate_limited`, `too_many_concurrent_uploads`,"
+                   " `too_many_failed_authentications`); retry after `Retry-After` seconds",
+    "headers": {"Retry-After": {"description": "Seconds to wait, at least 1",
+                                "schema": {"type": "integer", "minimum": 1}}},
+}}
+
+
 @dataclass(frozen=True)
 class Refusal:
     code: str

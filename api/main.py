@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.access_log import AccessLog, AccessLogMiddleware
-from api.limits import Limits, LimitSettings
+from api.limits import RATE_LIMITED_RESPONSE, Limits, LimitSettings
 from api.routes import access_log, ingest, meta, parcels, settlement, sla, sms
 from domain.county import County
 from infra.db import create_pool
@@ -47,11 +47,8 @@ def create_app(settings: Settings, county: County) -> FastAPI:
     app.add_middleware(AccessLogMiddleware, access_log=log, limits=app.state.limits,
                        trusted_proxies=app.state.trusted_proxies)
     errors.install(app)
-    app.include_router(ingest.router)
-    app.include_router(parcels.router)
-    app.include_router(settlement.router)
-    app.include_router(sla.router)
-    app.include_router(sms.router)
+    for router in (ingest.router, parcels.router, settlement.router, sla.router, sms.router,
+                   access_log.router):
+        app.include_router(router, responses=RATE_LIMITED_RESPONSE)
     app.include_router(meta.router)
-    app.include_router(access_log.router)
     return app
