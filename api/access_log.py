@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,7 +91,7 @@ class AccessLog:
         self._refused: dict[tuple[Any, ...], list[Any]] = {}
         self.last_used = LastUsed()
         self._task: asyncio.Task[None] | None = None
-        self._pruned_at = 0.0
+        self._pruned_at = -math.inf  # prune soon after start, then hourly
 
     def record(self, entry: Entry) -> None:
         key = (entry.token_id, entry.client, entry.method, entry.route) if (
