@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import fields
 
 from fastapi import FastAPI
 
 from api import errors
-from api.routes import conflicts, ingest, meta, parcels, settlement, sla, sms
+from api.access_log import AccessLog, AccessLogMiddleware
+from api.limits import RATE_LIMITED_RESPONSE, Limits, LimitSettings
+from api.routes import access_log, conflicts, ingest, meta, parcels, settlement, sla, sms
 from domain.county import County
 from infra.db import create_pool
 from infra.pii import Keyring
@@ -22,12 +25,17 @@ of their phone at `POST /v1/public/track`."""
 
 
 def create_app(settings: Settings, county: County) -> FastAPI:
+    log = AccessLog(retention_days=settings.access_log_retention_days)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = await create_pool(settings.database_url_for("api"), min_size=2, max_size=10)
+        app.state.pool = await create_pool(settings.database_url_for("api"), min_size=2,
+                                           max_size=10)
+        log.start(app.state.pool)
         try:
             yield
         finally:
+            await log.stop(app.state.pool)
             await app.state.pool.close()
 
     app = FastAPI(title="Gongpei API", version="0.1.0", description=DESCRIPTION,
@@ -36,12 +44,15 @@ def create_app(settings: Settings, county: County) -> FastAPI:
     app.state.county = county
     # Phones are sealed at ingest to the master public key: no key, no API (SettingsError).
     app.state.pii = Keyring.from_settings(settings, county.utc_offset_minutes)
+    app.state.limits = Limits(LimitSettings(**{f.name: getattr(settings, f.name)
+                                               for f in fields(LimitSettings)}))
+    app.state.trusted_proxies = settings.trusted_proxy_set()
+    app.state.access_log = log
+    app.add_middleware(AccessLogMiddleware, access_log=log, limits=app.state.limits,
+                       trusted_proxies=app.state.trusted_proxies)
     errors.install(app)
-    app.include_router(ingest.router)
-    app.include_router(parcels.router)
-    app.include_router(settlement.router)
-    app.include_router(sla.router)
-    app.include_router(sms.router)
-    app.include_router(conflicts.router)
+    for router in (ingest.router, parcels.router, settlement.router, sla.router, sms.router,
+                   conflicts.router, access_log.router):
+        app.include_router(router, responses=RATE_LIMITED_RESPONSE)
     app.include_router(meta.router)
     return app

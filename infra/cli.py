@@ -173,35 +173,79 @@ def cmd_role_password(args: argparse.Namespace) -> None:
     print(f"role {SERVICE_ROLES[args.service]}; shown on request, never stored", file=sys.stderr)
 
 
+def _when(value: Any) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M")
+
+
 def cmd_token(args: argparse.Namespace) -> None:
     import asyncpg
 
     from api import auth
 
     settings = _settings()
+    try:
+        expires_in = None if args.action != "create" or args.expires_in is None else (
+            auth.parse_expires_in(args.expires_in))
+    except ValueError as exc:
+        sys.exit(f"gongpei: {exc}")
 
     async def main() -> None:
-        conn = await asyncpg.connect(settings.database_url)
+        conn = await asyncpg.connect(settings.database_url)  # the schema owner
         try:
             if args.action == "create":
                 try:
                     if args.node is not None and args.node not in _county(settings).nodes:
                         raise ValueError(f"--node {args.node!r} is not a node of the county")
                     token_id, token = await auth.create(conn, role=args.role, name=args.name,
-                                                        brands=args.brand or [], node_id=args.node)
+                                                        brands=args.brand or [],
+                                                        expires_in=expires_in, node_id=args.node)
                 except ValueError as exc:
                     sys.exit(f"gongpei: {exc}")
-                print(f"token {token_id} ({args.role}, {args.name}): {token}")
+                expires = await conn.fetchval("SELECT expires_at FROM tokens WHERE id = $1",
+                                              token_id)
+                print(f"token {token_id} ({args.role}, {args.name}, expires "
+                      f"{_when(expires) if expires else 'never'} UTC): {token}")
                 print("shown once; only its hash is stored", file=sys.stderr)
             elif args.action == "revoke":
                 ok = await auth.revoke(conn, args.id)
                 print("revoked" if ok else f"no active token {args.id}")
             else:
-                for r in await conn.fetch("SELECT id, kind, role, name, brands, created_at, "
-                                          "revoked_at FROM tokens ORDER BY id"):
-                    state = "revoked" if r["revoked_at"] else "active"
-                    print(f"{r['id']:>5}  {r['role']:<12} {r['name']:<24} "
-                          f"{','.join(r['brands']) or '*':<12} {state}")
+                print(f"{'id':>5}  {'role':<13} {'name':<24} {'brands':<12} {'state':<8} "
+                      f"{'expires (UTC)':<17} last used (UTC)")
+                for r in await auth.listing(conn):
+                    print(f"{r['id']:>5}  {r['role']:<13} {r['name']:<24} "
+                          f"{','.join(r['brands']) or '*':<12} {r['state']:<8} "
+                          f"{_when(r['expires_at']) if r['expires_at'] else 'never':<17} "
+                          f"{_when(r['last_used_at'])}")
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
+
+
+def cmd_access_log(args: argparse.Namespace) -> None:
+    import asyncpg
+
+    settings = _settings()
+
+    async def main() -> None:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            if args.prune:
+                n = await conn.fetchval("SELECT prune_access_log($1)",
+                                        settings.access_log_retention_days)
+                print(f"pruned {n} access-log entries older than "
+                      f"{settings.access_log_retention_days} days")
+                return
+            rows = await conn.fetch(
+                "SELECT at, token_id, token_name, role, method, route, status, duration_ms, client,"
+                " requests FROM access_log WHERE ($1::bigint IS NULL OR token_id = $1)"
+                " ORDER BY at DESC LIMIT $2", args.token, args.limit)
+            for r in reversed(rows):
+                who = f"{r['token_id']}:{r['token_name']}({r['role']})" if r["token_id"] else "-"
+                print(f"{r['at']:%Y-%m-%dT%H:%M:%S.%f}Z {r['client']:<15} {who:<32} "
+                      f"{r['method']:<6} {r['route']:<36} {r['status']} {r['duration_ms']:.1f} ms"
+                      + (f" ×{r['requests']}" if r["requests"] > 1 else ""))
         finally:
             await conn.close()
 
@@ -396,10 +440,20 @@ def main(argv: list[str] | None = None) -> None:
     create.add_argument("--brand", action="append", help="repeat for several brands")
     create.add_argument("--node", help="a scanner's node (a village point's keeper records consent"
                         " for the parcels that point serves)")
+    create.add_argument("--expires-in", help="30m, 12h, 90d, 2w or never (default by role:"
+                        " admin, finance-admin 30d; manager, finance, brand 90d;"
+                        " scanner, brand-system 365d)")
     revoke = tsub.add_parser("revoke")
     revoke.add_argument("id", type=int)
     tsub.add_parser("list")
     tok.set_defaults(func=cmd_token)
+
+    alog = sub.add_parser("access-log", help="who called what (newest last); --prune drops"
+                          " entries older than GONGPEI_ACCESS_LOG_RETENTION_DAYS")
+    alog.add_argument("--limit", type=int, default=50)
+    alog.add_argument("--token", type=int, help="only this token id")
+    alog.add_argument("--prune", action="store_true")
+    alog.set_defaults(func=cmd_access_log)
 
     rebuild = sub.add_parser("rebuild", help="rebuild tracking from the journal; for the ledger,"
                              " replay it beside the books and report any difference")

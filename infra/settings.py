@@ -5,11 +5,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEMO_COUNTY = Path(__file__).parent / "counties" / "haicheng.toml"
 # Each service connects to PostgreSQL as its own role, with only the privileges it needs
 # (infra/schema/grants.sql; docs/security/roles.md). The schema owner is DATABASE_URL's user.
@@ -84,6 +88,19 @@ class Settings:
     # newest first) open them: ONLY the SMS service and the operator's `gongpei pii` get them.
     pii_public_key: str = ""
     pii_private_keys: str = ""
+    # Rate limits, per API process (docs/security/writers.md): bursts and refills per minute.
+    # Uploads per token: 60 requests and 30,000 events at once (a day's backlog of 20,000 events
+    # in 500-event batches is 40 requests), then 1 request/s and 100 events/s.
+    upload_burst: int = 60
+    upload_per_minute: float = 60.0
+    upload_events_burst: int = 30_000
+    upload_events_per_minute: float = 6_000.0
+    upload_concurrency: int = 1      # batches of one token in progress at once
+    read_burst: int = 600            # every other authenticated request, per token
+    read_per_minute: float = 1_200.0
+    auth_failure_burst: int = 20     # unknown/expired tokens per client address, then 429
+    auth_failures_per_minute: float = 2.0
+    access_log_retention_days: int = 90
 
     def role_password(self, service: str) -> str:
         """The password of `service`'s database role: its own setting, else derived."""
@@ -159,6 +176,15 @@ class Settings:
         """The one setting `to_env` withholds: give it only to the SMS service."""
         return {"GONGPEI_PII_PRIVATE_KEYS": self.pii_private_keys}
 
+    def trusted_proxy_set(self) -> frozenset[IPNetwork]:
+        """The trusted proxies, as networks (an address is a network of one)."""
+        try:
+            return frozenset(ipaddress.ip_network(a.strip(), strict=False)
+                             for a in self.trusted_proxies.split(",") if a.strip())
+        except ValueError:
+            raise SettingsError("GONGPEI_TRUSTED_PROXIES: comma-separated IP addresses or"
+                                " networks") from None
+
     @property
     def broker_session_timeout(self) -> float:
         # Tansu makes every group join wait half the session timeout: keep it short there.
@@ -188,7 +214,7 @@ class Settings:
         for name in ("GONGPEI_PII_PUBLIC_KEY", "GONGPEI_PII_PRIVATE_KEYS"):
             for key in filter(None, (k.strip() for k in env.get(name, "").split(","))):
                 _key32(name, key)  # a mistyped key fails at start, not at the first parcel
-        return cls(
+        settings = cls(
             database_url=env["DATABASE_URL"],
             app_password=password,
             role_passwords=own,
@@ -210,7 +236,10 @@ class Settings:
             pii_private_keys=env.get("GONGPEI_PII_PRIVATE_KEYS", ""),
             max_event_age_days=_positive_int(env, "GONGPEI_MAX_EVENT_AGE_DAYS", 30),
             trusted_proxies=env.get("GONGPEI_TRUSTED_PROXIES", ""),
+            **_limits_from_env(env),
         )
+        settings.trusted_proxy_set()  # a mistyped proxy fails at start, by name
+        return settings
 
     def to_env(self) -> dict[str, str]:
         """The environment a child process needs to rebuild these settings (every password
@@ -241,6 +270,7 @@ class Settings:
             # FORWARDED_ALLOW_IPS, and trusts loopback when it is unset: say exactly whom to trust
             # ("" trusts no one), so a local caller cannot pose as any address it likes.
             "FORWARDED_ALLOW_IPS": self.trusted_proxies,
+            **{env: str(getattr(self, name)) for name, (env, _) in _LIMIT_ENV.items()},
         }
 
 
@@ -255,3 +285,35 @@ def _key32(name: str, value: str) -> bytes:
     if len(raw) != 32:
         raise SettingsError(f"{name}: not a base64 X25519 key of 32 bytes")
     return raw
+
+
+# Settings field -> (environment variable, type) for the rate limits and the access log.
+_LIMIT_ENV: dict[str, tuple[str, type]] = {
+    "upload_burst": ("GONGPEI_UPLOAD_BURST", int),
+    "upload_per_minute": ("GONGPEI_UPLOAD_PER_MINUTE", float),
+    "upload_events_burst": ("GONGPEI_UPLOAD_EVENTS_BURST", int),
+    "upload_events_per_minute": ("GONGPEI_UPLOAD_EVENTS_PER_MINUTE", float),
+    "upload_concurrency": ("GONGPEI_UPLOAD_CONCURRENCY", int),
+    "read_burst": ("GONGPEI_READ_BURST", int),
+    "read_per_minute": ("GONGPEI_READ_PER_MINUTE", float),
+    "auth_failure_burst": ("GONGPEI_AUTH_FAILURE_BURST", int),
+    "auth_failures_per_minute": ("GONGPEI_AUTH_FAILURES_PER_MINUTE", float),
+    "access_log_retention_days": ("GONGPEI_ACCESS_LOG_RETENTION_DAYS", int),
+}
+
+
+def _limits_from_env(env: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, (var, kind) in _LIMIT_ENV.items():
+        if env.get(var, "").strip() == "":
+            continue
+        try:
+            value = kind(env[var].strip())
+        except ValueError:
+            raise SettingsError(f"{var}: {env[var]!r} is not a {kind.__name__}") from None
+        if kind is not str and not (0 < value < math.inf):
+            raise SettingsError(f"{var} must be a positive number")
+        out[name] = value
+    if out.get("access_log_retention_days", 90) < 7:
+        raise SettingsError("GONGPEI_ACCESS_LOG_RETENTION_DAYS: at least 7")
+    return out

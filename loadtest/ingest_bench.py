@@ -42,7 +42,11 @@ def build_events(parcels: int, seed: int) -> tuple[dict[str, list[dict[str, Any]
 async def run(parcels: int, uploaders: int, seed: int) -> dict[str, float]:
     state = Path(tempfile.mkdtemp(prefix="gongpei-bench-"))
     # The bench replays a fixed day (2026-11-11): reach back to it, however long after it runs.
-    plat = Platform(state, api_port=0, settings_changes={"max_event_age_days": 36500})
+    # Its uploaders share one scanner token, four batches at once: a throughput test, not a
+    # device, so the per-token upload limits (one batch at a time, 30,000 events) are lifted.
+    plat = Platform(state, api_port=0, settings_changes={
+        "max_event_age_days": 36500,
+        "upload_concurrency": 1000, "upload_burst": 10**6, "upload_events_burst": 10**9})
     await asyncio.to_thread(plat.start, 90)
     try:
         assert plat.settings is not None

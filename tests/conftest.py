@@ -32,9 +32,9 @@ def county_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert old in text, old
         text = text.replace(old, new)
     # The hand-made fixtures' waybills (golden events, the SLA day, the settlement October) predate
-    # the brands' formats: only JD's pattern stays, which they never use and the checks test.
-    kept = 'JD = "JD[0-9]{13}"'
-    text, n = re.subn(r'^(EMS|ZTO|YTO|STO|YUNDA|JT|SF) = ".*"\n', "", text, flags=re.MULTILINE)
+    # the brands' formats: only YUNDA's pattern stays, a brand they never use, for the checks.
+    kept = 'YUNDA = "43[0-9]{13}"'
+    text, n = re.subn(r'^(EMS|ZTO|YTO|STO|JT|SF|JD) = ".*"\n', "", text, flags=re.MULTILINE)
     assert n == 7 and kept in text, n
     path = tmp_path_factory.mktemp("county") / "haicheng-test.toml"
     path.write_text(text, encoding="utf-8")
@@ -51,15 +51,22 @@ def fixture_horizon_days() -> int:
     return (datetime.now(UTC).date() - FIXTURES_SINCE).days + 30
 
 
+TEST_SETTINGS: dict[str, object] = {"max_event_age_days": fixture_horizon_days()}
+# The suite is a county's traffic through a handful of shared tokens, far beyond one device's
+# limits; the limits themselves are tried on a platform of their own (test_writers.py).
+UNLIMITED_WRITERS: dict[str, object] = {"upload_burst": 10**6, "upload_events_burst": 10**9,
+                                        "upload_concurrency": 64, "read_burst": 10**6}
+
+
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory: pytest.TempPathFactory, county_file: Path) -> Iterator[Platform]:
     # Gateway calls take 20–150 ms, so a SIGKILL of the sender often lands mid-call.
     p = Platform(tmp_path_factory.mktemp("gongpei-state"), county_file=county_file,
-                 settings_changes={"max_event_age_days": fixture_horizon_days()},
                  topic_partitions=4, gateway_args=("--latency", "0.02,0.15", "--receipt-delay", "1,6",
                                 "--seed", "7"),
                  # Numbers starting 1990 always fail at the primary: the failover test's.
-                 primary_gateway_args=("--fail-prefix", "1990"))
+                 primary_gateway_args=("--fail-prefix", "1990"),
+                 settings_changes={**TEST_SETTINGS, **UNLIMITED_WRITERS})
     try:
         p.start(timeout=90)
         yield p

@@ -135,6 +135,7 @@ async def post_scan_batch(request: Request, principal: PrincipalDep, pool: PoolD
     except ApiError as exc:
         INGEST_BATCHES.labels(outcome=exc.code).inc()
         raise
+    request.app.state.limits.charge_events(principal.token_id, len(raw_events))
     outcomes = validate_batch(
         raw_events, county=county, permitted_brands=principal.brands,
         permitted_types=EMITTABLE[principal.role], device_id=principal.device_id,

@@ -16,3 +16,14 @@ CREATE POLICY sms_recipients_by_brand ON sms_recipients
 ALTER TABLE tokens ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tokens_presented ON tokens
     USING (token_hash = decode(nullif(current_setting('gongpei.token_hash', true), ''), 'hex'));
+
+-- When tokens were last used, written in batches by the API (api/access_log.py). Row-level
+-- security shows the API's role only the token presented, and a batch is many tokens: this
+-- function, owned by the schema owner, changes that one column and nothing else.
+CREATE FUNCTION touch_tokens(ids bigint[], ats timestamptz[]) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+    UPDATE public.tokens t SET last_used_at = u.at
+    FROM unnest(ids, ats) AS u(id, at)
+    WHERE t.id = u.id AND (t.last_used_at IS NULL OR t.last_used_at < u.at);
+$$;
+REVOKE ALL ON FUNCTION touch_tokens(bigint[], timestamptz[]) FROM PUBLIC;

@@ -38,6 +38,11 @@ BEGIN
     END IF;
 END $$;
 GRANT SELECT ON tokens TO gongpei_api;                       -- RLS: the presented token's row
+-- When each token was last used: through a function, since a batch of tokens is never "the token
+-- presented" (008); and who called what, added and read, never changed or removed (but pruned).
+GRANT EXECUTE ON FUNCTION touch_tokens(bigint[], timestamptz[]) TO gongpei_api;
+GRANT SELECT, INSERT ON access_log TO gongpei_api;
+GRANT EXECUTE ON FUNCTION prune_access_log(integer) TO gongpei_api;
 GRANT SELECT ON parcels TO gongpei_api;                      -- RLS by brand (masked phone only)
 GRANT SELECT ON ledger_lines, settlement_events TO gongpei_api;          -- RLS by brand
 GRANT SELECT ON ledger_periods TO gongpei_api;               -- no brand: a period is everyone's

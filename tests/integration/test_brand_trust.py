@@ -238,11 +238,11 @@ def test_the_ownership_check_holds_under_concurrent_claims(
 def test_a_waybill_not_in_its_brands_format_is_refused_where_the_county_names_one(
         client: httpx.Client, tokens: dict[str, str], county: County) -> None:
     now = county_time(county, datetime.now(UTC))
-    assert county.waybill_patterns["JD"].pattern == "JD[0-9]{13}"
-    good, bad = f"JD{int(time.time() * 1000) % 10**13:013d}", "JD1234567890"
+    assert county.waybill_patterns["YUNDA"].pattern == "43[0-9]{13}"
+    good, bad = f"43{int(time.time() * 1000) % 10**13:013d}", "YD1234567890"
 
-    results = post(client, tokens["JD-system"], [register(county, good, "JD", phone(), now),
-                                                 register(county, bad, "JD", phone(), now)])
+    results = post(client, tokens["YUNDA-system"], [register(county, good, "YUNDA", phone(), now),
+                                                    register(county, bad, "YUNDA", phone(), now)])
 
     assert [r["status"] for r in results] == ["accepted", "rejected"]
     assert results[1]["reason"] == "waybill_pattern_mismatch"

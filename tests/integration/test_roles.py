@@ -35,6 +35,7 @@ API_READS_WITHOUT_RLS = {
     "public_lookup_limits": "the public lookup's buckets: an address or a waybill, and a time",
     "waybill_owners": "which brand owns a waybill, read across brands by the ingest transaction"
                       " to refuse a competitor's claim (never served)",
+    "access_log": "who called what (token, route template, status, address): the admins' route",
     "ingest_conflicts": "refused uploads for the county manager's route only (phone masked)",
     "pii_periods": "a month's public key and hash key, to seal phones at ingest (never the"
                    " month's private key: column grants)",

@@ -12,7 +12,6 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from itertools import count
 from typing import Any
 
 import asyncpg
@@ -20,15 +19,16 @@ import httpx
 
 from domain.county import County
 from infra.platform import GATEWAYS, Platform
-from loadtest.traffic import county_time, envelope
+from loadtest.traffic import county_time, envelope, waybill_for
 from tests.conftest import bearer, db_fetch, wait_for
 
-_serial = count(1)
+_waybills = random.Random(time.time_ns())
 POINT = "VIL-XILIU-01"
 
 
 def waybill(brand: str) -> str:
-    return f"{brand[:2]}9{int(time.time()) % 100000:05d}{next(_serial):06d}"
+    """A fresh waybill in the brand's own format (the county may check it)."""
+    return waybill_for(brand, _waybills)
 
 
 def phone() -> str:
