@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from infra.db import migrate
@@ -25,6 +26,7 @@ log = logging.getLogger("gongpei.platform")
 SERVICES = ("relay", "worker", "ledger", "sms", "api")
 # The local SMS gateways, primary and failover, each speaking its provider's SMS API.
 GATEWAYS = ("aliyun", "tencent")
+RETENTION_EVERY = 3600.0  # seconds between two runs of the phone retention under `gongpei up`
 
 
 def _die_with_parent() -> None:
@@ -90,6 +92,7 @@ class Platform:
     primary_gateway_args: tuple[str, ...] = ()  # and for the primary only (failover drills)
     gateway_ports: dict[str, int] = field(default_factory=dict)
     settings_changes: dict[str, object] = field(default_factory=dict)  # e.g. a test's horizon
+    _retention_at: float = field(default=float("-inf"), repr=False)  # monotonic; -inf: due now
 
     @property
     def api_url(self) -> str:
@@ -227,8 +230,47 @@ class Platform:
         except OSError:
             return False
 
+    def apply_retention(self, now: datetime | None = None) -> list[str]:
+        """Destroy the phone keys of every month older than the county's retention (crypto-
+        shredding, as `gongpei pii shred` does); returns the months shredded. The supervisor runs
+        it at start and hourly, so a number becomes unreadable on time without anyone's cron."""
+        from domain.county import load_county
+        from infra.db import _init_connection
+        from infra.pii_admin import retention_cutoff, shred
+
+        assert self.settings is not None
+        county = load_county(self.county_file)
+        at = now or datetime.now(UTC)
+
+        async def go() -> list[str]:
+            import asyncpg
+
+            assert self.settings is not None
+            conn = await asyncpg.connect(self.settings.database_url)  # the schema owner
+            try:
+                await _init_connection(conn)
+                cutoff = retention_cutoff(at, county.phone_retention_days,
+                                          county.utc_offset_minutes)
+                done = await shred(conn, cutoff, at, county.utc_offset_minutes)
+            finally:
+                await conn.close()
+            if done.periods:
+                log.info("retention (%s days): %s", county.phone_retention_days,
+                         "; ".join(done.lines()))
+            return done.periods
+
+        self._retention_at = time.monotonic()
+        return asyncio.run(go())
+
     def supervise_once(self) -> list[str]:
-        """Restart any child that died; returns the names restarted."""
+        """Restart any child that died, and apply the phone retention hourly; returns the names
+        restarted."""
+        if time.monotonic() - self._retention_at > RETENTION_EVERY:
+            try:
+                self.apply_retention()
+            except Exception as exc:  # noqa: BLE001 - a database away for a moment: next hour
+                self._retention_at = time.monotonic()
+                log.warning("retention not applied this hour: %s", type(exc).__name__)
         restarted = []
         for child in self.children.values():
             if not child.alive():

@@ -576,3 +576,33 @@ def test_given_a_journal_from_before_sealing_then_migrate_says_to_start_afresh(
             await conn.close()
 
     assert asyncio.run(go()) == (False, True)
+
+
+def test_the_embedded_supervisor_shreds_months_past_retention_by_itself(platform: Platform) -> None:
+    """`gongpei up` applies the county's retention without anyone running a command: a month
+    older than it loses its keys; the current month keeps them."""
+    from infra import pii
+
+    old = "2001-01"  # long past any retention
+
+    async def plant() -> None:
+        assert platform.settings is not None
+        conn = await asyncpg.connect(platform.settings.database_url)
+        try:
+            public, private = pii.generate_keypair()
+            await conn.execute(
+                "INSERT INTO pii_periods (period, public_key, private_key, master_key_id, hash_key)"
+                " VALUES ($1, $2, $3, 'test', $4) ON CONFLICT DO NOTHING", old, public, private,
+                b"k" * 32)
+        finally:
+            await conn.close()
+
+    asyncio.run(plant())
+    assert old in platform.apply_retention()
+    [row] = db_fetch(platform, "SELECT private_key, hash_key, shredded_at FROM pii_periods"
+                               " WHERE period = $1", old)
+    assert row["private_key"] is None and row["hash_key"] is None and row["shredded_at"]
+    recent = db_fetch(platform, "SELECT count(*) FROM pii_periods WHERE shredded_at IS NOT NULL"
+                                " AND period >= to_char(now() - interval '150 days', 'YYYY-MM')")
+    assert recent[0][0] == 0  # months within the retention (180 days in the demo) keep their keys
+    assert platform.apply_retention() == []  # nothing more to do
