@@ -1,14 +1,13 @@
 """County configuration: topology (centre → townships → villages), routes with fixed runs, brands.
 
-One TOML file per county, validated when loaded, with errors that name the file, the entry and why."""
+One TOML file per county (read by infra.county_file), validated with errors that name the file,
+the entry and why; the SLA, SMS and settlement rules are added by domain.county_config."""
 
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Literal
 
 from domain.brands import BRANDS
@@ -127,8 +126,9 @@ def _req(entry: dict[str, Any], key: str, kind: type, source: str, where: str) -
     return value
 
 
-def parse_county(doc: dict[str, Any], source: str = "county") -> County:
-    """Validate a parsed county document and build the County."""
+def parse_topology(doc: dict[str, Any], source: str = "county") -> County:
+    """Validate a parsed county document's network (nodes, routes, brands, waybill formats,
+    privacy) and build the County; `domain.county_config.parse_county` adds its rules."""
     head = doc.get("county")
     if not isinstance(head, dict):
         raise _fail(source, "[county]", "the table is required")
@@ -217,21 +217,6 @@ def parse_county(doc: dict[str, Any], source: str = "county") -> County:
             raise _fail(source, where, "a fixed route needs at least one run")
         routes.append(Route(route_id, _req(raw, "name", str, source, where), stops, distance,
                             tuple(runs)))
-    settlement = None
-    if "settlement" in doc:
-        from domain.settlement.config import parse_settlement
-
-        settlement = parse_settlement(doc, source, {r.id for r in routes})
-    sla = None
-    if "sla" in doc:
-        from domain.sla import parse_sla
-
-        sla = parse_sla(doc, source)
-    sms = None
-    if "sms" in doc:
-        from domain.sms import parse_sms
-
-        sms = parse_sms(doc, source)
     retention = 180
     if "privacy" in doc:
         privacy = _table(doc["privacy"], source, "[privacy]")
@@ -242,8 +227,9 @@ def parse_county(doc: dict[str, Any], source: str = "county") -> County:
         if not 1 <= retention <= 3650:
             raise _fail(source, "[privacy]", f"phone_retention_days {retention} is not 1–3650")
     return County(code, _req(head, "name", str, source, "[county]"), offset, brands, nodes,
-                  tuple(routes), settlement, sla, sms,
-                  _waybill_patterns(doc.get("waybill_patterns", {}), brands, source),
+                  tuple(routes),
+                  waybill_patterns=_waybill_patterns(doc.get("waybill_patterns", {}), brands,
+                                                     source),
                   phone_retention_days=retention)
 
 
@@ -262,15 +248,3 @@ def _waybill_patterns(raw: object, brands: tuple[str, ...], source: str) -> dict
         except re.error as exc:
             raise _fail(source, where, f"not a regular expression: {exc}") from None
     return out
-
-
-def load_county(path: str | Path) -> County:
-    """Read and validate a county TOML file."""
-    path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CountyConfigError(f"{path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CountyConfigError(f"{path.name}: not valid TOML: {exc}") from None
-    return parse_county(doc, path.name)

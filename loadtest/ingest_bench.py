@@ -20,8 +20,8 @@ import asyncpg
 import httpx
 
 from api import auth
-from domain.county import load_county
-from infra.platform import Platform
+from entrypoints.platform import Platform
+from infra.county_file import load_county
 from infra.settings import DEMO_COUNTY
 from loadtest.traffic import CountyTraffic, county_time
 

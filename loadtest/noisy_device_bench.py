@@ -35,8 +35,9 @@ import httpx
 import orjson
 
 from api import auth
-from domain.county import County, load_county
-from infra.platform import Platform
+from domain.county import County
+from entrypoints.platform import Platform
+from infra.county_file import load_county
 from infra.settings import DEMO_COUNTY
 from loadtest.traffic import CountyTraffic, county_time
 

@@ -22,7 +22,7 @@ import asyncpg
 import httpx
 
 from api import auth
-from infra.platform import Platform
+from entrypoints.platform import Platform
 
 DAY = "2026-11-11"
 FILL = """
@@ -70,7 +70,7 @@ async def fill(dsn: str, parcels: int, days: int, villages: list[tuple[str, str]
 
 
 async def main(parcels: int, days: int, repeats: int) -> None:
-    from domain.county import load_county
+    from infra.county_file import load_county
     from infra.settings import DEMO_COUNTY
 
     county = load_county(DEMO_COUNTY)

@@ -3,7 +3,7 @@ a given out-id was already accepted (asked before any resend, since no provider 
 
 Aliyun (dysmsapi 2017-05-25) and Tencent Cloud (sms 2021-01-11) go through their official SDKs,
 which take an endpoint and protocol, so the same clients talk to the providers or to the local
-gateway (infra/sms_gateway.py). The SDKs' own retries are off: a retried SendSms is a second SMS,
+gateway (entrypoints/sms_gateway.py). The SDKs' own retries are off: a retried SendSms is a second SMS,
 and retrying is the sender's decision."""
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from api import auth
-from domain.county import County, load_county
-from infra.platform import Platform
+from domain.county import County
+from entrypoints.platform import Platform
+from infra.county_file import load_county
 from infra.settings import DEMO_COUNTY
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infra.platform import Platform
+from entrypoints.platform import Platform
 from tests.conftest import bearer, wait_for
 from tests.fixtures.sla import day as script
 from tests.integration.test_sla import ingest_day, rates

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from domain.county import County
-from infra.platform import Platform
+from entrypoints.platform import Platform
 from loadtest.traffic import county_time, envelope
 from tests.conftest import bearer, db_fetch, issue, wait_for
 from tests.integration.test_sms import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 
 from domain.county import County
-from infra.platform import Platform
+from entrypoints.platform import Platform
 from tests.conftest import bearer, db_fetch, wait_for
 from tests.integration.test_spine import _ingest, _lifecycle, _post, _wait_timeline
 

@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from infra.platform import Platform
+from entrypoints.platform import Platform
 from loadtest.traffic import event_id
 from tests.conftest import bearer, db_fetch
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from infra.platform import Platform
+from entrypoints.platform import Platform
 from loadtest.traffic import event_id
 from tests.conftest import bearer, db_fetch
 

@@ -10,14 +10,14 @@ import sys
 import httpx
 
 from domain.events import CURRENT_VERSION
-from infra.platform import Platform
+from entrypoints.platform import Platform
 from tests.conftest import bearer
 
 
 def gongpei(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
     assert platform.settings is not None
     env = {**os.environ, **platform.settings.to_env()}
-    return subprocess.run([sys.executable, "-m", "infra.cli", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "entrypoints.cli", *args], env=env, capture_output=True,
                           text=True, timeout=60, check=False)
 
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from domain.county import County
-from infra.platform import Platform
+from entrypoints.platform import Platform
 from loadtest.traffic import CountyTraffic, county_time, envelope
 from tests.conftest import bearer, db_fetch, wait_for
 
@@ -51,7 +51,7 @@ def _gongpei(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]
     """An operator command, configured like the operator's shell: no private key needed."""
     assert platform.settings is not None
     env = {**os.environ, **platform.settings.to_env()}
-    return subprocess.run([sys.executable, "-m", "infra.cli", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "entrypoints.cli", *args], env=env,
                           capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -385,8 +385,8 @@ def test_given_a_number_erased_after_its_sms_was_decided_then_the_sender_fails_i
     from domain.envelope import Envelope
     from domain.events import ParcelRegisteredUpload, ParcelScanned, ScanAction
     from infra.db import _init_connection, create_pool
-    from infra.pii_admin import erase
     from projections import journal, sms_store
+    from projections.pii_admin import erase
     from streams.sms_service import Sender
     from tests.integration.test_sms import RecordingProvider
 
@@ -471,7 +471,7 @@ def test_given_a_new_master_key_when_rotated_then_only_it_is_needed_to_open_ever
 
     def rotate(keys: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, **settings.to_env(), "GONGPEI_PII_PRIVATE_KEYS": keys}
-        return subprocess.run([sys.executable, "-m", "infra.cli", "pii", "rotate"], env=env,
+        return subprocess.run([sys.executable, "-m", "entrypoints.cli", "pii", "rotate"], env=env,
                               capture_output=True, text=True, timeout=60, check=False)
 
     async def open_one(keys: Keyring) -> str:

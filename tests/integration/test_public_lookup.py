@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from domain.county import County
-from infra.platform import Platform
+from entrypoints.platform import Platform
 from loadtest.traffic import CountyTraffic, Parcel, county_time
 from tests.conftest import bearer, db_fetch, wait_for
 

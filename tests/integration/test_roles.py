@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from domain.county import County
+from entrypoints.platform import Platform
 from infra.db import migrate
-from infra.platform import Platform
 from infra.settings import LEGACY_APP_ROLE, SERVICE_ROLES
 from tests.conftest import bearer, db_fetch, wait_for
 

@@ -14,7 +14,7 @@ import pytest
 from openpyxl import load_workbook
 
 from domain.county import County
-from infra.platform import Platform
+from entrypoints.platform import Platform
 from tests.conftest import bearer, wait_for
 from tests.fixtures.settlement import october
 from tests.integration.test_spine import _post

@@ -18,7 +18,7 @@ import asyncpg
 import httpx
 
 from domain.county import County
-from infra.platform import GATEWAYS, Platform
+from entrypoints.platform import GATEWAYS, Platform
 from loadtest.traffic import county_time, envelope, waybill_for
 from tests.conftest import bearer, db_fetch, wait_for
 

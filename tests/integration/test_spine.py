@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from domain.county import County
-from infra.platform import Platform
+from entrypoints.platform import Platform
 from loadtest.traffic import CountyTraffic, county_time
 from tests.conftest import bearer, db_fetch, wait_for
 

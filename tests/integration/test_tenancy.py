@@ -6,7 +6,7 @@ import asyncio
 
 import asyncpg
 
-from infra.platform import Platform
+from entrypoints.platform import Platform
 from tests.conftest import wait_for
 
 
@@ -36,7 +36,7 @@ def _as_app(platform: Platform, scope: str | None) -> tuple[set[str], int, bool]
 
 def test_given_the_service_roles_then_rls_scopes_rows_and_denies_by_default(
         platform: Platform, client, tokens) -> None:
-    from domain.county import load_county
+    from infra.county_file import load_county
     from infra.settings import DEMO_COUNTY
     from tests.integration.test_spine import _ingest, _lifecycle
 

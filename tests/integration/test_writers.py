@@ -24,7 +24,7 @@ import pytest
 
 from api import auth
 from domain.county import County
-from infra.platform import Platform
+from entrypoints.platform import Platform
 from loadtest.traffic import CountyTraffic, county_time, envelope
 from tests.conftest import TEST_SETTINGS, bearer, db_fetch, issue, wait_for
 
@@ -62,7 +62,7 @@ def at(address: str, token: str | None = None) -> dict[str, str]:
 def gongpei(platform: Platform, *args: str) -> subprocess.CompletedProcess[str]:
     assert platform.settings is not None
     env = {**os.environ, **platform.settings.to_env()}
-    return subprocess.run([sys.executable, "-m", "infra.cli", *args], env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "entrypoints.cli", *args], env=env, capture_output=True,
                           text=True, timeout=60, check=False)
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from domain.brands import BRANDS
-from domain.county import CountyConfigError, load_county
+from domain.county import CountyConfigError
+from infra.county_file import load_county
 
 DEMO = Path(__file__).parents[2] / "infra" / "counties" / "haicheng.toml"
 COUNTY = load_county(DEMO)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from domain.county import CountyConfigError, load_county
+from domain.county import CountyConfigError
 from domain.phone import is_mobile, last4, mask_phone
+from infra.county_file import load_county
 from infra.settings import DEMO_COUNTY, Settings, SettingsError
 from streams.topics import UnroutableEvent, topic_for
 

@@ -166,7 +166,7 @@ def test_given_no_public_key_then_the_api_keyring_refuses_to_start() -> None:
 
 
 def test_a_month_is_shredded_only_once_it_is_entirely_older_than_the_retention() -> None:
-    from infra.pii_admin import retention_cutoff
+    from projections.pii_admin import retention_cutoff
 
     now = datetime(2026, 12, 1, 4, 0, tzinfo=UTC)  # 12:00 in the county
     # Every month before the cutoff goes: May ended 183 days ago; June ended only 153 days ago.

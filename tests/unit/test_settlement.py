@@ -9,12 +9,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain.county import load_county
 from domain.envelope import Envelope
 from domain.events import PAYLOADS
 from domain.money import Fen
 from domain.settlement.rules import TripManifest, parcel_lines, trip_lines
 from domain.settlement.statement import build_statement
+from infra.county_file import load_county
 from infra.settings import DEMO_COUNTY
 from tests.fixtures.phones import sealed
 

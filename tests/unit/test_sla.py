@@ -9,10 +9,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain.county import load_county
 from domain.envelope import Envelope
 from domain.events import PAYLOADS
 from domain.sla import LegOutcome, evaluate_parcel, live_status
+from infra.county_file import load_county
 from infra.settings import DEMO_COUNTY
 from tests.fixtures.phones import sealed
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from domain.county import load_county
+from infra.county_file import load_county
 from infra.settings import DEMO_COUNTY
 from loadtest.traffic import WAYBILL_FORMATS, CountyTraffic
 

@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
-from domain.county import load_county
 from domain.envelope import Envelope
 from domain.redact import mask_digit_runs, mask_mobiles
 from domain.validation import Reason, Rejection, validate_batch, validate_event
+from infra.county_file import load_county
 from infra.settings import DEMO_COUNTY
 
 COUNTY = load_county(DEMO_COUNTY)

@@ -175,7 +175,7 @@ class Platform:
             return {**env, **self.settings.pii_private_env()} if service == "sms" else env  # type: ignore[union-attr]
 
         for name, port in self.gateway_ports.items():
-            argv = [sys.executable, "-m", "infra.sms_gateway", "--port", str(port),
+            argv = [sys.executable, "-m", "entrypoints.sms_gateway", "--port", str(port),
                     "--county", str(self.county_file), "--log", str(self.gateway_log(name)),
                     "--callback", self.receipt_url, "--callback-tencent",
                     self.receipt_url.replace("/aliyun?", "/tencent?"),
@@ -184,7 +184,7 @@ class Platform:
             self.children[f"sms-gateway-{name}"] = Child(
                 f"sms-gateway-{name}", argv, env_for(None), self.state_dir / "logs" / f"sms-gateway-{name}.log")
         for name in self.services:
-            argv = [sys.executable, "-m", "infra.cli", name]
+            argv = [sys.executable, "-m", "entrypoints.cli", name]
             if name == "api":
                 argv += ["--port", str(self.api_port)]
             self.children[name] = Child(name, argv, env_for(name),
@@ -234,9 +234,9 @@ class Platform:
         """Destroy the phone keys of every month older than the county's retention (crypto-
         shredding, as `gongpei pii shred` does); returns the months shredded. The supervisor runs
         it at start and hourly, so a number becomes unreadable on time without anyone's cron."""
-        from domain.county import load_county
+        from infra.county_file import load_county
         from infra.db import _init_connection
-        from infra.pii_admin import retention_cutoff, shred
+        from projections.pii_admin import retention_cutoff, shred
 
         assert self.settings is not None
         county = load_county(self.county_file)

@@ -30,7 +30,8 @@ def _settings() -> Settings:
 
 
 def _county(settings: Settings):
-    from domain.county import CountyConfigError, load_county
+    from domain.county import CountyConfigError
+    from infra.county_file import load_county
 
     try:
         return load_county(settings.county_file)
@@ -132,7 +133,7 @@ def cmd_sms(args: argparse.Namespace) -> None:
 
 
 def cmd_sms_gateway(args: argparse.Namespace) -> None:
-    from infra import sms_gateway
+    from entrypoints import sms_gateway
 
     sms_gateway.main(args.gateway_args)
 
@@ -285,7 +286,8 @@ def cmd_pii(args: argparse.Namespace) -> None:
     """Keys for phone numbers: a new master keypair, retention, erasure, rotation."""
     import base64
 
-    from infra import pii, pii_admin
+    from infra import pii
+    from projections import pii_admin
 
     if args.action == "keygen":
         public, private = pii.generate_keypair()
@@ -341,8 +343,8 @@ def cmd_pii(args: argparse.Namespace) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> None:
+    from entrypoints.platform import Platform
     from infra.db import MigrationError
-    from infra.platform import Platform
 
     _log_to_stderr()
     state = Path(args.state_dir).resolve()

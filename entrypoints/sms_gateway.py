@@ -34,9 +34,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from domain.county import load_county
 from domain.phone import is_mobile, mask_phone
 from domain.sms import SmsPolicy, render, segments, template_keys
+from infra.county_file import load_county
 
 log = logging.getLogger("gongpei.sms_gateway")
 BEIJING = timezone(timedelta(hours=8))
