@@ -35,7 +35,8 @@ async def rebuild_tracking(settings: Settings, county: County, page: int = 5000)
     return count
 
 
-LEDGER_TABLES = ("settlement_events", "ledger_cursor", "ledger_periods", "ledger_lines")
+LEDGER_TABLES = ("settlement_events", "ledger_cursor", "ledger_periods", "ledger_lines",
+                 "ledger_parcels", "ledger_trips")
 SCRATCH = "ledger_rebuild"
 
 
