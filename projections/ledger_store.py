@@ -44,6 +44,7 @@ from projections.tracking_store import use_all_brands
 
 LEDGER_TYPES = ("parcel.registered", "parcel.scanned", "vehicle.departed", "period.closed")
 LEDGER_LOCK = 7710004
+LEDGER_REBUILD_LOCK = 7710007  # a replay into a scratch schema (7710005 is the SMS planner's)
 State = ParcelState | TripState
 Step = tuple[Fact, Registration | None]   # an event folded into a unit (a load: with its rider)
 
@@ -148,7 +149,9 @@ class _Fold:
         for f in facts:
             parcel: ParcelState | None = None
             if f.waybill is not None:
-                parcel = self.states[f"parcel:{f.waybill}"]  # type: ignore[assignment]
+                state = self.states[f"parcel:{f.waybill}"]
+                assert isinstance(state, ParcelState)
+                parcel = state
                 self._step(f"parcel:{f.waybill}", f)
                 if f.type == "parcel.registered" and parcel.trips:
                     for t in parcel.trips:

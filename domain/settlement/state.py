@@ -199,6 +199,13 @@ class TripState:
     loads: list[Load] = field(default_factory=list)
     stops: list[tuple[str, str]] = field(default_factory=list)
     riders: dict[str, Registration] = field(default_factory=dict)
+    # derived from `loads`, so that a fold stays O(1) however many parcels the run carries
+    load_ids: set[str] = field(default_factory=set, repr=False, compare=False)
+    loaded: set[str] = field(default_factory=set, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.load_ids = {x.event_id for x in self.loads}
+        self.loaded = {x.waybill for x in self.loads}
 
     def to_json(self) -> dict[str, Any]:
         dep = self.departure
@@ -228,15 +235,17 @@ def fold_trip(state: TripState, f: Fact, rider: Registration | None = None) -> b
             return True
         return False
     if f.type == "parcel.registered":
-        if f.waybill in state.riders or any(x.waybill == f.waybill for x in state.loads):
+        if f.waybill in state.loaded:
             return _ride(state, f.waybill or "", registration_of(f))
         return False
     if f.type != "parcel.scanned" or f.trip_id != state.trip_id:
         return False
     if f.action == "loaded":
-        if any(x.event_id == f.event_id for x in state.loads):
+        if f.event_id in state.load_ids:
             return False
         state.loads.append(Load(f.occurred_at, f.event_id, f.waybill or "", f.brand))
+        state.load_ids.add(f.event_id)
+        state.loaded.add(f.waybill or "")
         if rider is not None:
             _ride(state, f.waybill or "", rider)
         return True
