@@ -99,7 +99,7 @@ def in_process(parcels: int, seed: int) -> None:
             p = None
             if f.waybill:
                 p = parcels_.setdefault(f.waybill, ParcelState(f.waybill))
-                fold_parcel(p, f, county)
+                fold_parcel(p, f)
             if f.trip_id:
                 fold_trip(trips.setdefault(f.trip_id, TripState(f.trip_id)), f,
                           p.registration if p else None)

@@ -25,6 +25,7 @@ from domain.money import Fen
 from domain.settlement.config import Period
 from domain.settlement.rules import (
     Line,
+    parcel_pricing_key,
     parcel_state_lines,
     trip_state_lines,
     volume_discount_lines,
@@ -115,6 +116,7 @@ class _Fold:
     steps: dict[str, list[Step]] = field(default_factory=lambda: defaultdict(list))
     changed: set[str] = field(default_factory=set)
     copies: set[int] = field(default_factory=set)  # journal seqs the API reads (settlement_events)
+    priced: dict[str, tuple[object, ...]] = field(default_factory=dict)  # parcels' keys as loaded
 
     @classmethod
     async def load(cls, conn: asyncpg.Connection, county: County, facts: Sequence[Fact]) -> _Fold:
@@ -134,7 +136,14 @@ class _Fold:
             raw.setdefault(f"parcel:{w}", None)
         for t in trips:
             raw.setdefault(f"trip:{t}", None)
-        return cls(county, raw, {unit: _state(unit, j) for unit, j in raw.items()})
+        states = {unit: _state(unit, j) for unit, j in raw.items()}
+        priced = {u: parcel_pricing_key(s) for u, s in states.items() if isinstance(s, ParcelState)}
+        return cls(county, raw, states, priced=priced)
+
+    def repriced(self, unit: str) -> bool:
+        """Whether what the rules read of this unit may have changed (a parcel's key moved)."""
+        state = self.states[unit]
+        return not isinstance(state, ParcelState) or parcel_pricing_key(state) != self.priced[unit]
 
     def initial(self, unit: str) -> State:
         return _state(unit, self.raw[unit])
@@ -194,7 +203,7 @@ def _state(unit: str, j: dict[str, Any] | None) -> State:
 
 def _fold(state: State, f: Fact, county: County, rider: Registration | None = None) -> bool:
     if isinstance(state, ParcelState):
-        return fold_parcel(state, f, county)
+        return fold_parcel(state, f)
     return fold_trip(state, f, rider)
 
 
@@ -224,7 +233,7 @@ async def _apply_segment(conn: asyncpg.Connection, county: County, segment: Sequ
     rewrite: list[str] = []
     inserts: list[Line] = []
     adjustments: list[tuple[Line, str, str]] = []
-    for unit in sorted(work.changed):
+    for unit in sorted(u for u in work.changed if work.repriced(u)):
         desired = state_lines(work.states[unit], county)
         late = unit in frozen or any(line.period in closed for line in desired)
         if not late and desired == state_lines(work.initial(unit), county):

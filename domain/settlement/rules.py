@@ -31,7 +31,8 @@ from domain.settlement.state import (
     station_tier,
 )
 
-__all__ = ["STATION_TIERS", "Line", "TripManifest", "parcel_lines", "parcel_state_lines",
+__all__ = ["STATION_TIERS", "Line", "TripManifest", "parcel_lines", "parcel_pricing_key",
+           "parcel_state_lines",
            "trip_lines", "trip_state_lines", "volume_discount_lines"]
 
 
@@ -74,8 +75,16 @@ def parcel_lines(waybill: str, events: Iterable[Envelope], county: County) -> li
     """`parcel_state_lines` of the state these events fold into (any order, duplicates too)."""
     state = ParcelState(waybill)
     for f in _facts(events):
-        fold_parcel(state, f, county)
+        fold_parcel(state, f)
     return parcel_state_lines(state, county)
+
+
+def parcel_pricing_key(state: ParcelState) -> tuple[object, ...]:
+    """Everything of a parcel's state that `parcel_state_lines` reads: equal keys, equal lines.
+    (The trips it rode are not priced here; the first scan only stands in for a missing
+    registration.)"""
+    first = state.first_scan if state.registration is None else state.first_scan is not None
+    return (state.registration, first, tuple(state.stored), tuple(state.delivered))
 
 
 def parcel_state_lines(state: ParcelState, county: County) -> list[Line]:
@@ -87,11 +96,12 @@ def parcel_state_lines(state: ParcelState, county: County) -> list[Line]:
     brand = (registration or state.first_scan).brand
     unit = f"parcel:{waybill}"
     lines: list[Line] = []
-    candidates = ([state.stored] if state.stored else []) + state.delivered[:1]
+    stored = next((s for s in state.stored if station_tier(county, s.node)), None)
+    delivered = [s for s in state.delivered if station_tier(county, s.node)]
+    candidates = ([stored] if stored else []) + delivered[:1]
     arrival = min(candidates, key=lambda s: s.key) if candidates else None
     if arrival is not None:
-        tier = station_tier(county, arrival.node)
-        assert tier is not None
+        tier = str(station_tier(county, arrival.node))
         day = _local(arrival.at, county)
         version = county.settlement.version_on(day)
         fee = Fen(version.fee_for(brand, tier))
@@ -105,10 +115,9 @@ def parcel_state_lines(state: ParcelState, county: County) -> list[Line]:
                 lines += _entry(county, f"surcharge:{waybill}", unit, "weight_surcharge", day, [
                     (f"brand:{brand}", brand, None, surcharge, ids),
                     ("revenue:weight_surcharge", brand, None, -surcharge, ids)])
-    stored = state.stored
     if stored is not None:
         lines += _commission(county, waybill, brand, stored, "commission_stored")
-        picked = next((s for s in state.delivered
+        picked = next((s for s in delivered
                        if s.node == stored.node and s.at >= stored.at), None)
         if picked is not None:
             lines += _commission(county, waybill, brand, picked, "commission_picked_up")

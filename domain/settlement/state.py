@@ -105,25 +105,26 @@ class Registration:
 @dataclass(slots=True)
 class ParcelState:
     """The latest registration, the first scan (whose brand stands in for a missing
-    registration), the first `stored` scan at a station, the `delivered` scans at stations (the
-    first is the arrival if before the stored one; the pick-up is the first at the stored node),
-    and the trips it was loaded on (a later registration changes their shares)."""
+    registration), its `stored` and `delivered` scans in order (the rules pick the first at a
+    station, by the county file they price with; a parcel has one or two), and the trips it was
+    loaded on (a later registration changes their shares)."""
 
     waybill: str
     registration: Registration | None = None
     first_scan: Scan | None = None
-    stored: Scan | None = None
+    stored: list[Scan] = field(default_factory=list)
     delivered: list[Scan] = field(default_factory=list)
     trips: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"r": _reg_json(self.registration), "f": _scan_json(self.first_scan),
-                "s": _scan_json(self.stored), "d": [_scan_json(s) for s in self.delivered],
+                "s": [_scan_json(s) for s in self.stored], "d": [_scan_json(s) for s in self.delivered],
                 "t": self.trips}
 
     @classmethod
     def from_json(cls, waybill: str, d: dict[str, Any]) -> ParcelState:
-        return cls(waybill, _reg(d["r"]), _scan(d["f"]), _scan(d["s"]),
+        return cls(waybill, _reg(d["r"]), _scan(d["f"]),
+                   [s for j in d["s"] if (s := _scan(j)) is not None],
                    [s for j in d["d"] if (s := _scan(j)) is not None], list(d["t"]))
 
 
@@ -137,8 +138,9 @@ def registration_of(f: Fact) -> Registration:
                         f.height_mm, f.destination, f.seq)
 
 
-def fold_parcel(state: ParcelState, f: Fact, county: County) -> bool:
-    """Fold one parcel event into its state; True if the state changed."""
+def fold_parcel(state: ParcelState, f: Fact) -> bool:
+    """Fold one parcel event into its state; True if the state changed. (Which nodes are
+    stations the rules judge when they price, by the county file they price with.)"""
     if f.type == "parcel.registered":
         if state.registration is None or f.key > state.registration.key:
             state.registration = registration_of(f)
@@ -153,13 +155,11 @@ def fold_parcel(state: ParcelState, f: Fact, county: County) -> bool:
     if f.action == "loaded" and f.trip_id and f.trip_id not in state.trips:
         state.trips.append(f.trip_id)
         changed = True
-    if f.action in ("stored", "delivered") and station_tier(county, f.node_id):
-        if f.action == "stored":
-            if state.stored is None or scan.key < state.stored.key:
-                state.stored, changed = scan, True
-        elif all(d.event_id != scan.event_id for d in state.delivered):
-            state.delivered.append(scan)
-            state.delivered.sort(key=lambda s: s.key)
+    if f.action in ("stored", "delivered"):
+        scans = state.stored if f.action == "stored" else state.delivered
+        if all(s.event_id != scan.event_id for s in scans):
+            scans.append(scan)
+            scans.sort(key=lambda s: s.key)
             changed = True
     return changed
 
@@ -209,8 +209,8 @@ class TripState:
 
     def to_json(self) -> dict[str, Any]:
         dep = self.departure
-        return {"dep": [dep.at.isoformat(), dep.event_id, dep.route_id] if dep else None,
-                "l": [[x.at.isoformat(), x.event_id, x.waybill, x.brand] for x in self.loads],
+        return {"dep": [dep.at, dep.event_id, dep.route_id] if dep else None,
+                "l": [[x.at, x.event_id, x.waybill, x.brand] for x in self.loads],
                 "s": [list(s) for s in self.stops],
                 "r": {w: _reg_json(r) for w, r in self.riders.items()}}
 
@@ -265,8 +265,10 @@ def _ride(state: TripState, waybill: str, reg: Registration) -> bool:
 
 # ------------------------------------------------------------------------------ encoding
 
-def _scan_json(s: Scan | None) -> list[str] | None:
-    return [s.at.isoformat(), s.event_id, s.node, s.brand] if s else None
+# Datetimes are left to the JSON encoder (orjson writes RFC 3339 fast; the stdlib would refuse).
+
+def _scan_json(s: Scan | None) -> list[Any] | None:
+    return [s.at, s.event_id, s.node, s.brand] if s else None
 
 
 def _scan(j: list[str] | None) -> Scan | None:
@@ -274,7 +276,7 @@ def _scan(j: list[str] | None) -> Scan | None:
 
 
 def _reg_json(r: Registration | None) -> list[Any] | None:
-    return ([r.at.isoformat(), r.event_id, r.brand, r.weight_g, r.length_mm, r.width_mm,
+    return ([r.at, r.event_id, r.brand, r.weight_g, r.length_mm, r.width_mm,
              r.height_mm, r.destination, r.seq] if r else None)
 
 
