@@ -53,29 +53,31 @@ Step = tuple[Fact, Registration | None]   # an event folded into a unit (a load:
 async def catch_up(conn: asyncpg.Connection, county: County, page: int = 2000,
                    lock: int = LEDGER_LOCK) -> int:
     """Apply every journal event not yet in the ledger; returns how many were applied."""
-    total = 0
-    while (n := await _apply_page(conn, county, page, lock)) > 0:
+    total, more = 0, True
+    while more:
+        n, more = await _apply_page(conn, county, page, lock)
         total += n
-        if n < page:
-            break
     return total
 
 
-async def _apply_page(conn: asyncpg.Connection, county: County, page: int, lock: int) -> int:
+async def _apply_page(conn: asyncpg.Connection, county: County, page: int,
+                      lock: int) -> tuple[int, bool]:
+    """Apply one page; returns how many events it applied and whether there may be more."""
     async with conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", lock):
-            return 0  # another worker is at it
+            return 0, False  # another worker is at it
         await use_all_brands(conn)
         await conn.execute("INSERT INTO ledger_cursor (name) VALUES ('ledger') ON CONFLICT DO NOTHING")
         cursor, state_seq = await conn.fetchrow(
             "SELECT seq, state_seq FROM ledger_cursor WHERE name = 'ledger'")
         if state_seq < cursor:  # books kept before the state tables existed: fold up to them
-            return await _backfill_state(conn, county, state_seq, cursor, page)
+            await _backfill_state(conn, county, state_seq, cursor, page)
+            return 0, True
         rows = await conn.fetch(
             "SELECT seq, body FROM journal WHERE seq > $1 AND type = ANY($2::text[])"
             " ORDER BY seq LIMIT $3", cursor, list(LEDGER_TYPES), page)
         if not rows:
-            return 0
+            return 0, False
         segment: list[Fact] = []
         for r in rows:
             fact = fact_from_wire(r["seq"], r["body"])
@@ -88,11 +90,11 @@ async def _apply_page(conn: asyncpg.Connection, county: County, page: int, lock:
         await _apply_segment(conn, county, segment)
         await conn.execute("UPDATE ledger_cursor SET seq = $1, state_seq = $1 WHERE name = 'ledger'",
                            rows[-1]["seq"])
-        return len(rows)
+        return len(rows), len(rows) == page
 
 
 async def _backfill_state(conn: asyncpg.Connection, county: County, after: int, upto: int,
-                          page: int) -> int:
+                          page: int) -> None:
     """Fold journal events already booked into the per-unit state, posting nothing."""
     rows = await conn.fetch(
         "SELECT seq, body FROM journal WHERE seq > $1 AND seq <= $2 AND type = ANY($3::text[])"
@@ -103,7 +105,6 @@ async def _backfill_state(conn: asyncpg.Connection, county: County, after: int, 
     await work.save(conn)
     done = rows[-1]["seq"] if len(rows) == page else upto
     await conn.execute("UPDATE ledger_cursor SET state_seq = $1 WHERE name = 'ledger'", done)
-    return max(len(rows), 1)
 
 
 @dataclass
