@@ -237,8 +237,10 @@ async def _apply_segment(conn: asyncpg.Connection, county: County, segment: Sequ
     for unit in sorted(u for u in work.changed if work.repriced(u)):
         desired = state_lines(work.states[unit], county)
         late = unit in frozen or any(line.period in closed for line in desired)
-        if not late and desired == state_lines(work.initial(unit), county):
-            continue  # the books already hold these lines
+        if not late and (not desired or isinstance(work.states[unit], TripState)) and (
+                desired == state_lines(work.initial(unit), county)):
+            continue  # the books already hold these lines (a parcel's moved key rarely leaves
+            # its lines as they were unless it owes nothing yet: only then is it worth asking)
         rewrite.append(unit)
         inserts += [line for line in desired if line.period not in closed]
         if late:
