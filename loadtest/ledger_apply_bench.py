@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import os
 import platform as pyplatform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -192,6 +193,7 @@ async def with_database(parcels: int, seed: int, baseline: Path | None, rounds: 
                       f" differing {r['differing']}")
     finally:
         await asyncio.to_thread(plat.stop)
+        shutil.rmtree(state, ignore_errors=True)  # a database and a broker: hundreds of MB
 
 
 def main() -> None:
