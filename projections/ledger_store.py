@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import date, timedelta, timezone
 from typing import Any
 
@@ -24,120 +25,235 @@ from domain.money import Fen
 from domain.settlement.config import Period
 from domain.settlement.rules import (
     Line,
-    TripManifest,
-    parcel_lines,
-    trip_lines,
+    parcel_pricing_key,
+    parcel_state_lines,
+    trip_state_lines,
     volume_discount_lines,
+)
+from domain.settlement.state import (
+    Fact,
+    ParcelState,
+    Registration,
+    TripState,
+    fact_from_envelope,
+    fact_from_wire,
+    fold_parcel,
+    fold_trip,
+    registration_of,
 )
 from projections.tracking_store import use_all_brands
 
 LEDGER_TYPES = ("parcel.registered", "parcel.scanned", "vehicle.departed", "period.closed")
 LEDGER_LOCK = 7710004
-Seqd = tuple[int, Envelope]
+LEDGER_REBUILD_LOCK = 7710007  # a replay into a scratch schema (7710005 is the SMS planner's)
+State = ParcelState | TripState
+Step = tuple[Fact, Registration | None]   # an event folded into a unit (a load: with its rider)
 
 
 async def catch_up(conn: asyncpg.Connection, county: County, page: int = 2000,
                    lock: int = LEDGER_LOCK) -> int:
     """Apply every journal event not yet in the ledger; returns how many were applied."""
-    total = 0
-    while (n := await _apply_page(conn, county, page, lock)) > 0:
+    total, more = 0, True
+    while more:
+        n, more = await _apply_page(conn, county, page, lock)
         total += n
-        if n < page:
-            break
     return total
 
 
-async def _apply_page(conn: asyncpg.Connection, county: County, page: int, lock: int) -> int:
+async def _apply_page(conn: asyncpg.Connection, county: County, page: int,
+                      lock: int) -> tuple[int, bool]:
+    """Apply one page; returns how many events it applied and whether there may be more."""
     async with conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", lock):
-            return 0  # another worker is at it
+            return 0, False  # another worker is at it
         await use_all_brands(conn)
         await conn.execute("INSERT INTO ledger_cursor (name) VALUES ('ledger') ON CONFLICT DO NOTHING")
-        cursor = await conn.fetchval("SELECT seq FROM ledger_cursor WHERE name = 'ledger'")
+        cursor, state_seq = await conn.fetchrow(
+            "SELECT seq, state_seq FROM ledger_cursor WHERE name = 'ledger'")
+        if state_seq < cursor:  # books kept before the state tables existed: fold up to them
+            await _backfill_state(conn, county, state_seq, cursor, page)
+            return 0, True
         rows = await conn.fetch(
-            "SELECT seq, type, body FROM journal WHERE seq > $1 AND type = ANY($2::text[])"
+            "SELECT seq, body FROM journal WHERE seq > $1 AND type = ANY($2::text[])"
             " ORDER BY seq LIMIT $3", cursor, list(LEDGER_TYPES), page)
         if not rows:
-            return 0
-        segment: list[Seqd] = []
+            return 0, False
+        segment: list[Fact] = []
         for r in rows:
-            event = Envelope.from_wire(r["body"])
-            if event.type == "period.closed":
+            fact = fact_from_wire(r["seq"], r["body"])
+            if fact.type == "period.closed":
                 await _apply_segment(conn, county, segment)
                 segment = []
-                await _close(conn, county, r["seq"], event)
+                await _close(conn, county, fact)
             else:
-                segment.append((r["seq"], event))
+                segment.append(fact)
         await _apply_segment(conn, county, segment)
-        await conn.execute("UPDATE ledger_cursor SET seq = $1 WHERE name = 'ledger'", rows[-1]["seq"])
-        return len(rows)
+        await conn.execute("UPDATE ledger_cursor SET seq = $1, state_seq = $1 WHERE name = 'ledger'",
+                           rows[-1]["seq"])
+        return len(rows), len(rows) == page
 
 
-def _waybill(e: Envelope) -> str | None:
-    return getattr(e.payload, "waybill", None)
+async def _backfill_state(conn: asyncpg.Connection, county: County, after: int, upto: int,
+                          page: int) -> None:
+    """Fold journal events already booked into the per-unit state, posting nothing."""
+    rows = await conn.fetch(
+        "SELECT seq, body FROM journal WHERE seq > $1 AND seq <= $2 AND type = ANY($3::text[])"
+        " ORDER BY seq LIMIT $4", after, upto, list(LEDGER_TYPES), page)
+    facts = [f for r in rows if (f := fact_from_wire(r["seq"], r["body"])).type != "period.closed"]
+    work = await _Fold.load(conn, county, facts)
+    work.run(facts)
+    await work.save(conn)
+    done = rows[-1]["seq"] if len(rows) == page else upto
+    await conn.execute("UPDATE ledger_cursor SET state_seq = $1 WHERE name = 'ledger'", done)
 
 
-def _trip(e: Envelope) -> str | None:
-    return getattr(e.payload, "trip_id", None)
+@dataclass
+class _Fold:
+    """A segment's events folded into the states of the parcels and trips they touch."""
+
+    county: County
+    raw: dict[str, dict[str, Any] | None]          # each unit's state as loaded (for replays)
+    states: dict[str, State]
+    steps: dict[str, list[Step]] = field(default_factory=lambda: defaultdict(list))
+    changed: set[str] = field(default_factory=set)
+    copies: set[int] = field(default_factory=set)  # journal seqs the API reads (settlement_events)
+    priced: dict[str, tuple[object, ...]] = field(default_factory=dict)  # parcels' keys as loaded
+
+    @classmethod
+    async def load(cls, conn: asyncpg.Connection, county: County, facts: Sequence[Fact]) -> _Fold:
+        waybills = list({f.waybill for f in facts if f.waybill})
+        raw: dict[str, dict[str, Any] | None] = {}
+        for r in await conn.fetch("SELECT waybill, state FROM ledger_parcels WHERE waybill = ANY($1)",
+                                  waybills):
+            raw[f"parcel:{r['waybill']}"] = r["state"]
+        trips = {f.trip_id for f in facts if f.trip_id}
+        for f in facts:  # a manifest's weight and size change the shares of every trip it rode
+            if f.type == "parcel.registered" and (j := raw.get(f"parcel:{f.waybill}")):
+                trips.update(j["t"])
+        for r in await conn.fetch("SELECT trip_id, state FROM ledger_trips WHERE trip_id = ANY($1)",
+                                  list(trips)):
+            raw[f"trip:{r['trip_id']}"] = r["state"]
+        for w in waybills:
+            raw.setdefault(f"parcel:{w}", None)
+        for t in trips:
+            raw.setdefault(f"trip:{t}", None)
+        states = {unit: _state(unit, j) for unit, j in raw.items()}
+        priced = {u: parcel_pricing_key(s) for u, s in states.items() if isinstance(s, ParcelState)}
+        return cls(county, raw, states, priced=priced)
+
+    def repriced(self, unit: str) -> bool:
+        """Whether what the rules read of this unit may have changed (a parcel's key moved)."""
+        state = self.states[unit]
+        return not isinstance(state, ParcelState) or parcel_pricing_key(state) != self.priced[unit]
+
+    def initial(self, unit: str) -> State:
+        return _state(unit, self.raw[unit])
+
+    def _step(self, unit: str, f: Fact, rider: Registration | None = None) -> None:
+        self.steps[unit].append((f, rider))
+        if _fold(self.states[unit], f, self.county, rider):
+            self.changed.add(unit)
+
+    def run(self, facts: Iterable[Fact]) -> None:
+        """Fold in seq order: a load takes its parcel's registration as known at that point."""
+        for f in facts:
+            parcel: ParcelState | None = None
+            if f.waybill is not None:
+                state = self.states[f"parcel:{f.waybill}"]
+                assert isinstance(state, ParcelState)
+                parcel = state
+                self._step(f"parcel:{f.waybill}", f)
+                if f.type == "parcel.registered" and parcel.trips:
+                    for t in parcel.trips:
+                        self._step(f"trip:{t}", f)
+                    self.copies.add(f.seq)
+            if f.trip_id is not None:
+                rider = parcel.registration if parcel is not None else None
+                self._step(f"trip:{f.trip_id}", f, rider)
+                self.copies.add(f.seq)
+                if rider is not None and f.action == "loaded":
+                    self.copies.add(rider.seq)
+
+    async def save(self, conn: asyncpg.Connection) -> None:
+        parcels = [(u[7:], s.to_json()) for u in sorted(self.changed)
+                   if isinstance(s := self.states[u], ParcelState)]
+        trips = [(u[5:], s.to_json()) for u in sorted(self.changed)
+                 if isinstance(s := self.states[u], TripState)]
+        if parcels:
+            await conn.executemany(
+                "INSERT INTO ledger_parcels (waybill, state) VALUES ($1, $2)"
+                " ON CONFLICT (waybill) DO UPDATE SET state = EXCLUDED.state", parcels)
+        if trips:
+            await conn.executemany(
+                "INSERT INTO ledger_trips (trip_id, state) VALUES ($1, $2)"
+                " ON CONFLICT (trip_id) DO UPDATE SET state = EXCLUDED.state", trips)
+        if self.copies:
+            await conn.execute(
+                "INSERT INTO settlement_events (seq, event_id, type, brand, waybill, trip_id, body)"
+                " SELECT seq, event_id, type, brand, body->'payload'->>'waybill',"
+                " body->'payload'->>'trip_id', body FROM journal WHERE seq = ANY($1::bigint[])"
+                " ON CONFLICT DO NOTHING", sorted(self.copies))
 
 
-async def _apply_segment(conn: asyncpg.Connection, county: County, segment: Sequence[Seqd]) -> None:
+def _state(unit: str, j: dict[str, Any] | None) -> State:
+    kind, key = unit.split(":", 1)
+    if kind == "parcel":
+        return ParcelState.from_json(key, j) if j else ParcelState(key)
+    return TripState.from_json(key, j) if j else TripState(key)
+
+
+def _fold(state: State, f: Fact, county: County, rider: Registration | None = None) -> bool:
+    if isinstance(state, ParcelState):
+        return fold_parcel(state, f)
+    return fold_trip(state, f, rider)
+
+
+def state_lines(state: State, county: County) -> list[Line]:
+    """What the rules say a unit owes, given its state."""
+    if isinstance(state, ParcelState):
+        return parcel_state_lines(state, county)
+    return trip_state_lines(state, county)
+
+
+async def _apply_segment(conn: asyncpg.Connection, county: County, segment: Sequence[Fact]) -> None:
     if not segment:
         return
-    await conn.executemany(
-        "INSERT INTO settlement_events (seq, event_id, type, brand, waybill, trip_id, body)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING",
-        [(s, e.event_id, e.type, e.brand, _waybill(e), _trip(e), e.to_wire()) for s, e in segment])
-    new: dict[str, list[Seqd]] = defaultdict(list)
-    registered: dict[str, list[Seqd]] = defaultdict(list)
-    for s, e in segment:
-        if (w := _waybill(e)) is not None:
-            new[f"parcel:{w}"].append((s, e))
-            if e.type == "parcel.registered":
-                registered[w].append((s, e))
-        if (t := _trip(e)) is not None:
-            new[f"trip:{t}"].append((s, e))
-    if registered:  # a manifest's weight and size change the shares of every trip it rode
-        for r in await conn.fetch(
-                "SELECT DISTINCT waybill, trip_id FROM settlement_events WHERE waybill = ANY($1)"
-                " AND trip_id IS NOT NULL", list(registered)):
-            new[f"trip:{r['trip_id']}"].extend(registered[r["waybill"]])
-    inputs = await _load_inputs(conn, list(new))
+    work = await _Fold.load(conn, county, segment)
+    work.run(segment)
+    await work.save(conn)
+    if not work.changed:
+        return
     periods = {r["period"]: r for r in await conn.fetch("SELECT * FROM ledger_periods")}
     closed = {p for p, r in periods.items() if r["closed_seq"] is not None}
-    current = await conn.fetch("SELECT * FROM ledger_lines WHERE unit = ANY($1)", list(new))
-    by_unit: dict[str, list[asyncpg.Record]] = defaultdict(list)
-    for r in current:
-        by_unit[r["unit"]].append(r)
+    frozen: set[str] = set()
+    if closed:
+        frozen = {r["unit"] for r in await conn.fetch(
+            "SELECT DISTINCT unit FROM ledger_lines WHERE unit = ANY($1) AND period = ANY($2)",
+            list(work.changed), list(closed))}
 
+    rewrite: list[str] = []
     inserts: list[Line] = []
     adjustments: list[tuple[Line, str, str]] = []
-    for unit in sorted(new):
-        desired = compute(unit, inputs[unit], county)
+    for unit in sorted(u for u in work.changed if work.repriced(u)):
+        desired = state_lines(work.states[unit], county)
+        late = unit in frozen or any(line.period in closed for line in desired)
+        if not late and (not desired or isinstance(work.states[unit], TripState)) and (
+                desired == state_lines(work.initial(unit), county)):
+            continue  # the books already hold these lines (a parcel's moved key rarely leaves
+            # its lines as they were unless it owes nothing yet: only then is it worth asking)
+        rewrite.append(unit)
         inserts += [line for line in desired if line.period not in closed]
-        frozen = [r for r in by_unit[unit] if r["period"] in closed]
-        if frozen or any(line.period in closed for line in desired):
-            adjustments += _late_adjustments(unit, inputs[unit], new[unit], closed, county)
+        if late:
+            adjustments += late_adjustments(unit, work.initial(unit), work.steps[unit], closed,
+                                            county)
+    if not rewrite:
+        return
     open_periods = [p for p in periods if p not in closed]
     await conn.execute(
         "DELETE FROM ledger_lines WHERE unit = ANY($1) AND adjusts_period IS NULL"
-        " AND period = ANY($2)", list(new), open_periods + [line.period for line in inserts])
+        " AND period = ANY($2)", rewrite, open_periods + [line.period for line in inserts])
     plain: list[tuple[Line, str | None, str | None]] = [(line, None, None) for line in inserts]
     await _insert(conn, county, plain + list(adjustments), periods)
-
-
-def compute(unit: str, inputs: Sequence[Seqd], county: County) -> list[Line]:
-    """What the rules say a unit owes, given its inputs."""
-    kind, key = unit.split(":", 1)
-    events = [e for _, e in inputs]
-    if kind == "parcel":
-        return parcel_lines(key, events, county)
-    trip_events = [e for e in events if _trip(e) == key]
-    registrations: dict[str, Envelope] = {}
-    for e in sorted((e for e in events if e.type == "parcel.registered"),
-                    key=lambda e: (e.occurred_at, e.event_id)):
-        registrations[str(_waybill(e))] = e
-    return trip_lines(TripManifest.from_events(key, trip_events), registrations, county)
 
 
 def _net(lines: Iterable[Line], periods: set[str]) -> dict[tuple[str, str, str, str | None, str | None], int]:
@@ -148,42 +264,63 @@ def _net(lines: Iterable[Line], periods: set[str]) -> dict[tuple[str, str, str, 
     return out
 
 
-def _late_adjustments(unit: str, inputs: Sequence[Seqd], new: Sequence[Seqd], closed: set[str],
-                      county: County) -> list[tuple[Line, str, str]]:
-    """One adjustment entry per late event: what it changed in closed periods, event by event,
-    so the entries do not depend on how events were batched."""
+def late_adjustments(unit: str, state: State, steps: Sequence[Step], closed: set[str],
+                     county: County) -> list[tuple[Line, str, str]]:
+    """One adjustment entry per late event: what it changed in closed periods, event by event
+    (folded into `state` in seq order), so the entries do not depend on how events were batched."""
     out: list[tuple[Line, str, str]] = []
-    for seq, event in sorted(new, key=lambda x: x[0]):
-        before = _net(compute(unit, [i for i in inputs if i[0] < seq], county), closed)
-        after = _net(compute(unit, [i for i in inputs if i[0] <= seq], county), closed)
+    before = _net(state_lines(state, county), closed)
+    for f, rider in sorted(steps, key=lambda s: s[0].seq):
+        if not _fold(state, f, county, rider):
+            continue
+        after = _net(state_lines(state, county), closed)
         deltas = {k: after.get(k, 0) - before.get(k, 0) for k in set(before) | set(after)}
         for (period, kind, account, brand, ref), amount in sorted(deltas.items(), key=str):
             if amount:
-                line = Line(f"adj:{event.event_id}:{unit}", "", date.min, unit, kind, account,
-                            brand, ref, Fen(amount), (event.event_id,))
-                out.append((line, period, event.event_id))
+                line = Line(f"adj:{f.event_id}:{unit}", "", date.min, unit, kind, account,
+                            brand, ref, Fen(amount), (f.event_id,))
+                out.append((line, period, f.event_id))
+        before = after
     return out
 
 
-async def _load_inputs(conn: asyncpg.Connection, units: Sequence[str]) -> dict[str, list[Seqd]]:
-    waybills = [u.split(":", 1)[1] for u in units if u.startswith("parcel:")]
-    trips = [u.split(":", 1)[1] for u in units if u.startswith("trip:")]
-    out: dict[str, list[Seqd]] = defaultdict(list)
-    for r in await conn.fetch("SELECT seq, waybill, body FROM settlement_events"
-                              " WHERE waybill = ANY($1) AND type LIKE 'parcel.%'", waybills):
-        out[f"parcel:{r['waybill']}"].append((r["seq"], Envelope.from_wire(r["body"])))
-    trip_rows = await conn.fetch("SELECT seq, trip_id, waybill, body FROM settlement_events"
-                                 " WHERE trip_id = ANY($1)", trips)
-    riders: dict[str, set[str]] = defaultdict(set)
-    for r in trip_rows:
-        out[f"trip:{r['trip_id']}"].append((r["seq"], Envelope.from_wire(r["body"])))
-        if r["waybill"]:
-            riders[r["waybill"]].add(r["trip_id"])
-    for r in await conn.fetch("SELECT seq, waybill, body FROM settlement_events WHERE"
-                              " type = 'parcel.registered' AND waybill = ANY($1)", list(riders)):
-        for trip in riders[r["waybill"]]:
-            out[f"trip:{trip}"].append((r["seq"], Envelope.from_wire(r["body"])))
+# Event-list forms of the above, for tests that hold envelopes: (seq, envelope) pairs.
+Seqd = tuple[int, Envelope]
+
+
+def _steps(unit: str, inputs: Sequence[Seqd]) -> list[Step]:
+    """A unit's inputs as steps in seq order: a trip's loads ride with their parcels' latest
+    registrations among the inputs before them."""
+    regs: dict[str, Registration] = {}
+    out: list[Step] = []
+    for f in sorted((fact_from_envelope(s, e) for s, e in inputs), key=lambda f: f.seq):
+        rider = regs.get(f.waybill or "") if unit.startswith("trip:") else None
+        if f.type == "parcel.registered" and f.waybill:
+            reg = registration_of(f)
+            if f.waybill not in regs or reg.key > regs[f.waybill].key:
+                regs[f.waybill] = reg
+        out.append((f, rider))
     return out
+
+
+def compute(unit: str, inputs: Sequence[Seqd], county: County) -> list[Line]:
+    """What the rules say a unit owes, given its inputs (in any order)."""
+    state = _state(unit, None)
+    for f, rider in _steps(unit, inputs):
+        _fold(state, f, county, rider)
+    return state_lines(state, county)
+
+
+def _late_adjustments(unit: str, inputs: Sequence[Seqd], new: Sequence[Seqd], closed: set[str],
+                      county: County) -> list[tuple[Line, str, str]]:
+    """`late_adjustments` given every input of a unit and the new ones among them (the last)."""
+    fresh = {s for s, _ in new}
+    steps = _steps(unit, inputs)
+    state = _state(unit, None)
+    for f, rider in steps:
+        if f.seq not in fresh:
+            _fold(state, f, county, rider)
+    return late_adjustments(unit, state, [s for s in steps if s[0].seq in fresh], closed, county)
 
 
 def _open_period_after(county: County, period_key: str,
@@ -232,9 +369,9 @@ async def _insert(conn: asyncpg.Connection, county: County,
         " ON CONFLICT (entry_id, line_no) DO NOTHING", rows)
 
 
-async def _close(conn: asyncpg.Connection, county: County, seq: int, event: Envelope) -> None:
+async def _close(conn: asyncpg.Connection, county: County, event: Fact) -> None:
     """Close a period: post its volume discounts, then freeze it (PostgreSQL keeps it frozen)."""
-    period = county.settlement.period_by_key(event.payload.period)  # type: ignore[attr-defined]
+    period = county.settlement.period_by_key(str(event.period))
     await conn.execute("INSERT INTO ledger_periods (period, starts, ends) VALUES ($1, $2, $3)"
                        " ON CONFLICT DO NOTHING", period.key, period.start, period.end)
     if await conn.fetchval("SELECT closed_seq FROM ledger_periods WHERE period = $1", period.key):
@@ -249,4 +386,4 @@ async def _close(conn: asyncpg.Connection, county: County, seq: int, event: Enve
     await _insert(conn, county, [(line, None, None) for line in lines], periods)
     await conn.execute(
         "UPDATE ledger_periods SET closed_seq = $2, closed_at = $3, closed_by = $4 WHERE period = $1",
-        period.key, seq, event.occurred_at, event.operator_id)
+        period.key, event.seq, event.occurred_at, event.operator_id)

@@ -35,7 +35,8 @@ async def rebuild_tracking(settings: Settings, county: County, page: int = 5000)
     return count
 
 
-LEDGER_TABLES = ("settlement_events", "ledger_cursor", "ledger_periods", "ledger_lines")
+LEDGER_TABLES = ("settlement_events", "ledger_cursor", "ledger_periods", "ledger_lines",
+                 "ledger_parcels", "ledger_trips")
 SCRATCH = "ledger_rebuild"
 
 
@@ -56,8 +57,9 @@ async def rebuild_ledger_check(settings: Settings, county: County) -> dict[str, 
         for table in LEDGER_TABLES:
             await conn.execute(f"CREATE TABLE {SCRATCH}.{table} (LIKE public.{table} INCLUDING ALL)")
         await conn.execute(f"SET search_path TO {SCRATCH}, public")
-        # Its own lock: the live worker may be applying at the same moment.
-        await ledger_store.catch_up(conn, county, page=5000, lock=ledger_store.LEDGER_LOCK + 1)
+        # Its own lock: the live worker may be applying at the same moment. (It was LEDGER_LOCK
+        # + 1, which is the SMS planner's: a replay then found it taken and rebuilt nothing.)
+        await ledger_store.catch_up(conn, county, page=5000, lock=ledger_store.LEDGER_REBUILD_LOCK)
         columns = "entry_id, line_no, period, posting_date, unit, kind, account, brand, ref," \
                   " amount_fen, event_ids, adjusts_period, late_event_id"
         live = await conn.fetchval("SELECT count(*) FROM public.ledger_lines")

@@ -1,4 +1,5 @@
-"""What each parcel and each trip owes, as balanced ledger lines. Pure: events in, lines out.
+"""What each parcel and each trip owes, as balanced ledger lines. Pure: compact state in
+(domain/settlement/state.py), lines out; `parcel_lines` and `trip_lines` fold events first.
 
 Accounts: `brand:B` (what brand B owes the operator), `revenue:*` (the operator's), `station:NODE`
 (what the network owes a station), `carrier:ROUTE` (what it owes for the run), and
@@ -9,14 +10,30 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 
 from domain.county import County
 from domain.envelope import Envelope
 from domain.money import Fen, allocate
 from domain.settlement.config import SettlementVersion, TripCost
+from domain.settlement.state import (
+    STATION_TIERS,
+    Fact,
+    Load,
+    ParcelState,
+    Registration,
+    Scan,
+    TripState,
+    fact_from_envelope,
+    fold_parcel,
+    fold_trip,
+    registration_of,
+    station_tier,
+)
 
-STATION_TIERS = ("township", "village")
+__all__ = ["STATION_TIERS", "Line", "TripManifest", "parcel_lines", "parcel_pricing_key",
+           "parcel_state_lines",
+           "trip_lines", "trip_state_lines", "volume_discount_lines"]
 
 
 @dataclass(frozen=True)
@@ -50,79 +67,87 @@ def _ordered(events: Iterable[Envelope]) -> list[Envelope]:
     return sorted({e.event_id: e for e in events}.values(), key=lambda e: (e.occurred_at, e.event_id))
 
 
+def _facts(events: Iterable[Envelope]) -> list[Fact]:
+    return [fact_from_envelope(0, e) for e in _ordered(events)]
+
+
 def parcel_lines(waybill: str, events: Iterable[Envelope], county: County) -> list[Line]:
+    """`parcel_state_lines` of the state these events fold into (any order, duplicates too)."""
+    state = ParcelState(waybill)
+    for f in _facts(events):
+        fold_parcel(state, f)
+    return parcel_state_lines(state, county)
+
+
+def parcel_pricing_key(state: ParcelState) -> tuple[object, ...]:
+    """Everything of a parcel's state that `parcel_state_lines` reads: equal keys, equal lines.
+    (The trips it rode are not priced here; the first scan only stands in for a missing
+    registration.)"""
+    first = state.first_scan if state.registration is None else state.first_scan is not None
+    return (state.registration, first, tuple(state.stored), tuple(state.delivered))
+
+
+def parcel_state_lines(state: ParcelState, county: County) -> list[Line]:
     """Delivery fee (+ weight surcharge) when the parcel reaches a station or is delivered;
     station commissions when it is stored at a point and when it is picked up from there."""
-    history = _ordered(events)
-    regs = [e for e in history if e.type == "parcel.registered"]
-    registration = regs[-1] if regs else None
-    scans = [e for e in history if e.type == "parcel.scanned"]
-    if not scans:
+    if state.first_scan is None:
         return []
-    brand = (registration or scans[0]).brand
+    waybill, registration = state.waybill, state.registration
+    brand = (registration or state.first_scan).brand
     unit = f"parcel:{waybill}"
     lines: list[Line] = []
-
-    def tier(e: Envelope) -> str | None:
-        node = county.nodes.get(e.payload.node_id)  # type: ignore[attr-defined]
-        return node.tier if node and node.tier in STATION_TIERS else None
-
-    arrival = next((e for e in scans if e.payload.action in ("stored", "delivered")  # type: ignore[attr-defined]
-                    and tier(e)), None)
+    stored = next((s for s in state.stored if station_tier(county, s.node)), None)
+    delivered = [s for s in state.delivered if station_tier(county, s.node)]
+    candidates = ([stored] if stored else []) + delivered[:1]
+    arrival = min(candidates, key=lambda s: s.key) if candidates else None
     if arrival is not None:
-        day = local_date(arrival, county)
+        tier = str(station_tier(county, arrival.node))
+        day = _local(arrival.at, county)
         version = county.settlement.version_on(day)
-        fee = Fen(version.fee_for(brand, tier(arrival)))
+        fee = Fen(version.fee_for(brand, tier))
         lines += _entry(county, f"fee:{waybill}", unit, "delivery_fee", day, [
-            (f"brand:{brand}", brand, tier(arrival), fee, (arrival.event_id,)),
-            ("revenue:delivery_fee", brand, tier(arrival), -fee, (arrival.event_id,))])
+            (f"brand:{brand}", brand, tier, fee, (arrival.event_id,)),
+            ("revenue:delivery_fee", brand, tier, -fee, (arrival.event_id,))])
         if registration is not None:
-            surcharge = Fen(version.surcharge_for(registration.payload.weight_g))  # type: ignore[attr-defined]
+            surcharge = Fen(version.surcharge_for(registration.weight_g))
             if surcharge.value:
                 ids = (arrival.event_id, registration.event_id)
                 lines += _entry(county, f"surcharge:{waybill}", unit, "weight_surcharge", day, [
                     (f"brand:{brand}", brand, None, surcharge, ids),
                     ("revenue:weight_surcharge", brand, None, -surcharge, ids)])
-    stored = next((e for e in scans if e.payload.action == "stored" and tier(e)), None)  # type: ignore[attr-defined]
     if stored is not None:
         lines += _commission(county, waybill, brand, stored, "commission_stored")
-        node = stored.payload.node_id  # type: ignore[attr-defined]
-        picked = next((e for e in scans if e.payload.action == "delivered"  # type: ignore[attr-defined]
-                       and e.payload.node_id == node and e.occurred_at >= stored.occurred_at), None)  # type: ignore[attr-defined]
+        picked = next((s for s in delivered
+                       if s.node == stored.node and s.at >= stored.at), None)
         if picked is not None:
             lines += _commission(county, waybill, brand, picked, "commission_picked_up")
     return lines
 
 
-def _commission(county: County, waybill: str, brand: str, scan: Envelope, kind: str) -> list[Line]:
-    day = local_date(scan, county)
+def _local(at: datetime, county: County) -> date:
+    return at.astimezone(timezone(timedelta(minutes=county.utc_offset_minutes))).date()
+
+
+def _commission(county: County, waybill: str, brand: str, scan: Scan, kind: str) -> list[Line]:
+    day = _local(scan.at, county)
     version = county.settlement.version_on(day)
     fen = Fen(version.commission_stored_fen if kind == "commission_stored"
               else version.commission_picked_up_fen)
-    node = scan.payload.node_id  # type: ignore[attr-defined]
+    node = scan.node
     return _entry(county, f"{kind}:{waybill}", f"parcel:{waybill}", kind, day, [
         (f"brand:{brand}", brand, node, fen, (scan.event_id,)),
         (f"station:{node}", brand, node, -fen, (scan.event_id,))])
 
 
-@dataclass(frozen=True)
 class TripManifest:
     """A run as the scans saw it: its departure, what was loaded, where things were unloaded."""
 
-    trip_id: str
-    departure: Envelope | None
-    loads: tuple[Envelope, ...]
-    unloads: tuple[Envelope, ...]
-
-    @classmethod
-    def from_events(cls, trip_id: str, events: Iterable[Envelope]) -> TripManifest:
-        history = _ordered(events)
-        departures = [e for e in history if e.type == "vehicle.departed"]
-        return cls(trip_id, departures[0] if departures else None,
-                   tuple(e for e in history if e.type == "parcel.scanned"
-                         and e.payload.action == "loaded"),  # type: ignore[attr-defined]
-                   tuple(e for e in history if e.type == "parcel.scanned"
-                         and e.payload.action == "unloaded"))  # type: ignore[attr-defined]
+    @staticmethod
+    def from_events(trip_id: str, events: Iterable[Envelope]) -> TripState:
+        state = TripState(trip_id)
+        for f in _facts(events):
+            fold_trip(state, f)
+        return state
 
 
 def trip_cost(county: County, cost: TripCost, route_id: str) -> Fen:
@@ -131,18 +156,21 @@ def trip_cost(county: County, cost: TripCost, route_id: str) -> Fen:
     return Fen(cost.fixed_fen + (cost.per_km_fen * metres + 500) // 1000)  # half a fen rounds up
 
 
-def brand_weights(manifest: TripManifest, registrations: Mapping[str, Envelope],
-                  basis: str) -> dict[str, int]:
-    """Each brand's integer weight on the run under an allocation basis."""
+def _loads(trip: TripState) -> list[Load]:
+    return sorted(trip.loads, key=lambda x: x.key)
+
+
+def brand_weights(trip: TripState, basis: str) -> dict[str, int]:
+    """Each brand's integer weight on the run under an allocation basis (its riders' latest
+    registrations give weights and sizes)."""
     parcels: dict[str, str] = {}
-    for e in manifest.loads:
-        parcels.setdefault(e.payload.waybill, e.brand)  # type: ignore[attr-defined]
+    for x in _loads(trip):
+        parcels.setdefault(x.waybill, x.brand)
     weights: dict[str, int] = defaultdict(int)
     for waybill, brand in parcels.items():
-        reg = registrations.get(waybill)
-        p = reg.payload if reg else None
-        actual = p.weight_g if p else 0  # type: ignore[attr-defined]
-        volume = ((p.length_mm or 0) * (p.width_mm or 0) * (p.height_mm or 0)) if p else 0  # type: ignore[attr-defined]
+        p = trip.riders.get(waybill)
+        actual = p.weight_g if p else 0
+        volume = ((p.length_mm or 0) * (p.width_mm or 0) * (p.height_mm or 0)) if p else 0
         weights[brand] += {
             "parcel_count": 1, "fixed_plus_variable": 1, "actual_weight": actual,
             "chargeable_weight": max(actual, volume // 6000),  # 6000 cm³/kg, in mm³ → g
@@ -150,26 +178,36 @@ def brand_weights(manifest: TripManifest, registrations: Mapping[str, Envelope],
         }[basis]
     if basis == "stops":
         stops: dict[str, set[str]] = defaultdict(set)
-        for e in manifest.unloads:
-            stops[e.brand].add(e.payload.node_id)  # type: ignore[attr-defined]
+        for brand, node in trip.stops:
+            stops[brand].add(node)
         weights = defaultdict(int, {b: len(stops.get(b, ())) for b in parcels.values()})
     return dict(weights)
 
 
-def trip_lines(manifest: TripManifest, registrations: Mapping[str, Envelope], county: County,
+def trip_lines(manifest: TripState, registrations: Mapping[str, Envelope], county: County,
                basis: str | None = None) -> list[Line]:
+    """`trip_state_lines` of a manifest, its riders' registrations given as events."""
+    riders: dict[str, Registration] = {}
+    for waybill, e in registrations.items():
+        riders[waybill] = registration_of(fact_from_envelope(0, e))
+    state = TripState(manifest.trip_id, manifest.departure, list(manifest.loads),
+                      list(manifest.stops), {**manifest.riders, **riders})
+    return trip_state_lines(state, county, basis)
+
+
+def trip_state_lines(trip: TripState, county: County, basis: str | None = None) -> list[Line]:
     """The run's cost, owed to its carrier, shared among the brands whose parcels rode on it."""
-    dep = manifest.departure
+    dep = trip.departure
     if dep is None:
         return []
-    day = local_date(dep, county)
+    day = _local(dep.at, county)
     version: SettlementVersion = county.settlement.version_on(day)
-    route_id = dep.payload.route_id  # type: ignore[attr-defined]
+    route_id = dep.route_id
     cost_rule = version.cost_for(route_id)
     basis = basis or cost_rule.basis
     cost = trip_cost(county, cost_rule, route_id)
-    weights = brand_weights(manifest, registrations, basis)
-    unit = f"trip:{manifest.trip_id}"
+    weights = brand_weights(trip, basis)
+    unit = f"trip:{trip.trip_id}"
     legs: list[tuple[str, str | None, str | None, Fen, tuple[str, ...]]] = [
         (f"carrier:{route_id}", None, route_id, -cost, (dep.event_id,))]
     if not weights:
@@ -182,10 +220,11 @@ def trip_lines(manifest: TripManifest, registrations: Mapping[str, Envelope], co
             shares = {b: equal[b] + variable[b] for b in weights}
         else:
             shares = allocate(cost, weights)
+        loads = _loads(trip)
         for brand, share in sorted(shares.items()):
-            ids = (dep.event_id,) + tuple(e.event_id for e in manifest.loads if e.brand == brand)
+            ids = (dep.event_id,) + tuple(x.event_id for x in loads if x.brand == brand)
             legs.append((f"brand:{brand}", brand, route_id, share, ids))
-    return _entry(county, f"trip:{manifest.trip_id}", unit, "trip_cost", day, legs)
+    return _entry(county, f"trip:{trip.trip_id}", unit, "trip_cost", day, legs)
 
 
 def volume_discount_lines(county: County, period_key: str, period_end: date, brand: str,

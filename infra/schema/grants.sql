@@ -100,6 +100,7 @@ GRANT SELECT ON journal TO gongpei_ledger;
 GRANT SELECT, INSERT ON settlement_events TO gongpei_ledger;
 GRANT SELECT, INSERT, UPDATE ON ledger_cursor, ledger_periods TO gongpei_ledger;
 GRANT SELECT, INSERT, DELETE ON ledger_lines TO gongpei_ledger;
+GRANT SELECT, INSERT, UPDATE ON ledger_parcels, ledger_trips TO gongpei_ledger;  -- its state (011)
 
 -- ---------------------------------------------------------------------------- gongpei_sms
 -- The SMS service: follows the journal and appends its own events to it (pickup codes,
