@@ -11,8 +11,8 @@ import asyncpg
 import httpx
 
 from domain.county import County
+from entrypoints.platform import Platform
 from infra.db import _init_connection
-from infra.platform import Platform
 from loadtest.traffic import CountyTraffic, county_time
 from projections import ledger_store
 from tests.conftest import db_fetch, wait_for
