@@ -48,6 +48,8 @@ def create_app(settings: Settings, county: County) -> FastAPI:
                                                for f in fields(LimitSettings)}))
     app.state.trusted_proxies = settings.trusted_proxy_set()
     app.state.access_log = log
+    # No request body is read past the upload limit, token or not (the public lookup's too).
+    app.add_middleware(errors.BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(AccessLogMiddleware, access_log=log, limits=app.state.limits,
                        trusted_proxies=app.state.trusted_proxies)
     errors.install(app)

@@ -49,8 +49,11 @@ def cmd_api(args: argparse.Namespace) -> None:
         settings.pii_public_key_bytes()  # phones are sealed to it before they are journalled
     except SettingsError as exc:
         sys.exit(f"gongpei: {exc}")
+    # X-Forwarded-For is believed only from the proxies the settings name (uvicorn would
+    # otherwise trust it from loopback): the public lookup's and the limits' client address.
     uvicorn.run(create_app(settings, _county(settings)), host=args.host, port=args.port,
-                log_level="warning", access_log=False, limit_concurrency=200)
+                log_level="warning", access_log=False, limit_concurrency=200,
+                forwarded_allow_ips=settings.trusted_proxies or "")
 
 
 def _serve(settings: Settings, role: str,

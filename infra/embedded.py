@@ -96,6 +96,29 @@ class EmbeddedBroker:
             self.proc.wait(5)
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`, from /proc."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # "pid (comm) state ppid …": comm may hold spaces, so split after its last ')'.
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a zombie holds no shared memory)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @dataclass
 class EmbeddedPostgres:
     """A PostgreSQL server over a data folder, listening on loopback TCP only."""
@@ -188,20 +211,19 @@ class EmbeddedPostgres:
 
     def kill(self) -> None:
         """Crash PostgreSQL as a power cut would: SIGKILL to the postmaster and every backend
-        (its own process group), and wait until they are all gone; a backend left behind would
-        hold the old shared memory and make the next start fail."""
+        at once, and wait until they are all gone. (Backends are sessions of their own, so the
+        postmaster's process group is not theirs; a backend left to notice its parent's death
+        on its own holds the old shared memory and makes the next start fail.)"""
         if self.proc and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            pids = [self.proc.pid, *_children(self.proc.pid)]
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.proc.wait(5)
             deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                try:
-                    os.killpg(self.proc.pid, 0)
-                except ProcessLookupError:
-                    return
+            while time.monotonic() < deadline and any(_running(pid) for pid in pids[1:]):
                 time.sleep(0.05)
 
     def remove(self) -> None:

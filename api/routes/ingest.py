@@ -75,12 +75,13 @@ def _raw_event_id(raw: object) -> str | None:
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, "body_too_large", f"the body is {declared} bytes; the limit is {limit}")
+        raise ApiError(413, "body_too_large", f"the body is {int(declared) // 1024} KiB;"
+                       f" the limit is {limit // 1024} KiB")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise ApiError(413, "body_too_large", f"the body exceeds the limit of {limit} bytes")
+            raise ApiError(413, "body_too_large", f"the body exceeds the limit of {limit // 1024} KiB")
     return bytes(body)
 
 

@@ -181,3 +181,19 @@ def test_given_a_body_that_is_not_declared_json_then_415(
         stranger: httpx.Client, headers: dict[str, str], raw: bytes) -> None:
     r = stranger.post(TRACK, content=raw, headers=headers)
     assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type", r.text
+
+
+def test_given_a_huge_body_to_the_public_lookup_then_413_before_it_is_read(
+        client: httpx.Client) -> None:
+    """The lookup needs no token: it must not read a stranger's megabytes either."""
+    big = b'{"waybill": "' + b"9" * (2 << 20) + b'", "phone_last4": "1234"}'
+    declared = client.post(TRACK, content=big, headers={"content-type": "application/json"})
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(big), 65536):
+            yield big[i:i + 65536]
+
+    streamed = client.post(TRACK, content=chunks(), headers={"content-type": "application/json"})
+    for r in (declared, streamed):
+        assert r.status_code == 413, r.text
+        assert r.json()["error"]["code"] == "body_too_large"
