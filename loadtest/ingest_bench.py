@@ -1,6 +1,9 @@
 """Ingest-to-projection throughput on the embedded stack: scans posted in batches of 500 by several
-concurrent uploaders; measures journal acceptance rate and the time until the tracking read model
-has every event. Prints its figures; record them in docs/benchmarks.md with machine and date.
+concurrent uploaders; measures journal acceptance rate and the time until every projection
+(tracking, SLA, ledger, SMS planning) holds every event, the CPU all platform processes spent on
+it, then, on the same broker, how fast the worker alone replays the topics and how fast a bare
+Faust agent and a raw aiokafka consumer read them. Prints its figures, one `name: value` a line;
+record them in docs/benchmarks.md with machine and date (the figures are defined there).
 
     .venv/bin/python -m loadtest.ingest_bench --parcels 2000 --uploaders 4
 """
@@ -9,7 +12,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import platform as pyplatform
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -20,10 +27,12 @@ import asyncpg
 import httpx
 
 from api import auth
-from entrypoints.platform import Platform
+from entrypoints.platform import GATEWAYS, Platform
 from infra.county_file import load_county
 from infra.settings import DEMO_COUNTY
+from loadtest import proc_cpu
 from loadtest.traffic import CountyTraffic, county_time
+from streams.topics import PARCEL_EVENTS, VEHICLE_EVENTS
 
 
 def build_events(parcels: int, seed: int) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
@@ -37,6 +46,148 @@ def build_events(parcels: int, seed: int) -> tuple[dict[str, list[dict[str, Any]
     scans = [s for step in range(7) for p in traffic.parcels
              if (s := traffic.advance(p, t0 + timedelta(hours=step + 1)))]
     return regs, scans
+
+
+# What each projection must hold before the run counts as done (see docs/benchmarks.md).
+SLA_TYPES = ("parcel.registered", "parcel.scanned", "vehicle.departed", "vehicle.arrived")
+PROJECTIONS = ("tracking", "sla", "ledger", "sms")
+PLATFORM_SERVICES = ("api", "relay", "worker", "ledger", "sms")
+WAIT_LIMIT_S = 1800.0
+
+
+async def targets(conn: asyncpg.Connection, last: int) -> dict[str, int]:
+    """What each projection must reach for the journal up to `last` (the last seq once every
+    upload was acknowledged): row counts for the Kafka-fed inboxes, journal seqs for the cursors
+    of the journal followers. The SMS planner's cursor stops at the last event it reads (the types
+    it selects, and of the scans only storing and collection), so its target is that event's seq."""
+    from projections.ledger_store import LEDGER_TYPES
+    from projections.sms_store import COLLECTING, SMS_TYPES
+
+    return {
+        "tracking": await conn.fetchval(
+            "SELECT count(*) FROM journal WHERE seq <= $1 AND type LIKE ANY($2::text[])",
+            last, [f + "%" for f in PARCEL_EVENTS.families]),
+        "sla": await conn.fetchval(
+            "SELECT count(*) FROM journal WHERE seq <= $1 AND type = ANY($2::text[])",
+            last, list(SLA_TYPES)),
+        "ledger": await conn.fetchval(
+            "SELECT coalesce(max(seq), 0) FROM journal WHERE seq <= $1 AND type = ANY($2::text[])",
+            last, list(LEDGER_TYPES)),
+        "sms": await conn.fetchval(
+            "SELECT coalesce(max(seq), 0) FROM journal WHERE seq <= $1 AND type = ANY($2::text[])"
+            " AND (type <> 'parcel.scanned' OR body->'payload'->>'action' = ANY($3::text[]))",
+            last, list(SMS_TYPES), ["stored", *COLLECTING]),
+    }
+
+
+_PROGRESS = {
+    "tracking": "SELECT count(*) FROM tracking_events",
+    "sla": "SELECT count(*) FROM sla_events",
+    "ledger": "SELECT coalesce(max(seq), 0) FROM ledger_cursor WHERE name = 'ledger'",
+    "sms": "SELECT coalesce(max(seq), 0) FROM sms_cursor WHERE name = 'sms'",
+    "relay": "SELECT coalesce(max(seq), 0) FROM relay_cursor",
+}
+
+
+async def wait_until_held(conn: asyncpg.Connection, goals: dict[str, int], started: float,
+                          poll: float = 0.05) -> dict[str, float]:
+    """Seconds since `started` at which each of `goals` was reached (one query per poll for the
+    ones still pending, so the bench's own load on PostgreSQL stays small)."""
+    done: dict[str, float] = {}
+    while len(done) < len(goals):
+        pending = [k for k in goals if k not in done]
+        row = await conn.fetchrow("SELECT " + ", ".join(f"({_PROGRESS[k]}) AS {k}" for k in pending))
+        now = time.perf_counter() - started
+        for k in pending:
+            if row[k] >= goals[k]:
+                done[k] = now
+        if now > WAIT_LIMIT_S:
+            raise TimeoutError(f"not done after {now:.0f} s: "
+                               + ", ".join(f"{k} {row[k]}/{goals[k]}" for k in pending))
+        if len(done) < len(goals):
+            await asyncio.sleep(poll)
+    return done
+
+
+def platform_pids(plat: Platform) -> dict[str, list[int]]:
+    """The process roots of the platform (the driver, this process, is not among them; nor are
+    the local SMS gateways, which stand in for the providers)."""
+    assert plat.pg is not None and plat.broker is not None
+    groups = {name: [plat.children[name].proc.pid] for name in PLATFORM_SERVICES  # type: ignore[union-attr]
+              if name in plat.children and plat.children[name].alive()}
+    groups["postgres"] = [plat.pg.proc.pid]  # type: ignore[union-attr]
+    groups["broker"] = [plat.broker.proc.pid]  # type: ignore[union-attr]
+    return groups
+
+
+async def replay_worker(plat: Platform, conn: asyncpg.Connection, goals: dict[str, int]) -> dict[str, float]:
+    """worker_eps: with every other platform service stopped, the journal re-published to a
+    fresh broker, the tracking and SLA read models emptied and their stored offsets at 0, start
+    the worker and time it from having its partitions (after the seek: the ready file) until both
+    hold every event again."""
+    from streams.app import READERS
+
+    worker = plat.children["worker"]
+    worker.stop()
+    # Faust drops messages below the offset its group committed in Kafka, even after a seek, and
+    # Tansu takes commits from group members only: so the replay reads a fresh broker, filled
+    # again by the relay from the journal (its own recovery path), and the relay then stops.
+    relay = plat.children["relay"]
+    plat.restart_broker()
+    last = await conn.fetchval("SELECT max(seq) FROM journal")
+    deadline = time.monotonic() + 120
+    rewound = False
+    while True:
+        at = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM relay_cursor")
+        rewound = rewound or at < last
+        if rewound and at >= last:
+            break
+        if time.monotonic() > deadline or not relay.alive():
+            raise RuntimeError(f"the relay did not re-publish the journal; see {relay.log_path}")
+        await asyncio.sleep(0.05)
+    relay.stop()
+    ready = plat.state_dir / "worker.ready"
+    ready.unlink(missing_ok=True)
+    async with conn.transaction():
+        sla_tables = [r["tablename"] for r in await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'sla\\_%'")]
+        await conn.execute("TRUNCATE parcels, tracking_events, " + ", ".join(sla_tables))
+        await conn.execute("DELETE FROM consumer_offsets WHERE consumer = ANY($1::text[])", list(READERS))
+        partitions = plat.topic_partitions
+        await conn.executemany(
+            "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) VALUES ($1, $2, $3, 0)",
+            [(c, t, p) for c, topics in READERS.items() for t in topics for p in range(partitions)])
+    worker.start()
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        if time.monotonic() > deadline or not worker.alive():
+            raise RuntimeError(f"the worker did not get its partitions; see {worker.log_path}")
+        await asyncio.sleep(0.01)
+    roots = platform_pids(plat)
+    groups = {k: roots[k] for k in ("worker", "postgres", "broker")}
+    cpu0 = proc_cpu.snapshot(groups)
+    lag = time.time() - ready.stat().st_mtime  # the ready file was touched this long ago
+    started = time.perf_counter() - lag
+    held = await wait_until_held(conn, {k: goals[k] for k in ("tracking", "sla")}, started, poll=0.02)
+    cpu = proc_cpu.delta(cpu0, proc_cpu.snapshot(groups))
+    return {"replay_s": max(held.values()), "replay_cpu_s": sum(cpu.values()),
+            "replay_worker_cpu_s": cpu["worker"]}
+
+
+def run_floor(consumer: str, plat: Platform, topics: list[str], expect: int) -> dict[str, Any]:
+    assert plat.settings is not None
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest.floors", consumer,
+         "--bootstrap", plat.settings.kafka_bootstrap_servers, "--topics", ",".join(topics),
+         "--expect", str(expect), "--partitions", str(plat.topic_partitions),
+         "--session-timeout", str(plat.settings.broker_session_timeout),
+         "--batch", str(plat.settings.worker_batch_size)],
+        capture_output=True, text=True, timeout=600, check=False)
+    # Faust's worker sends what its process prints to its log (stderr): look in both.
+    found = re.findall(r'\{"consumer": .*\}', done.stdout + done.stderr)
+    if not found:
+        raise RuntimeError(f"{consumer} floor failed ({done.returncode}): {done.stderr[-2000:]}")
+    return dict(json.loads(found[-1]))
 
 
 async def run(parcels: int, uploaders: int, seed: int) -> dict[str, float]:
@@ -70,27 +221,46 @@ async def run(parcels: int, uploaders: int, seed: int) -> dict[str, float]:
                                       headers={"Authorization": f"Bearer {token}"})
                 r.raise_for_status()
 
+        await asyncio.sleep(2)  # let the services settle after start-up before the CPU clock runs
+        roots = platform_pids(plat)
+        cpu0 = proc_cpu.snapshot(roots)
         started = time.perf_counter()
         async with httpx.AsyncClient(base_url=plat.api_url, timeout=60) as client:
             await asyncio.gather(*(uploader(client) for _ in range(uploaders)))
         ingested = time.perf_counter() - started
         last = await conn.fetchval("SELECT max(seq) FROM journal")
-        relayed = None
-        while await conn.fetchval("SELECT count(*) FROM tracking_events") < total:
-            if relayed is None and await conn.fetchval("SELECT seq FROM relay_cursor") >= last:
-                relayed = time.perf_counter() - started
-            await asyncio.sleep(0.05)
-        projected = time.perf_counter() - started
-        relayed = relayed or projected
-        ledger_types = ["parcel.registered", "parcel.scanned", "vehicle.departed"]
-        while await conn.fetchval("SELECT seq FROM ledger_cursor") < await conn.fetchval(
-                "SELECT max(seq) FROM journal WHERE type = ANY($1)", ledger_types):
-            await asyncio.sleep(0.05)
-        ledgered = time.perf_counter() - started
+        goals = {**await targets(conn, last), "relay": last}
+        held = await wait_until_held(conn, goals, started)
+        cpu = proc_cpu.delta(cpu0, proc_cpu.snapshot(roots))
+        finished = max(held[k] for k in PROJECTIONS)
+        figures: dict[str, float] = {
+            "events": total, "ingest_s": ingested, "relayed_s": held["relay"],
+            **{f"{k}_s": held[k] for k in PROJECTIONS}, "end_to_end_s": finished,
+            "ingest_eps": total / ingested, "end_to_end_eps": total / finished,
+            **{f"{k}_eps": total / held[k] for k in PROJECTIONS},
+            "cpu_ms_per_event": 1000 * sum(cpu.values()) / total,
+            **{f"cpu_{k}_ms_per_event": 1000 * v / total for k, v in cpu.items()},
+        }
+        # The platform run is over: the rest of the services stop, the worker replays alone.
+        for name in ("api", "ledger", "sms", *(f"sms-gateway-{g}" for g in GATEWAYS)):
+            if name in plat.children:
+                plat.children[name].stop()
+        replay = await replay_worker(plat, conn, goals)
+        figures["worker_eps"] = goals["tracking"] / replay["replay_s"]
+        figures["worker_replay_s"] = replay["replay_s"]
+        figures["worker_replay_cpu_ms_per_event"] = 1000 * replay["replay_cpu_s"] / goals["tracking"]
+        plat.children["worker"].stop()
+        topics = [PARCEL_EVENTS.name, VEHICLE_EVENTS.name]  # what the worker reads
+        on_topics = await conn.fetchval(
+            "SELECT count(*) FROM journal WHERE type LIKE ANY($1::text[])",
+            [f + "%" for f in (*PARCEL_EVENTS.families, *VEHICLE_EVENTS.families)])
         await conn.close()
-        return {"events": total, "ingest_s": ingested, "relayed_s": relayed,
-                "end_to_end_s": projected, "ledger_s": ledgered, "ledger_eps": total / ledgered,
-                "ingest_eps": total / ingested, "end_to_end_eps": total / projected}
+        for consumer in ("faust", "aiokafka"):
+            floor = await asyncio.to_thread(run_floor, consumer, plat, topics, on_topics)
+            figures[f"{consumer}_floor_eps"] = floor["events"] / floor["first_s"]
+            figures[f"{consumer}_floor_cpu_ms_per_event"] = 1000 * floor["cpu_s"] / floor["events"]
+        figures["worker_vs_faust_floor"] = figures["worker_eps"] / figures["faust_floor_eps"]
+        return figures
     finally:
         await asyncio.to_thread(plat.stop)
 
@@ -105,7 +275,15 @@ def main() -> None:
     print(f"machine: {pyplatform.node()} {pyplatform.machine()} python {pyplatform.python_version()}"
           f" date: {datetime.now(UTC):%Y-%m-%d}")
     for k, v in figures.items():
-        print(f"{k:>16}: {v:,.1f}")
+        print(f"{k}: {_fmt(k, v)}")
+
+
+def _fmt(name: str, value: float) -> str:
+    if name.endswith(("ms_per_event", "_vs_faust_floor")):
+        return f"{value:.3f}"
+    if name.endswith("_eps") or name == "events":
+        return f"{value:.0f}"
+    return f"{value:.2f}"
 
 
 if __name__ == "__main__":
