@@ -127,12 +127,6 @@ class Settings:
             netloc += f":{parts.port}"
         return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
-    @property
-    def app_database_url(self) -> str:
-        """Deprecated: the API's URL (the old single application role is gone); use
-        `database_url_for(service)`."""
-        return self.database_url_for("api")
-
     def for_service(self, service: str | None) -> Settings:
         """These settings as one service process should hold them: its own role's password
         only (None: no database password at all), and DATABASE_URL without the owner's

@@ -17,20 +17,18 @@ import platform as pyplatform
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 
-from api import auth
 from entrypoints.platform import GATEWAYS, Platform
 from infra.county_file import load_county
 from infra.settings import DEMO_COUNTY
 from loadtest import proc_cpu
+from loadtest.bench_platform import start_platform, upload_tokens
 from loadtest.traffic import CountyTraffic, county_time
 from streams.topics import PARCEL_EVENTS, VEHICLE_EVENTS
 
@@ -133,14 +131,17 @@ async def replay_worker(plat: Platform, conn: asyncpg.Connection, goals: dict[st
     # Tansu takes commits from group members only: so the replay reads a fresh broker, filled
     # again by the relay from the journal (its own recovery path), and the relay then stops.
     relay = plat.children["relay"]
+    since = await conn.fetchval("SELECT now()")
     plat.restart_broker()
     last = await conn.fetchval("SELECT max(seq) FROM journal")
     deadline = time.monotonic() + 120
-    rewound = False
     while True:
-        at = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM relay_cursor")
-        rewound = rewound or at < last
-        if rewound and at >= last:
+        # The rewind sets the cursor back to 0 (stamping updated_at), then it climbs to the end
+        # again: a cursor at the end stamped after the restart is a finished re-publication,
+        # however quickly a small journal went out between two polls.
+        row = await conn.fetchrow("SELECT coalesce(max(seq), 0) AS at, max(updated_at) AS stamp"
+                                  " FROM relay_cursor")
+        if row["at"] >= last and row["stamp"] is not None and row["stamp"] > since:
             break
         if time.monotonic() > deadline or not relay.alive():
             raise RuntimeError(f"the relay did not re-publish the journal; see {relay.log_path}")
@@ -191,21 +192,11 @@ def run_floor(consumer: str, plat: Platform, topics: list[str], expect: int) -> 
 
 
 async def run(parcels: int, uploaders: int, seed: int) -> dict[str, float]:
-    state = Path(tempfile.mkdtemp(prefix="gongpei-bench-"))
-    # The bench replays a fixed day (2026-11-11): reach back to it, however long after it runs.
-    # Its uploaders share one scanner token, four batches at once: a throughput test, not a
-    # device, so the per-token upload limits (one batch at a time, 30,000 events) are lifted.
-    plat = Platform(state, api_port=0, settings_changes={
-        "max_event_age_days": 36500,
-        "upload_concurrency": 1000, "upload_burst": 10**6, "upload_events_burst": 10**9})
-    await asyncio.to_thread(plat.start, 90)
+    plat = await start_platform("gongpei-bench-")
     try:
         assert plat.settings is not None
         conn = await asyncpg.connect(plat.settings.database_url)
-        tokens = {b: (await auth.create(conn, role="brand-system", name=f"{b}-bench", brands=[b]))[1]
-                  for b in load_county(DEMO_COUNTY).brands}
-        scanner = (await auth.create(conn, role="scanner", name="bench",
-                                     brands=list(tokens)))[1]
+        tokens, scanner = await upload_tokens(conn, load_county(DEMO_COUNTY).brands)
         regs, scans = build_events(parcels, seed)
         total = sum(map(len, regs.values())) + len(scans)
         batches = [(tokens[b], evs[i:i + 500]) for b, evs in regs.items() for i in range(0, len(evs), 500)]

@@ -21,7 +21,6 @@ import platform as pyplatform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -142,21 +141,15 @@ async def with_database(parcels: int, seed: int, baseline: Path | None, rounds: 
     import asyncpg
     import httpx
 
-    from api import auth
-    from entrypoints.platform import Platform
+    from loadtest.bench_platform import start_platform, upload_tokens
 
-    state = Path(tempfile.mkdtemp(prefix="gongpei-ledger-bench-"))
-    plat = Platform(state, api_port=0, settings_changes={
-        "max_event_age_days": 36500,
-        "upload_concurrency": 1000, "upload_burst": 10**6, "upload_events_burst": 10**9})
-    await asyncio.to_thread(plat.start, 90)
+    plat = await start_platform("gongpei-ledger-bench-")
+    state = plat.state_dir
     try:
         assert plat.settings is not None
         conn = await asyncpg.connect(plat.settings.database_url)
         county = load_county(DEMO_COUNTY)
-        tokens = {b: (await auth.create(conn, role="brand-system", name=f"{b}-bench", brands=[b]))[1]
-                  for b in county.brands}
-        scanner = (await auth.create(conn, role="scanner", name="bench", brands=list(tokens)))[1]
+        tokens, scanner = await upload_tokens(conn, county.brands)
         regs, scans = day_of_events(parcels, seed)
         async with httpx.AsyncClient(base_url=plat.api_url, timeout=120) as client:
             for token, events in ([(tokens[b], evs) for b, evs in regs.items()]

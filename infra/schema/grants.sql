@@ -65,9 +65,8 @@ GRANT USAGE ON SEQUENCE ingest_conflicts_id_seq TO gongpei_api;
 -- read back. The months' private keys it cannot read: only the SMS service opens a phone.
 GRANT SELECT (period, public_key, hash_key), INSERT ON pii_periods TO gongpei_api;
 GRANT INSERT ON pii_keys TO gongpei_api;
--- The public lookup's own counter of wrong guesses (a waybill and a count; no brand, no phone).
-GRANT SELECT, INSERT, UPDATE ON public_lookup_failures TO gongpei_api;
--- Its limits (009): one bucket per address, address and waybill, or waybill; pruned after a day.
+-- The public lookup's limits (009): one bucket per address, address and waybill, or waybill;
+-- pruned after a day (no brand, no phone).
 GRANT SELECT, INSERT, UPDATE, DELETE ON public_lookup_limits TO gongpei_api;
 
 -- -------------------------------------------------------------------------- gongpei_relay

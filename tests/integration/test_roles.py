@@ -31,7 +31,6 @@ API_READS_WITHOUT_RLS = {
     "journal": "columns event_id (and content_hash) only, for deduplication",
     "ledger_periods": "a period and whether it is closed: the same for every brand",
     "sla_runs": "fixed runs carry every brand's parcels; no brand column",
-    "public_lookup_failures": "a waybill and a count of wrong guesses (no longer written)",
     "public_lookup_limits": "the public lookup's buckets: an address or a waybill, and a time",
     "waybill_owners": "which brand owns a waybill, read across brands by the ingest transaction"
                       " to refuse a competitor's claim (never served)",

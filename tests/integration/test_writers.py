@@ -309,7 +309,7 @@ def test_given_the_api_role_when_it_tries_to_erase_its_trail_then_postgres_refus
                        " (now() - interval '89 days', 'GET', '/healthz', 200, 1, '192.0.2.2')", old)
 
     async def as_app() -> tuple[str, str, int]:
-        conn = await asyncpg.connect(platform.settings.app_database_url)  # type: ignore[union-attr]
+        conn = await asyncpg.connect(platform.settings.database_url_for("api"))  # type: ignore[union-attr]
         try:
             outcomes = []
             for sql in ("DELETE FROM access_log", "UPDATE access_log SET client = 'x'",
