@@ -257,20 +257,61 @@ def cmd_access_log(args: argparse.Namespace) -> None:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> None:
-    from streams.rebuild import rebuild_ledger_check, rebuild_sms, rebuild_tracking
+    """Replay the journal into a projection beside the live one, report the differences table by
+    table, and (but for the ledger, or with --check) make it the live model."""
+    from streams.rebuild import rebuild_projection, rebuild_sms
 
     settings = _settings()
     if args.projection == "sms":
         n = asyncio.run(rebuild_sms(settings, _county(settings)))
         print(f"sms state rebuilt from {n} journal events (the log of provider calls is kept)")
         return
-    if args.projection == "ledger":
-        found = asyncio.run(rebuild_ledger_check(settings, _county(settings)))
-        print(f"ledger replayed from the journal: {found['rebuilt']} lines rebuilt,"
-              f" {found['live']} live, {found['differing']} differing")
-        sys.exit(1 if found["differing"] else 0)
-    count = asyncio.run(rebuild_tracking(settings, _county(settings)))
-    print(f"tracking rebuilt from {count} journal events")
+    report = asyncio.run(rebuild_projection(settings, _county(settings), args.projection,
+                                            swap=not args.check))
+    print(f"{report.projection}: replayed {report.events} journal events"
+          + (f", {report.set_aside} set aside (gongpei projections)" if report.set_aside else ""))
+    print(f"  {'table':<20} {'live':>9} {'rebuilt':>9} {'only live':>10} {'only rebuilt':>13}")
+    for t in report.tables:
+        print(f"  {t.table:<20} {t.live:>9} {t.rebuilt:>9} {t.only_live:>10} {t.only_rebuilt:>13}")
+    verdict = "identical" if not report.differing else f"{report.differing} rows differ"
+    print(f"  {verdict}; " + ("the rebuilt model is now live" if report.swapped
+                              else "the live model is unchanged"))
+    if report.differing and not report.swapped:
+        sys.exit(1)  # a compare-only replay that disagrees with the live model is a finding
+
+
+def cmd_projections(args: argparse.Namespace) -> None:
+    """Where each projection is, how far behind, and what it set aside (and why)."""
+
+    async def main() -> None:
+        import asyncpg
+
+        settings = _settings()
+        conn = await asyncpg.connect(settings.database_url_for("owner"))
+        try:
+            last = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
+            rows = await conn.fetch(
+                "SELECT consumer, topic, count(*) AS partitions, sum(next_offset) AS next,"
+                " max(updated_at) AS at FROM consumer_offsets GROUP BY 1, 2 ORDER BY 1, 2")
+            print(f"journal: last seq {last}")
+            for r in rows:
+                where = (f"journal seq {r['next'] - 1} ({last - r['next'] + 1} behind)"
+                         if r["topic"] == "journal"
+                         else f"{r['topic']}: {r['partitions']} partitions, {r['next']} read")
+                print(f"  {r['consumer']:<10} {where}  (moved {r['at']:%Y-%m-%d %H:%M:%S})")
+            aside = await conn.fetch(
+                "SELECT projection, topic, partition, position, event_id, reason, set_aside_at"
+                " FROM projection_set_aside ORDER BY set_aside_at DESC LIMIT $1", args.limit)
+            total = await conn.fetchval("SELECT count(*) FROM projection_set_aside")
+            print(f"set aside: {total}")
+            for r in aside:
+                print(f"  {r['set_aside_at']:%Y-%m-%d %H:%M:%S} {r['projection']:<10}"
+                      f" {r['topic']}/{r['partition']}/{r['position']} {r['event_id'] or '-'}:"
+                      f" {r['reason']}")
+        finally:
+            await conn.close()
+
+    asyncio.run(main())
 
 
 def _normalise_phone(text: str) -> str:
@@ -460,10 +501,18 @@ def main(argv: list[str] | None = None) -> None:
     alog.add_argument("--prune", action="store_true")
     alog.set_defaults(func=cmd_access_log)
 
-    rebuild = sub.add_parser("rebuild", help="rebuild tracking from the journal; for the ledger,"
-                             " replay it beside the books and report any difference")
-    rebuild.add_argument("projection", choices=["tracking", "ledger", "sms"])
+    rebuild = sub.add_parser("rebuild", help="replay the journal into a projection beside the live"
+                             " one, report the differences, and make it live (the ledger: compare"
+                             " only; its closed periods are final)")
+    rebuild.add_argument("projection", choices=["tracking", "sla", "ledger", "sms"])
+    rebuild.add_argument("--check", action="store_true",
+                         help="compare only; exit 1 if the rebuilt model differs from the live one")
     rebuild.set_defaults(func=cmd_rebuild)
+
+    status = sub.add_parser("projections", help="each projection's position and lag, and the"
+                            " events set aside (with why)")
+    status.add_argument("--limit", type=int, default=20)
+    status.set_defaults(func=cmd_projections)
 
     pii = sub.add_parser("pii", help="phone numbers: master keys, retention, erasure, rotation")
     psub = pii.add_subparsers(dest="action", required=True)

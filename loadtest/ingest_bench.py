@@ -81,7 +81,8 @@ async def targets(conn: asyncpg.Connection, last: int) -> dict[str, int]:
 _PROGRESS = {
     "tracking": "SELECT count(*) FROM tracking_events",
     "sla": "SELECT count(*) FROM sla_events",
-    "ledger": "SELECT coalesce(max(seq), 0) FROM ledger_cursor WHERE name = 'ledger'",
+    "ledger": ("SELECT coalesce(max(next_offset) - 1, 0) FROM consumer_offsets"
+               " WHERE consumer = 'ledger'"),
     "sms": "SELECT coalesce(max(seq), 0) FROM sms_cursor WHERE name = 'sms'",
     "relay": "SELECT coalesce(max(seq), 0) FROM relay_cursor",
 }

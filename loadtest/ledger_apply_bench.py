@@ -162,7 +162,8 @@ async def with_database(parcels: int, seed: int, baseline: Path | None, rounds: 
                                     list(LEDGER_TYPES))
         last = await conn.fetchval("SELECT max(seq) FROM journal WHERE type = ANY($1)",
                                    list(LEDGER_TYPES))
-        while await conn.fetchval("SELECT seq FROM ledger_cursor WHERE name = 'ledger'") < last:
+        while await conn.fetchval("SELECT coalesce(max(next_offset) - 1, 0) FROM consumer_offsets"
+                                  " WHERE consumer = 'ledger'") < last:
             await asyncio.sleep(0.2)
         await conn.close()
         env = {**os.environ, **plat.settings.to_env()}

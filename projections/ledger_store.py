@@ -12,10 +12,10 @@ period should have held gets its own adjustment entry in the earliest open perio
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 
@@ -41,56 +41,69 @@ from domain.settlement.state import (
     fold_trip,
     registration_of,
 )
-from projections.tracking_store import use_all_brands
+from projections import runtime
+from projections.locks import Lock
+from projections.runtime import Applied, Base, Source
 
 LEDGER_TYPES = ("parcel.registered", "parcel.scanned", "vehicle.departed", "period.closed")
-LEDGER_LOCK = 7710004
-LEDGER_REBUILD_LOCK = 7710007  # a replay into a scratch schema (7710005 is the SMS planner's)
+LEDGER_LOCK = Lock.LEDGER
+LEDGER_REBUILD_LOCK = Lock.LEDGER_REBUILD
+LINE_COLUMNS = ("entry_id, line_no, period, posting_date, unit, kind, account, brand, ref,"
+                " amount_fen, event_ids, adjusts_period, late_event_id")
 State = ParcelState | TripState
 Step = tuple[Fact, Registration | None]   # an event folded into a unit (a load: with its rider)
 
 
-async def catch_up(conn: asyncpg.Connection, county: County, page: int = 2000,
-                   lock: int = LEDGER_LOCK) -> int:
-    """Apply every journal event not yet in the ledger; returns how many were applied."""
-    total, more = 0, True
-    while more:
-        n, more = await _apply_page(conn, county, page, lock)
-        total += n
-    return total
+class LedgerProjection(Base):
+    """The settlement ledger as a projection: reads the journal in seq order (closed periods need
+    the total order). A rebuild is compared with the live books, never swapped in: postings in
+    closed periods are final (PostgreSQL refuses to change them)."""
 
+    name = "ledger"
+    source = Source.JOURNAL
+    reads = frozenset(LEDGER_TYPES)
+    lock = Lock.LEDGER
+    swappable: ClassVar[bool] = False
+    tables: ClassVar[Mapping[str, str]] = {"ledger_lines": LINE_COLUMNS,
+              "ledger_periods": "period, starts, ends, closed_seq, closed_at, closed_by",
+              "ledger_parcels": "*", "ledger_trips": "*", "settlement_events": "*"}
 
-async def _apply_page(conn: asyncpg.Connection, county: County, page: int,
-                      lock: int) -> tuple[int, bool]:
-    """Apply one page; returns how many events it applied and whether there may be more."""
-    async with conn.transaction():
-        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", lock):
-            return 0, False  # another worker is at it
-        await use_all_brands(conn)
-        await conn.execute("INSERT INTO ledger_cursor (name) VALUES ('ledger') ON CONFLICT DO NOTHING")
-        cursor, state_seq = await conn.fetchrow(
-            "SELECT seq, state_seq FROM ledger_cursor WHERE name = 'ledger'")
-        if state_seq < cursor:  # books kept before the state tables existed: fold up to them
-            await _backfill_state(conn, county, state_seq, cursor, page)
-            return 0, True
-        rows = await conn.fetch(
-            "SELECT seq, body FROM journal WHERE seq > $1 AND type = ANY($2::text[])"
-            " ORDER BY seq LIMIT $3", cursor, list(LEDGER_TYPES), page)
-        if not rows:
-            return 0, False
+    def __init__(self, county: County) -> None:
+        self.county = county
+
+    def decode(self, seq: int, wire: dict[str, Any]) -> Fact:
+        return fact_from_wire(seq, wire)
+
+    async def apply(self, conn: asyncpg.Connection, items: Sequence[Fact]) -> Applied:
         segment: list[Fact] = []
-        for r in rows:
-            fact = fact_from_wire(r["seq"], r["body"])
+        for fact in items:
             if fact.type == "period.closed":
-                await _apply_segment(conn, county, segment)
+                await _apply_segment(conn, self.county, segment)
                 segment = []
-                await _close(conn, county, fact)
+                await _close(conn, self.county, fact)
             else:
                 segment.append(fact)
-        await _apply_segment(conn, county, segment)
-        await conn.execute("UPDATE ledger_cursor SET seq = $1, state_seq = $1 WHERE name = 'ledger'",
-                           rows[-1]["seq"])
-        return len(rows), len(rows) == page
+        await _apply_segment(conn, self.county, segment)
+        return Applied(new=len(items), duplicate=0)
+
+    async def reset(self, conn: asyncpg.Connection) -> None:
+        raise RuntimeError("the ledger is never emptied: closed periods are final;"
+                           " `gongpei rebuild ledger` replays it beside the live books")
+
+    async def prepare(self, conn: asyncpg.Connection, next_seq: int) -> bool:
+        """Books kept before the state tables existed (011) fold the journal up to where they
+        were booked, posting nothing, before anything new is applied."""
+        row = await conn.fetchrow("SELECT seq, state_seq FROM ledger_cursor WHERE name = 'ledger'")
+        if row is None or row["state_seq"] >= row["seq"]:
+            return False
+        await _backfill_state(conn, self.county, row["state_seq"], row["seq"], 2000)
+        return True
+
+
+async def catch_up(conn: asyncpg.Connection, county: County, page: int = 2000,
+                   lock: Lock = LEDGER_LOCK) -> int:
+    """Apply every journal event not yet in the ledger; returns how many were applied."""
+    return await runtime.catch_up(conn, LedgerProjection(county), page, lock)
 
 
 async def _backfill_state(conn: asyncpg.Connection, county: County, after: int, upto: int,

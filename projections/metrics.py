@@ -39,6 +39,17 @@ PROJECTION_EVENTS = Counter(
     "gongpei_projection_events", "Events applied to a read model, new or duplicate",
     ["projection", "result"],
 )
+PROJECTION_LAG = Gauge(
+    "gongpei_projection_lag_events",
+    "Events behind the journal's end (journal followers) or the partitions' ends (Kafka-fed)",
+    ["projection"], multiprocess_mode="livemax",
+)
+PROJECTION_SET_ASIDE = Counter(
+    "gongpei_projection_set_aside",
+    "Events a projection could not decode or apply, set aside with their reason (never retried in"
+    " a loop, never skipped silently): `gongpei projections` lists them",
+    ["projection", "reason"],
+)
 DEAD_LETTERS = Counter("gongpei_dead_letters", "Messages sent to the dead-letter topic", ["reason"])
 SLA_ON_TIME = Gauge(
     "gongpei_sla_on_time_ratio", "Today's share of finished legs on time (county-local day)",

@@ -9,49 +9,68 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import timedelta, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 
 from domain.county import County
 from domain.envelope import Envelope
 from domain.sla import evaluate_parcel
-from projections.tracking_store import Applied, use_all_brands
+from projections.locks import Lock
+from projections.runtime import Applied, Base, Source, decode_envelope
 
 CONSUMER = "sla"
+SLA_TYPES = frozenset({"parcel.registered", "parcel.scanned", "vehicle.departed", "vehicle.arrived"})
 _DIMS = ("day", "leg", "route_id", "township", "village", "brand")
 
 
-async def apply_batch(conn: asyncpg.Connection, county: County, events: Sequence[Envelope],
-                      offsets: Mapping[tuple[str, int], int]) -> Applied:
-    async with conn.transaction():
-        await use_all_brands(conn)
-        relevant = [e for e in events if e.type in ("parcel.registered", "parcel.scanned",
-                                                    "vehicle.departed", "vehicle.arrived")]
-        rows = await conn.fetch(
-            "INSERT INTO sla_events (event_id, brand, waybill, trip_id, body)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])"
-            " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
-            [e.event_id for e in relevant], [e.brand for e in relevant],
-            [getattr(e.payload, "waybill", None) for e in relevant],
-            [getattr(e.payload, "trip_id", None) for e in relevant], [e.to_wire() for e in relevant])
-        new_ids = {r["event_id"] for r in rows}
-        new = [e for e in relevant if e.event_id in new_ids]
-        moves = [e for e in new if e.type.startswith("vehicle.")]
-        if moves:
-            await _record_runs(conn, county, moves)
-        dirty = {e.payload.waybill for e in new if e.type.startswith("parcel.")}  # type: ignore[attr-defined]
-        if moves:
-            dirty |= {r["waybill"] for r in await conn.fetch(
-                "SELECT DISTINCT waybill FROM sla_events WHERE trip_id = ANY($1)"
-                " AND waybill IS NOT NULL", list({e.payload.trip_id for e in moves}))}  # type: ignore[attr-defined]
-        if dirty:
-            await _reevaluate(conn, county, sorted(dirty))
-        await conn.executemany(
-            "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset)"
-            " VALUES ($1, $2, $3, $4) ON CONFLICT (consumer, topic, partition) DO UPDATE"
-            " SET next_offset = greatest(consumer_offsets.next_offset, EXCLUDED.next_offset),"
-            " updated_at = now()", [(CONSUMER, t, p, o) for (t, p), o in offsets.items()])
+class SlaProjection(Base):
+    """The on-time legs of each parcel, their daily slices and the runs' punctuality, fed from
+    Kafka (parcel and vehicle events)."""
+
+    name = CONSUMER
+    source = Source.KAFKA
+    reads = SLA_TYPES
+    lock = Lock.SLA_SWAP
+    tables: ClassVar[Mapping[str, str]] = {"sla_events": "*", "sla_legs": "*", "sla_daily": "*", "sla_runs": "*"}
+
+    def __init__(self, county: County) -> None:
+        self.county = county
+
+    def decode(self, seq: int, wire: dict[str, Any]) -> Envelope:
+        return decode_envelope(seq, wire)
+
+    async def apply(self, conn: asyncpg.Connection, items: Sequence[Envelope]) -> Applied:
+        return await apply_events(conn, self.county, items)
+
+    async def reset(self, conn: asyncpg.Connection) -> None:
+        for table in self.tables:
+            await conn.execute(f"DELETE FROM {table}")
+
+
+async def apply_events(conn: asyncpg.Connection, county: County,
+                       events: Sequence[Envelope]) -> Applied:
+    """Fold a batch into the SLA read models (the caller's transaction)."""
+    relevant = [e for e in events if e.type in SLA_TYPES]
+    rows = await conn.fetch(
+        "INSERT INTO sla_events (event_id, brand, waybill, trip_id, body)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])"
+        " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+        [e.event_id for e in relevant], [e.brand for e in relevant],
+        [getattr(e.payload, "waybill", None) for e in relevant],
+        [getattr(e.payload, "trip_id", None) for e in relevant], [e.to_wire() for e in relevant])
+    new_ids = {r["event_id"] for r in rows}
+    new = [e for e in relevant if e.event_id in new_ids]
+    moves = [e for e in new if e.type.startswith("vehicle.")]
+    if moves:
+        await _record_runs(conn, county, moves)
+    dirty = {e.payload.waybill for e in new if e.type.startswith("parcel.")}  # type: ignore[attr-defined]
+    if moves:
+        dirty |= {r["waybill"] for r in await conn.fetch(
+            "SELECT DISTINCT waybill FROM sla_events WHERE trip_id = ANY($1)"
+            " AND waybill IS NOT NULL", list({e.payload.trip_id for e in moves}))}  # type: ignore[attr-defined]
+    if dirty:
+        await _reevaluate(conn, county, sorted(dirty))
     return Applied(new=len(new), duplicate=len(events) - len(new))
 
 

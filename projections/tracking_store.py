@@ -9,52 +9,60 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 
 from domain.county import County
 from domain.envelope import Envelope
-from domain.events import SealedPhone
+from domain.events import PAYLOADS, SealedPhone
 from domain.tracking import ParcelView, entries_from_view, entry_for, project_entries, view_to_dict
+from projections.locks import Lock
+from projections.runtime import Applied, Base, Source, decode_envelope, use_all_brands
+
+__all__ = ["Applied", "TrackingProjection", "apply_events", "reset", "use_all_brands"]
 
 PROJECTION = "tracking"
+# Every event about a parcel: the manifests, scans, sorting, pickup codes and consent.
+TRACKING_TYPES = frozenset(t for t, _ in PAYLOADS if t.startswith(("parcel.", "consent.")))
+PARCEL_COLUMNS = ("waybill, brand, status, public_code, destination_village, current_node,"
+                  " misrouted, phone_last4, phone_masked, phone_key_id, last_event_at, view")
 
 
-@dataclass(frozen=True)
-class Applied:
-    new: int
-    duplicate: int
+class TrackingProjection(Base):
+    """Each parcel's view (status, where it is, its timeline), fed from Kafka."""
+
+    name = PROJECTION
+    source = Source.KAFKA
+    reads = TRACKING_TYPES
+    lock = Lock.TRACKING_SWAP
+    tables: ClassVar[Mapping[str, str]] = {"parcels": PARCEL_COLUMNS, "tracking_events": "*"}
+
+    def __init__(self, county: County) -> None:
+        self.county = county
+
+    def decode(self, seq: int, wire: dict[str, Any]) -> Envelope:
+        return decode_envelope(seq, wire)
+
+    async def apply(self, conn: asyncpg.Connection, items: Sequence[Envelope]) -> Applied:
+        return await apply_events(conn, self.county, items)
+
+    async def reset(self, conn: asyncpg.Connection) -> None:
+        await reset(conn)
 
 
-async def use_all_brands(conn: asyncpg.Connection) -> None:
-    """Workers see every brand's rows (row-level security is scoped per transaction)."""
-    await conn.execute("SELECT set_config('gongpei.brand_scope', '*', true)")
-
-
-async def apply_batch(conn: asyncpg.Connection, county: County, events: Sequence[Envelope],
-                      offsets: Mapping[tuple[str, int], int], consumer: str = PROJECTION) -> Applied:
-    """Apply a batch of parcel events and record `offsets` (next offset per topic partition)."""
-    async with conn.transaction():
-        await use_all_brands(conn)
-        parcel_events = [e for e in events if e.type.startswith(("parcel.", "consent."))]
-        new_ids = await _insert_events(conn, parcel_events)
-        fresh: dict[str, list[Envelope]] = defaultdict(list)
-        for e in parcel_events:
-            if e.event_id in new_ids:
-                fresh[e.payload.waybill].append(e)  # type: ignore[attr-defined]
-                new_ids.discard(e.event_id)  # a redelivery inside the batch counts once
-        if fresh:
-            await _fold(conn, county, fresh)
-        if offsets:
-            await conn.executemany(
-                "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset)"
-                " VALUES ($1, $2, $3, $4) ON CONFLICT (consumer, topic, partition) DO UPDATE"
-                " SET next_offset = greatest(consumer_offsets.next_offset, EXCLUDED.next_offset),"
-                " updated_at = now()",
-                [(consumer, t, p, o) for (t, p), o in offsets.items()],
-            )
+async def apply_events(conn: asyncpg.Connection, county: County,
+                       events: Sequence[Envelope]) -> Applied:
+    """Fold a batch of parcel events into the views (the caller's transaction)."""
+    parcel_events = [e for e in events if e.type in TRACKING_TYPES]
+    new_ids = await _insert_events(conn, parcel_events)
+    fresh: dict[str, list[Envelope]] = defaultdict(list)
+    for e in parcel_events:
+        if e.event_id in new_ids:
+            fresh[e.payload.waybill].append(e)  # type: ignore[attr-defined]
+            new_ids.discard(e.event_id)  # a redelivery inside the batch counts once
+    if fresh:
+        await _fold(conn, county, fresh)
     applied = sum(map(len, fresh.values()))
     return Applied(new=applied, duplicate=len(events) - applied)
 
@@ -140,29 +148,9 @@ def _phone_columns(view: ParcelView, events: Sequence[Envelope], row: asyncpg.Re
             else (None, None, None))
 
 
-async def reset(conn: asyncpg.Connection, consumer: str = PROJECTION) -> None:
-    """Empty the tracking read model and its offsets, ready for a rebuild from the journal."""
+async def reset(conn: asyncpg.Connection) -> None:
+    """Empty the tracking read model (the runtime forgets its offsets)."""
     async with conn.transaction():
         await use_all_brands(conn)
         await conn.execute("DELETE FROM parcels")
         await conn.execute("DELETE FROM tracking_events")
-        await conn.execute("DELETE FROM consumer_offsets WHERE consumer = $1", consumer)
-
-
-async def stored_offsets(conn: asyncpg.Connection,
-                         consumers: Mapping[str, Sequence[str]]) -> dict[tuple[str, int], int]:
-    """Where to resume each partition: the lowest offset any consumer reading that topic stored
-    (0 when one of them has none yet); re-read events are dropped by each inbox."""
-    rows = await conn.fetch("SELECT consumer, topic, partition, next_offset FROM consumer_offsets")
-    stored: dict[tuple[str, str, int], int] = {
-        (r["consumer"], r["topic"], r["partition"]): r["next_offset"] for r in rows}
-    out: dict[tuple[str, int], int] = {}
-    for consumer, topics in consumers.items():
-        for (c, topic, partition), offset in stored.items():
-            if c == consumer and topic in topics:
-                out[(topic, partition)] = min(out.get((topic, partition), offset), offset)
-    for (topic, partition) in list(out):
-        readers = [c for c, topics in consumers.items() if topic in topics]
-        if any((c, topic, partition) not in stored for c in readers):
-            out[(topic, partition)] = 0
-    return out

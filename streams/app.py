@@ -1,9 +1,11 @@
-"""The Faust app factory and the tracking agent.
+"""The Faust app factory and the stream worker's one agent.
 
-Agents are thin: decode, hand the batch to the store (a pure reducer underneath), record offsets in
-the same PostgreSQL transaction. PostgreSQL, not Kafka's committed offsets, is where a consumer
-resumes: Faust acks a `take` buffer even when its body raises, so on every assignment the agent
-seeks each partition back to the offset stored with the rows it produced."""
+The agent is thin: it decodes each message once and hands the batch to the projection runtime
+(projections/runtime.py), which applies it to every Kafka-fed projection (tracking, SLA), each in
+its own PostgreSQL transaction with its offsets. PostgreSQL, not Kafka's committed offsets, is
+where a consumer resumes: Faust acks a `take` buffer even when its body raises, so on every
+assignment the agent seeks each partition back to the lowest offset its projections stored (the
+start, when one of them has stored none)."""
 
 from __future__ import annotations
 
@@ -11,36 +13,49 @@ import asyncio
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import faust
-import orjson
 from faust.types import TP
-from pydantic import ValidationError
 
 from domain.county import County
 from domain.envelope import Envelope
 from infra.db import TRANSIENT_DB_ERRORS, create_pool
 from infra.settings import Settings
-from projections import sla_queries, sla_store, tracking_store
-from projections.metrics import (
-    CONSUMER_LAG,
-    DEAD_LETTERS,
-    PROJECTION_APPLY_SECONDS,
-    PROJECTION_EVENTS,
-)
-from streams.topics import DEAD_LETTER, PARCEL_EVENTS, VEHICLE_EVENTS
-
-# Which topics each projection reads: a partition resumes at the lowest offset among its readers.
-READERS = {"tracking": (PARCEL_EVENTS.name,), "sla": (PARCEL_EVENTS.name, VEHICLE_EVENTS.name)}
+from projections import runtime, sla_queries
+from projections.metrics import CONSUMER_LAG, DEAD_LETTERS, PROJECTION_LAG
+from projections.runtime import Projection, Stored
+from projections.sla_store import SlaProjection
+from projections.tracking_store import TrackingProjection
+from streams.topics import DEAD_LETTER, PARCEL_EVENTS, VEHICLE_EVENTS, TopicSpec
 
 log = logging.getLogger("gongpei.worker")
 APP_ID = "gongpei-tracking"
 # A failing database is retried this long before the agent crashes the worker (loudly).
 APPLY_RETRY_SECONDS = 60.0
+KAFKA_TOPICS: tuple[TopicSpec, ...] = (PARCEL_EVENTS, VEHICLE_EVENTS)
+
+
+def topics_of(projection: Projection[Any]) -> tuple[str, ...]:
+    """The Kafka topics that carry the event types a projection reads."""
+    return tuple(t.name for t in KAFKA_TOPICS
+                 if any(r.startswith(t.families) for r in projection.reads))
+
+
+def kafka_projections(county: County) -> list[Projection[Envelope]]:
+    """The projections the stream worker keeps (the SLA only where the county sets targets)."""
+    out: list[Projection[Envelope]] = [TrackingProjection(county)]
+    if county.sla is not None:
+        out.append(SlaProjection(county))
+    return out
+
+
+# Which topics each projection reads (the load bench starts them from offset 0).
+READERS = {"tracking": (PARCEL_EVENTS.name,), "sla": (PARCEL_EVENTS.name, VEHICLE_EVENTS.name)}
 
 
 class Resources:
@@ -60,7 +75,7 @@ class Resources:
 
 def create_app(settings: Settings, county: County, data_dir: Path | None = None,
                ready_file: Path | None = None) -> faust.App:
-    """Build the tracking worker's Faust app for these settings and this county."""
+    """Build the stream worker's Faust app for these settings and this county."""
     app = faust.App(
         APP_ID,
         broker=f"kafka://{settings.kafka_bootstrap_servers.replace(',', ';kafka://')}",
@@ -78,22 +93,24 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
         broker_commit_interval=1.0,
     )
     resources = Resources(settings)
-    parcel_topic = app.topic(PARCEL_EVENTS.name, key_type=bytes, value_type=bytes,
-                             key_serializer="raw", value_serializer="raw")
-    movements = app.topic(PARCEL_EVENTS.name, VEHICLE_EVENTS.name, key_type=bytes,
-                          value_type=bytes, key_serializer="raw", value_serializer="raw")
+    projections = kafka_projections(county)
+    readers = {p.name: topics_of(p) for p in projections}
+    topics = sorted({t for names in readers.values() for t in names})
+    behind: dict[tuple[str, int], int] = {}   # the last lag seen per partition
+    stream_topic = app.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw",
+                             value_serializer="raw")
     dead_letter = app.topic(DEAD_LETTER.name, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw")
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def seek_to_stored(sender: Any, assigned: set[Any], **_: Any) -> None:
-        readers = READERS if county.sla is not None else {"tracking": READERS["tracking"]}
         deadline = time.monotonic() + APPLY_RETRY_SECONDS
+        mine = {(tp.topic, tp.partition) for tp in assigned if tp.topic in topics}
         while True:  # no partition is consumed before we know where its read models left off
             try:
                 pool = await resources.pool()
                 async with pool.acquire() as conn:
-                    stored = await tracking_store.stored_offsets(conn, readers)
+                    stored = await runtime.resume_offsets(conn, readers, mine)
                 break
             except TRANSIENT_DB_ERRORS as exc:
                 if time.monotonic() > deadline:
@@ -110,14 +127,20 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
         if ready_file is not None and assigned:
             ready_file.touch()  # the supervisor waits for this before calling the platform ready
 
-    @app.agent(movements)
-    async def keep_sla(stream: faust.StreamT[bytes]) -> None:
+    @app.agent(stream_topic)
+    async def project(stream: faust.StreamT[bytes]) -> None:
         batches = stream.take_events(settings.worker_batch_size, within=0.05)  # type: ignore[attr-defined]
         async for batch in batches:
-            envelopes, offsets = await _decode(batch, dead_letter)
-            if county.sla is not None:
-                await _apply_with_retry(await resources.pool(), county, envelopes, offsets,
-                                        sla_store.apply_batch, "sla")
+            items = [Stored(e.message.topic, e.message.partition, e.message.offset, None, e.value)
+                     for e in batch]
+            decoded, poison = runtime.decode_batch(runtime.decode_envelope, items)
+            for stored, reason in poison:  # kept where people can look, as well as set aside
+                await _dead_letter(dead_letter, stored, reason)
+            pool = await resources.pool()
+            for projection in projections:
+                await _apply_with_retry(pool, projection, readers[projection.name], items,
+                                        decoded, poison)
+            _report_lag(app, items, projections, readers, behind)
 
     @app.timer(interval=15.0)
     async def sla_gauges() -> None:
@@ -131,64 +154,58 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
         except TRANSIENT_DB_ERRORS:
             log.warning("sla gauges: database unavailable")
 
-    @app.agent(parcel_topic)
-    async def track(stream: faust.StreamT[bytes]) -> None:
-        batches = stream.take_events(settings.worker_batch_size, within=0.05)  # type: ignore[attr-defined]
-        async for batch in batches:
-            envelopes, offsets = await _decode(batch, dead_letter)
-            await _apply_with_retry(await resources.pool(), county, envelopes, offsets,
-                                    tracking_store.apply_batch, "tracking")
-            _report_lag(app, offsets)
-
     return app
 
 
-async def _decode(batch: list[Any], dead_letter: Any) -> tuple[list[Envelope], dict[tuple[str, int], int]]:
-    envelopes: list[Envelope] = []
-    offsets: dict[tuple[str, int], int] = {}
-    for event in batch:
-        msg = event.message
-        tp = (msg.topic, msg.partition)
-        offsets[tp] = max(offsets.get(tp, 0), msg.offset + 1)
-        try:
-            envelopes.append(Envelope.from_wire(orjson.loads(event.value)))
-        except (orjson.JSONDecodeError, ValidationError, ValueError, KeyError, TypeError) as exc:
-            # A poison message must not stop the partition; it is kept where people can look.
-            reason = type(exc).__name__
-            DEAD_LETTERS.labels(reason=reason).inc()
-            log.error("dead-lettering %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, reason)
-            await dead_letter.send(key=msg.key, value=event.value, headers={
-                "reason": reason.encode(), "source": f"{msg.topic}/{msg.partition}/{msg.offset}".encode(),
-            })
-    return envelopes, offsets
+async def _dead_letter(dead_letter: Any, stored: Stored, reason: str) -> None:
+    kind = reason.split(":")[1].strip() if ":" in reason else reason
+    DEAD_LETTERS.labels(reason=kind).inc()
+    log.error("dead-lettering %s[%s]@%s: %s", stored.topic, stored.partition, stored.position, kind)
+    body = stored.body if isinstance(stored.body, bytes) else b""
+    await dead_letter.send(key=None, value=body, headers={
+        "reason": kind.encode(),
+        "source": f"{stored.topic}/{stored.partition}/{stored.position}".encode()})
 
 
-async def _apply_with_retry(pool: asyncpg.Pool, county: County, envelopes: list[Envelope],
-                            offsets: dict[tuple[str, int], int], apply: Any,
-                            projection: str) -> None:
+async def _apply_with_retry(pool: asyncpg.Pool, projection: Projection[Envelope],
+                            topics: Sequence[str], items: Sequence[Stored],
+                            decoded: Sequence[tuple[Stored, Envelope]],
+                            poison: Sequence[tuple[Stored, str]]) -> None:
+    """Apply what this projection reads of the batch, with the offsets of its topics; a database
+    outage is retried for a while, then the worker crashes loudly (the supervisor restarts it and
+    it resumes from the stored offsets)."""
+    positions: dict[tuple[str, int], int] = {}
+    for s in items:
+        if s.topic in topics:
+            tp = (s.topic, s.partition)
+            positions[tp] = max(positions.get(tp, 0), s.position + 1)
+    if not positions:
+        return
+    mine = [(s, e) for s, e in decoded if s.topic in topics and e.type in projection.reads]
+    bad = [(s, r) for s, r in poison if s.topic in topics]
     deadline = time.monotonic() + APPLY_RETRY_SECONDS
     delay = 0.2
     while True:
-        started = time.perf_counter()
         try:
             async with pool.acquire() as conn:
-                result = await apply(conn, county, envelopes, offsets)
+                await runtime.apply_decoded(conn, projection, mine, bad, positions)
+            return
         except TRANSIENT_DB_ERRORS as exc:
             if time.monotonic() > deadline:
-                raise  # crash loudly: the supervisor restarts us and we resume from stored offsets
+                raise
             log.warning("database unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-            continue
-        PROJECTION_APPLY_SECONDS.labels(projection=projection).observe(time.perf_counter() - started)
-        PROJECTION_EVENTS.labels(projection=projection, result="new").inc(result.new)
-        PROJECTION_EVENTS.labels(projection=projection, result="duplicate").inc(result.duplicate)
-        return
 
 
-def _report_lag(app: faust.App, offsets: dict[tuple[str, int], int]) -> None:
-    for (topic, partition), next_offset in offsets.items():
-        high = app.consumer.highwater(TP(topic, partition))
+def _report_lag(app: faust.App, items: Sequence[Stored], projections: Sequence[Projection[Any]],
+                readers: dict[str, tuple[str, ...]], behind: dict[tuple[str, int], int]) -> None:
+    for s in items:
+        high = app.consumer.highwater(TP(s.topic, s.partition))
         if high is not None:
-            CONSUMER_LAG.labels(consumer="tracking", topic=topic, partition=str(partition)).set(
-                max(0, high - next_offset))
+            behind[(s.topic, s.partition)] = max(0, high - s.position - 1)
+    for (topic, partition), lag in behind.items():
+        CONSUMER_LAG.labels(consumer="worker", topic=topic, partition=str(partition)).set(lag)
+    for p in projections:
+        PROJECTION_LAG.labels(projection=p.name).set(
+            sum(lag for (topic, _), lag in behind.items() if topic in readers[p.name]))

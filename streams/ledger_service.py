@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import asyncpg
 
 from domain.county import County
-from projections import ledger_store
-from projections.metrics import PROJECTION_APPLY_SECONDS, PROJECTION_EVENTS
+from projections import runtime
+from projections.ledger_store import LedgerProjection
 from streams.follow import follow_journal
 
 log = logging.getLogger("gongpei.ledger")
@@ -22,14 +21,10 @@ log = logging.getLogger("gongpei.ledger")
 
 async def run(pool: asyncpg.Pool, county: County, stop: asyncio.Event, tick: float = 0.5) -> None:
     """Apply the journal to the ledger until `stop` is set, riding out database restarts."""
+    ledger = LedgerProjection(county)
 
     async def one_round() -> None:
         async with pool.acquire() as conn:
-            started = time.perf_counter()
-            applied = await ledger_store.catch_up(conn, county)
-        if applied:
-            PROJECTION_APPLY_SECONDS.labels(projection="ledger").observe(
-                time.perf_counter() - started)
-            PROJECTION_EVENTS.labels(projection="ledger", result="new").inc(applied)
+            await runtime.catch_up(conn, ledger)
 
     await follow_journal(pool, stop, one_round, log, tick)

@@ -1,78 +1,67 @@
-"""Rebuild read models from the journal; the result must equal what the stream produced."""
+"""Rebuild read models from the journal, each compared with the live model it would replace.
+
+Every projection rebuilds the same way (projections/runtime.py `rebuild`): the journal is
+replayed into a scratch copy of its tables, compared table by table with the live model, and,
+for all but the ledger, swapped in (the ledger's closed periods are final: its replay is only
+compared). Runs as the schema owner: no service role may both read the journal and empty a
+read model."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from domain.county import County
-from domain.envelope import Envelope
 from infra.db import create_pool
 from infra.settings import Settings
-from projections import journal, tracking_store
-from streams.topics import PARCEL_EVENTS
+from projections import runtime
+from projections.runtime import Projection, RebuildReport
+
+
+def projection_named(name: str, county: County) -> Projection[Any]:
+    from projections.ledger_store import LedgerProjection
+    from projections.sla_store import SlaProjection
+    from projections.tracking_store import TrackingProjection
+
+    kinds: dict[str, Callable[[County], Projection[Any]]] = {
+        "tracking": TrackingProjection, "sla": SlaProjection, "ledger": LedgerProjection}
+    if name not in kinds:
+        raise KeyError(name)
+    return kinds[name](county)
+
+
+NAMES = ("tracking", "sla", "ledger", "sms")
+# What a copy of the ledger's books is made of (tests copy them as books from before 011).
+LEDGER_TABLES = ("settlement_events", "ledger_cursor", "ledger_periods", "ledger_lines",
+                 "ledger_parcels", "ledger_trips", "consumer_offsets")
+
+
+async def rebuild_projection(settings: Settings, county: County, name: str,
+                             swap: bool = True, page: int = 5000) -> RebuildReport:
+    """Replay the journal into `name`'s scratch tables, compare with live, swap if asked (and
+    allowed)."""
+    projection = projection_named(name, county)
+    pool = await create_pool(settings.database_url_for("owner"), max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            return await runtime.rebuild(conn, projection, page=page,
+                                         swap=swap and projection.swappable)
+    finally:
+        await pool.close()
 
 
 async def rebuild_tracking(settings: Settings, county: County, page: int = 5000) -> int:
-    """Empty the tracking read model and re-apply every parcel event in the journal.
-
-    Runs as the schema owner: the worker's role may neither read the journal nor empty the
-    tracking tables, and no service role may do both."""
-    pool = await create_pool(settings.database_url_for("owner"), max_size=2)
-    count = 0
-    try:
-        async with pool.acquire() as conn:
-            await tracking_store.reset(conn)
-            after = 0
-            while True:
-                rows = await journal.read_page(conn, families=PARCEL_EVENTS.families,
-                                               after=after, limit=page)
-                if not rows:
-                    break
-                events = [Envelope.from_wire(r["body"]) for r in rows]
-                await tracking_store.apply_batch(conn, county, events, offsets={})
-                after = rows[-1]["seq"]
-                count += len(rows)
-    finally:
-        await pool.close()
-    return count
-
-
-LEDGER_TABLES = ("settlement_events", "ledger_cursor", "ledger_periods", "ledger_lines",
-                 "ledger_parcels", "ledger_trips")
-SCRATCH = "ledger_rebuild"
+    """Rebuild tracking from the journal and make it the live model; returns the events read."""
+    return (await rebuild_projection(settings, county, "tracking", page=page)).events
 
 
 async def rebuild_ledger_check(settings: Settings, county: County) -> dict[str, int]:
-    """Replay the journal into a scratch schema and compare with the live ledger, line by line.
-
-    The live ledger is never wiped: its closed periods are immutable. Returns the counts of lines
-    live, rebuilt and differing (0 differing means byte-identical postings)."""
-    import asyncpg
-
-    from infra.db import _init_connection
-    from projections import ledger_store
-
-    conn = await asyncpg.connect(settings.database_url_for("owner"))  # a scratch schema
-    try:
-        await _init_connection(conn)
-        await conn.execute(f"DROP SCHEMA IF EXISTS {SCRATCH} CASCADE; CREATE SCHEMA {SCRATCH}")
-        for table in LEDGER_TABLES:
-            await conn.execute(f"CREATE TABLE {SCRATCH}.{table} (LIKE public.{table} INCLUDING ALL)")
-        await conn.execute(f"SET search_path TO {SCRATCH}, public")
-        # Its own lock: the live worker may be applying at the same moment. (It was LEDGER_LOCK
-        # + 1, which is the SMS planner's: a replay then found it taken and rebuilt nothing.)
-        await ledger_store.catch_up(conn, county, page=5000, lock=ledger_store.LEDGER_REBUILD_LOCK)
-        columns = "entry_id, line_no, period, posting_date, unit, kind, account, brand, ref," \
-                  " amount_fen, event_ids, adjusts_period, late_event_id"
-        live = await conn.fetchval("SELECT count(*) FROM public.ledger_lines")
-        rebuilt = await conn.fetchval(f"SELECT count(*) FROM {SCRATCH}.ledger_lines")
-        differing = await conn.fetchval(
-            f"SELECT count(*) FROM ((SELECT {columns} FROM public.ledger_lines EXCEPT ALL"
-            f" SELECT {columns} FROM {SCRATCH}.ledger_lines) UNION ALL"
-            f" (SELECT {columns} FROM {SCRATCH}.ledger_lines EXCEPT ALL"
-            f" SELECT {columns} FROM public.ledger_lines)) d")
-        return {"live": live, "rebuilt": rebuilt, "differing": differing}
-    finally:
-        await conn.execute(f"RESET search_path; DROP SCHEMA IF EXISTS {SCRATCH} CASCADE")
-        await conn.close()
+    """Replay the journal beside the live ledger and compare, line by line. Returns the counts of
+    lines live, rebuilt and differing (0 differing means byte-identical postings)."""
+    report = await rebuild_projection(settings, county, "ledger", swap=False)
+    [lines] = [t for t in report.tables if t.table == "ledger_lines"]
+    return {"live": lines.live, "rebuilt": lines.rebuilt,
+            "differing": lines.only_live + lines.only_rebuilt}
 
 
 async def rebuild_sms(settings: Settings, county: County) -> int:

@@ -85,7 +85,8 @@ GRANT UPDATE (next_offset, updated_at) ON consumer_offsets TO gongpei_relay;
 -- owner's (`gongpei rebuild tracking`), so it may not delete parcels or their events.
 GRANT SELECT, INSERT ON tracking_events TO gongpei_worker;
 GRANT SELECT, INSERT, UPDATE ON parcels TO gongpei_worker;
-GRANT SELECT, INSERT, UPDATE ON consumer_offsets TO gongpei_worker;
+GRANT SELECT, INSERT, UPDATE ON consumer_offsets TO gongpei_worker;          -- RLS: its own rows
+GRANT SELECT, INSERT ON projection_set_aside TO gongpei_worker;     -- set aside what it cannot apply
 GRANT SELECT, INSERT ON sla_events TO gongpei_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sla_legs, sla_daily, sla_runs TO gongpei_worker;
 -- Whether a registration's data key still exists: an erased number's masked form is not shown
@@ -98,6 +99,8 @@ GRANT SELECT (key_id) ON pii_keys TO gongpei_worker;
 GRANT SELECT ON journal TO gongpei_ledger;
 GRANT SELECT, INSERT ON settlement_events TO gongpei_ledger;
 GRANT SELECT, INSERT, UPDATE ON ledger_cursor, ledger_periods TO gongpei_ledger;
+GRANT SELECT, INSERT, UPDATE ON consumer_offsets TO gongpei_ledger;          -- RLS: its own row
+GRANT SELECT, INSERT ON projection_set_aside TO gongpei_ledger;
 GRANT SELECT, INSERT, DELETE ON ledger_lines TO gongpei_ledger;
 GRANT SELECT, INSERT, UPDATE ON ledger_parcels, ledger_trips TO gongpei_ledger;  -- its state (011)
 

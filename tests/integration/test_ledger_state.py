@@ -24,7 +24,8 @@ LINES = ("entry_id, line_no, period, posting_date, unit, kind, account, brand, r
 
 
 def _level(platform: Platform) -> bool:
-    return bool(db_fetch(platform, "SELECT (SELECT seq FROM ledger_cursor WHERE name = 'ledger') >="
+    return bool(db_fetch(platform, "SELECT (SELECT next_offset - 1 FROM consumer_offsets"
+                                   " WHERE consumer = 'ledger' AND topic = 'journal') >="
                                    " (SELECT max(seq) FROM journal WHERE type = ANY($1))",
                          list(ledger_store.LEDGER_TYPES))[0][0])
 
@@ -60,9 +61,15 @@ def test_given_books_kept_before_the_state_tables_then_the_ledger_folds_up_to_th
             await conn.execute(f"DROP SCHEMA IF EXISTS {OLD} CASCADE; CREATE SCHEMA {OLD}")
             for table in ledger_store_tables():
                 await conn.execute(f"CREATE TABLE {OLD}.{table} (LIKE public.{table} INCLUDING ALL)")
-            for table in ("ledger_cursor", "ledger_periods", "ledger_lines", "settlement_events"):
+            for table in ("ledger_cursor", "ledger_periods", "ledger_lines", "settlement_events",
+                          "consumer_offsets"):  # the last: where the ledger had got to
                 await conn.execute(f"INSERT INTO {OLD}.{table} SELECT * FROM public.{table}")
-            await conn.execute(f"UPDATE {OLD}.ledger_cursor SET state_seq = 0")
+            # Books from before 011 had their cursor in ledger_cursor (seq); 014 keeps that row
+            # as how far the one-off fold of such books must go.
+            await conn.execute(f"DELETE FROM {OLD}.ledger_cursor")
+            await conn.execute(f"INSERT INTO {OLD}.ledger_cursor (name, seq, state_seq)"
+                               " SELECT 'ledger', next_offset - 1, 0 FROM public.consumer_offsets"
+                               " WHERE consumer = 'ledger' AND topic = 'journal'")
         finally:
             await conn.close()
 

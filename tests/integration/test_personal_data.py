@@ -305,7 +305,7 @@ def test_given_an_erasure_and_a_shredded_month_then_the_numbers_are_gone_and_no_
         done = db_fetch(platform, "SELECT count(*) FROM parcels WHERE waybill = ANY($1)"
                                   " AND status = 'delivered'", everyone)[0][0]
         ledger = db_fetch(platform, "SELECT count(*) FROM journal WHERE type = ANY($1) AND seq >"
-                                    " (SELECT seq FROM ledger_cursor WHERE name = 'ledger')",
+                                    " (SELECT next_offset - 1 FROM consumer_offsets WHERE consumer = 'ledger')",
                           list(LEDGER_TYPES))[0][0]
         if done != len(everyone) or ledger:
             return None

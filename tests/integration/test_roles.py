@@ -283,9 +283,25 @@ def test_given_the_ledger_role_then_it_reads_the_journal_and_keeps_only_the_book
         platform: Platform, populated: None) -> None:
     assert _try(platform, "ledger", "SELECT body FROM journal LIMIT 1") != DENIED
     for sql in ("SELECT * FROM parcels", "SELECT * FROM tokens", "SELECT * FROM sms_recipients",
-                "SELECT * FROM tracking_events", "SELECT * FROM consumer_offsets",
+                "SELECT * FROM tracking_events", "DELETE FROM consumer_offsets",
                 FORGED_APPEND, "DELETE FROM settlement_events"):
         assert _try(platform, "ledger", sql, scope="*") == DENIED, sql
+    # One cursor table (014): the ledger sees and moves its own position, no other projection's.
+    own = _try(platform, "ledger", "SELECT * FROM consumer_offsets")
+    assert own != DENIED and {r["consumer"] for r in own} == {"ledger"}
+    assert _try(platform, "ledger", "UPDATE consumer_offsets SET next_offset = 0"
+                " WHERE consumer <> 'ledger' RETURNING consumer") == []
+    assert _try(platform, "ledger", "INSERT INTO consumer_offsets VALUES ('tracking', 'x', 0, 0)"
+                " RETURNING consumer") == DENIED
+
+
+def test_given_the_worker_role_then_it_neither_sees_nor_moves_a_journal_followers_position(
+        platform: Platform, populated: None) -> None:
+    assert _try(platform, "worker", "SELECT * FROM consumer_offsets WHERE consumer = 'ledger'") == []
+    assert _try(platform, "worker", "UPDATE consumer_offsets SET next_offset = 0"
+                " WHERE consumer = 'ledger' RETURNING consumer") == []
+    assert _try(platform, "worker", "INSERT INTO consumer_offsets VALUES ('ledger', 'journal', 0, 1)"
+                " RETURNING consumer") == DENIED
 
 
 def test_given_the_sms_role_then_it_keeps_the_sms_state_and_nothing_of_the_others(
