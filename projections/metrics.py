@@ -46,8 +46,8 @@ PROJECTION_LAG = Gauge(
 )
 PROJECTION_SET_ASIDE = Counter(
     "gongpei_projection_set_aside",
-    "Events a projection could not decode or apply, set aside with their reason (never retried in"
-    " a loop, never skipped silently): `gongpei projections` lists them",
+    "Events a projection could not decode or apply (reason: undecodable or reducer_raised), set"
+    " aside (never retried in a loop, never skipped silently): `gongpei projections` lists them",
     ["projection", "reason"],
 )
 DEAD_LETTERS = Counter("gongpei_dead_letters", "Messages sent to the dead-letter topic", ["reason"])
@@ -73,3 +73,22 @@ SMS_OVERDUE = Gauge(
     "SMS due for over five minutes that no provider has accepted yet (villagers not yet told)",
     multiprocess_mode="livemax",
 )
+
+
+PROJECTIONS = ("tracking", "sla", "ledger", "sms")
+
+
+def _from_the_start() -> None:
+    """Every labelled counter an alert reads exists at 0 from the first scrape: a series that
+    first appears at 5 hides its first burst from `increase()`."""
+    for projection in PROJECTIONS:
+        for result in ("new", "duplicate", "set_aside"):
+            PROJECTION_EVENTS.labels(projection=projection, result=result)
+        for reason in ("undecodable", "reducer_raised"):
+            PROJECTION_SET_ASIDE.labels(projection=projection, reason=reason)
+    for outcome in ("requested", "submitted", "delivered", "failed", "cancelled"):
+        SMS_OUTCOMES.labels(outcome=outcome)
+    INGEST_BATCHES.labels(outcome="ok")
+
+
+_from_the_start()

@@ -219,7 +219,8 @@ def _count(name: str, out: Outcome, seconds: float) -> None:
     if out.set_aside:
         PROJECTION_EVENTS.labels(projection=name, result="set_aside").inc(len(out.set_aside))
         for _, reason in out.set_aside:
-            PROJECTION_SET_ASIDE.labels(projection=name, reason=reason.split(":")[0]).inc()
+            kind = "undecodable" if reason.startswith("undecodable:") else "reducer_raised"
+            PROJECTION_SET_ASIDE.labels(projection=name, reason=kind).inc()
 
 
 # -------------------------------------------------------------------------------- positions
@@ -294,6 +295,7 @@ async def _journal_page(conn: asyncpg.Connection, projection: Projection[T], pag
             "SELECT seq, event_id, body FROM journal WHERE seq >= $1 AND type = ANY($2::text[])"
             " ORDER BY seq LIMIT $3", next_seq, sorted(projection.reads), page)
         if not rows:
+            PROJECTION_LAG.labels(projection=projection.name).set(0)
             return 0, False
         items = [Stored(JOURNAL, 0, r["seq"], r["event_id"], r["body"]) for r in rows]
         decoded, out.set_aside = decode_batch(projection.decode, items)

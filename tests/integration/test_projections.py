@@ -182,3 +182,21 @@ def test_given_a_live_row_gone_wrong_when_rebuilt_then_the_difference_is_reporte
 def test_given_the_ledger_then_a_rebuild_never_replaces_its_books(platform: Platform) -> None:
     refused = _gongpei(platform, "rebuild", "ledger")
     assert "the live model is unchanged" in refused.stdout, refused.stdout + refused.stderr
+
+
+def test_given_a_fresh_platform_then_every_counter_an_alert_reads_is_exported_from_the_start(
+        platform: Platform, client: httpx.Client) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, tuple(sorted(s.labels.items())))
+               for fam in text_string_to_metric_families(client.get("/metrics").text)
+               for s in fam.samples}
+    for projection in ("tracking", "sla", "ledger", "sms"):
+        for reason in ("undecodable", "reducer_raised"):
+            assert ("gongpei_projection_set_aside_total",
+                    (("projection", projection), ("reason", reason))) in samples, (projection, reason)
+    for outcome in ("requested", "submitted", "delivered", "failed", "cancelled"):
+        assert ("gongpei_sms_total", (("outcome", outcome),)) in samples, outcome
+    lagged = {dict(labels)["projection"] for name, labels in samples
+              if name == "gongpei_projection_lag_events"}
+    assert lagged >= {"tracking", "sla", "ledger"}, lagged
