@@ -314,6 +314,21 @@ def cmd_projections(args: argparse.Namespace) -> None:
     asyncio.run(main())
 
 
+def cmd_topic(args: argparse.Namespace) -> None:
+    """Show a topic's messages: partition, offset, key and the decoded event, phones masked."""
+    from streams.topic_tail import tail
+
+    settings = _settings()
+    try:
+        n = asyncio.run(tail(settings.kafka_bootstrap_servers, args.topic, args.last, args.follow,
+                             print))
+    except LookupError as exc:
+        sys.exit(f"gongpei: {exc}")
+    except KeyboardInterrupt:
+        return
+    print(f"({n} messages)", file=sys.stderr)
+
+
 def _normalise_phone(text: str) -> str:
     from domain.phone import is_mobile
 
@@ -508,6 +523,15 @@ def main(argv: list[str] | None = None) -> None:
     rebuild.add_argument("--check", action="store_true",
                          help="compare only; exit 1 if the rebuilt model differs from the live one")
     rebuild.set_defaults(func=cmd_rebuild)
+
+    topic = sub.add_parser("topic", help="show a Kafka topic's messages (partition, offset, key,"
+                           " decoded event; phones masked) on any broker, the embedded one included")
+    topic.add_argument("topic", help="parcel-events, vehicle-events, sms-events, ledger-events,"
+                       " dead-letter")
+    topic.add_argument("--last", type=int, default=10,
+                       help="the last N messages of each partition (0: from the beginning)")
+    topic.add_argument("--follow", "-f", action="store_true", help="keep printing new messages")
+    topic.set_defaults(func=cmd_topic)
 
     status = sub.add_parser("projections", help="each projection's position and lag, and the"
                             " events set aside (with why)")

@@ -200,3 +200,21 @@ def test_given_a_fresh_platform_then_every_counter_an_alert_reads_is_exported_fr
     lagged = {dict(labels)["projection"] for name, labels in samples
               if name == "gongpei_projection_lag_events"}
     assert lagged >= {"tracking", "sla", "ledger"}, lagged
+
+
+def test_given_the_embedded_broker_then_gongpei_topic_shows_keys_offsets_and_events_phones_masked(
+        platform: Platform, client: httpx.Client, tokens: dict[str, str], county: County) -> None:
+    traffic, regs, scans = _lifecycle(county, seed=36, parcels=1, steps=1)
+    _ingest(client, tokens, regs, scans)
+    parcel = traffic.parcels[0]
+    wait_for(lambda: _parcel(client, tokens["manager"], parcel.waybill), 10.0, "the parcel")
+    shown = _gongpei(platform, "topic", "parcel-events", "--last", "0")
+    assert shown.returncode == 0, shown.stderr
+    lines = [line for line in shown.stdout.splitlines() if f"key={parcel.waybill}" in line]
+    assert len(lines) == 2, shown.stdout[-2000:]
+    assert lines[0].startswith("parcel-events/") and "@" in lines[0].split()[0]
+    assert '"type":"parcel.registered"' in lines[0] and '"type":"parcel.scanned"' in lines[1]
+    assert f'"recipient_phone":"{parcel.phone[:3]}****{parcel.phone[-4:]}"' in lines[0]
+    assert parcel.phone not in shown.stdout and "ciphertext" not in shown.stdout
+    missing = _gongpei(platform, "topic", "no-such-topic")
+    assert missing.returncode != 0 and "no topic 'no-such-topic'" in missing.stderr
