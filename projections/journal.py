@@ -68,20 +68,22 @@ async def append(conn: asyncpg.Connection, events: Sequence[Envelope],
 
 async def read_after(conn: asyncpg.Connection, seq: int, limit: int) -> list[asyncpg.Record]:
     """Journal rows after `seq`, in order: (seq, type, partition_key, body)."""
-    return await conn.fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT seq, type, partition_key, body FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2",
         seq, limit,
     )
+    return rows
 
 
 async def read_page(conn: asyncpg.Connection, *, families: tuple[str, ...], after: int = 0,
                     limit: int = 5000) -> list[asyncpg.Record]:
     """A page of the journal's events of these families (type prefixes), in seq order."""
-    return await conn.fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT seq, body FROM journal WHERE seq > $1 AND type LIKE ANY($2::text[])"
         " ORDER BY seq LIMIT $3",
         after, [f + "%" for f in families], limit,
     )
+    return rows
 
 
 async def last_seq(conn: asyncpg.Connection) -> int:

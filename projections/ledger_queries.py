@@ -25,30 +25,35 @@ async def period_status(conn: asyncpg.Connection, period: str) -> str:
 
 
 async def periods(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT period, starts, ends, closed_seq IS NOT NULL AS closed,"
+    rows: list[asyncpg.Record] = await conn.fetch("SELECT period, starts, ends, closed_seq IS NOT NULL AS closed,"
                             " closed_at, closed_by FROM ledger_periods ORDER BY starts")
+    return rows
 
 
 async def period_lines(conn: asyncpg.Connection, period: str) -> list[asyncpg.Record]:
-    return await conn.fetch(f"SELECT {LINE_COLUMNS} FROM ledger_lines WHERE period = $1"
+    rows: list[asyncpg.Record] = await conn.fetch(f"SELECT {LINE_COLUMNS} FROM ledger_lines WHERE period = $1"
                             " ORDER BY posting_date, entry_id, line_no", period)
+    return rows
 
 
 async def unit_lines(conn: asyncpg.Connection, unit: str) -> list[asyncpg.Record]:
-    return await conn.fetch(f"SELECT {LINE_COLUMNS} FROM ledger_lines WHERE unit = $1"
+    rows: list[asyncpg.Record] = await conn.fetch(f"SELECT {LINE_COLUMNS} FROM ledger_lines WHERE unit = $1"
                             " ORDER BY entry_id, line_no", unit)
+    return rows
 
 
 async def trip_scans(conn: asyncpg.Connection, trip_id: str) -> list[asyncpg.Record]:
-    return await conn.fetch("SELECT seq, event_id, type, brand, waybill, body FROM settlement_events"
+    rows: list[asyncpg.Record] = await conn.fetch("SELECT seq, event_id, type, brand, waybill, body FROM settlement_events"
                             " WHERE trip_id = $1 ORDER BY seq", trip_id)
+    return rows
 
 
 async def events_for_units(conn: asyncpg.Connection, trips: list[str]) -> list[asyncpg.Record]:
     """Settlement inputs of these trips and of the parcels that rode them (for what-if)."""
-    return await conn.fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         "WITH riders AS (SELECT DISTINCT waybill FROM settlement_events WHERE trip_id = ANY($1)"
         " AND waybill IS NOT NULL)"
         " SELECT seq, body FROM settlement_events WHERE trip_id = ANY($1)"
         " UNION ALL SELECT seq, body FROM settlement_events WHERE type = 'parcel.registered'"
         " AND waybill IN (SELECT waybill FROM riders) ORDER BY seq", trips)
+    return rows
