@@ -24,13 +24,13 @@ from domain.events import (
     PAYLOADS,
     UNSEALED,
     UPLOADS,
-    Payload,
     ConsentRecorded,
     ParcelRegistered,
     ParcelRegisteredUpload,
     ParcelRegisteredV1,
     ParcelScanned,
     ParcelSorted,
+    Payload,
     PeriodClosed,
     PickupAssigned,
     SmsDelivered,
@@ -39,7 +39,7 @@ from domain.events import (
     SmsSubmitted,
     VehicleArrived,
     VehicleDeparted,
-    stored,
+    current,
 )
 from domain.upcasting import upcast
 from domain.wire import aware_datetime, build, decode_payload
@@ -123,11 +123,12 @@ class Envelope(BaseModel):
     def partition_key(self) -> str:
         """The Kafka key: the waybill for parcel and consent events; the trip for vehicles; the
         period for ledger events; the message id for SMS events (never the phone)."""
-        if isinstance(self.payload, ParcelRegisteredV1 | ParcelRegisteredUpload):
-            return self.payload.waybill  # before sealing
-        p = stored(self.payload)
+        if isinstance(self.payload, ParcelRegisteredV1):
+            return self.payload.waybill  # an old manifest, validated before its upcast
+        p = current(self.payload)
         match p:
-            case (ParcelRegistered(waybill=key) | ParcelScanned(waybill=key)
+            case (ParcelRegistered(waybill=key) | ParcelRegisteredUpload(waybill=key)
+                  | ParcelScanned(waybill=key)
                   | ParcelSorted(waybill=key) | PickupAssigned(waybill=key)
                   | ConsentRecorded(waybill=key)):
                 return key

@@ -248,6 +248,11 @@ StoredPayload: TypeAlias = ParcelEvent | VehicleEvent | SmsEvent | LedgerEvent
 UploadOnlyPayload: TypeAlias = ParcelRegisteredV1 | ParcelRegisteredUpload
 """Payloads that exist only between upload and sealing: they hold a phone in clear."""
 AnyPayload: TypeAlias = StoredPayload | UploadOnlyPayload
+Manifest: TypeAlias = ParcelRegistered | ParcelRegisteredUpload
+"""A manifest line at the current version: stored (phone sealed) or, between validation and
+sealing, as uploaded. Readers of destination, weight and size treat both alike."""
+CurrentPayload: TypeAlias = StoredPayload | ParcelRegisteredUpload
+"""What an envelope can hold once validated or read back (old versions are upcast)."""
 
 
 @dataclass(frozen=True)
@@ -301,22 +306,24 @@ def type_name(model: type[Payload]) -> str:
     return TYPE_NAMES[model]
 
 
-def stored(payload: Payload) -> StoredPayload:
-    """`payload` as one of the stored forms, for an exhaustive `match`; an upload form (a phone
-    in clear) is refused, as it may never reach a reader of the journal or Kafka."""
+def current(payload: Payload) -> CurrentPayload:
+    """`payload` narrowed to the closed union, for a `match` that ends in `assert_never`. An old
+    version that was not upcast is refused: no reader should have to know old shapes."""
     if isinstance(payload, (ParcelRegistered, ParcelScanned, ParcelSorted, PickupAssigned,
                             ConsentRecorded, VehicleDeparted, VehicleArrived, SmsRequested,
-                            SmsSubmitted, SmsDelivered, SmsFailed, PeriodClosed)):
+                            SmsSubmitted, SmsDelivered, SmsFailed, PeriodClosed,
+                            ParcelRegisteredUpload)):
         return payload
-    raise ValueError(f"{type(payload).__name__} is not a stored payload (an upload form?)")
+    raise ValueError(f"{type(payload).__name__} is not a current payload: upcast it first")
 
 
 def waybill_of(payload: Payload) -> str | None:
     """The waybill a payload is about; None for events that name no parcel."""
-    p = stored(payload)
+    p = current(payload)
     match p:
-        case (ParcelRegistered(waybill=w) | ParcelScanned(waybill=w) | ParcelSorted(waybill=w)
-              | PickupAssigned(waybill=w) | ConsentRecorded(waybill=w)):
+        case (ParcelRegistered(waybill=w) | ParcelRegisteredUpload(waybill=w)
+              | ParcelScanned(waybill=w) | ParcelSorted(waybill=w) | PickupAssigned(waybill=w)
+              | ConsentRecorded(waybill=w)):
             return w
         case (VehicleDeparted() | VehicleArrived() | SmsRequested() | SmsSubmitted()
               | SmsDelivered() | SmsFailed() | PeriodClosed()):
@@ -329,6 +336,23 @@ def waybill_of(payload: Payload) -> str | None:
 NODE_FIELDS: dict[str, str | None] = {"node_id": None, "destination_village": "village",
                                       "village": "village"}
 
-__all__ = ["CURRENT_VERSION", "NODE_FIELDS", "PAYLOADS", "REGISTRY", "TYPE_NAMES", "UNSEALED", "UPLOADS",
-           "AnyPayload", "EventType", "ProblemReason", "ScanAction", "StoredPayload", "datetime",
-           "stored", "type_name", "waybill_of"]
+__all__ = [
+    "CURRENT_VERSION",
+    "NODE_FIELDS",
+    "PAYLOADS",
+    "REGISTRY",
+    "TYPE_NAMES",
+    "UNSEALED",
+    "UPLOADS",
+    "AnyPayload",
+    "CurrentPayload",
+    "EventType",
+    "Manifest",
+    "ProblemReason",
+    "ScanAction",
+    "StoredPayload",
+    "current",
+    "datetime",
+    "type_name",
+    "waybill_of",
+]
