@@ -202,7 +202,7 @@ def _decoder(model: type[BaseModel]) -> Decoder:
     source = "\n".join(lines)
     exec(source, env)  # noqa: S102 - built above from the model's own fields, nothing read
     env["decode"].__doc__ = source
-    decoder = _DECODERS[model] = env["decode"]
+    decoder = _DECODERS[model] = cast(Decoder, env["decode"])
     return decoder
 
 
