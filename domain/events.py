@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal, TypeAlias, assert_never
+from typing import Annotated, Literal, TypeAlias, assert_never, cast, get_args
 
 from pydantic import (
     AfterValidator,
@@ -306,14 +306,14 @@ def type_name(model: type[Payload]) -> str:
     return TYPE_NAMES[model]
 
 
+_CURRENT: tuple[type[Payload], ...] = get_args(CurrentPayload)
+
+
 def current(payload: Payload) -> CurrentPayload:
     """`payload` narrowed to the closed union, for a `match` that ends in `assert_never`. An old
     version that was not upcast is refused: no reader should have to know old shapes."""
-    if isinstance(payload, (ParcelRegistered, ParcelScanned, ParcelSorted, PickupAssigned,
-                            ConsentRecorded, VehicleDeparted, VehicleArrived, SmsRequested,
-                            SmsSubmitted, SmsDelivered, SmsFailed, PeriodClosed,
-                            ParcelRegisteredUpload)):
-        return payload
+    if isinstance(payload, _CURRENT):
+        return cast(CurrentPayload, payload)
     raise ValueError(f"{type(payload).__name__} is not a current payload: upcast it first")
 
 
