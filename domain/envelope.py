@@ -42,7 +42,7 @@ from domain.events import (
     current,
 )
 from domain.upcasting import upcast
-from domain.wire import aware_datetime, build, decode_payload
+from domain.wire import build, reader
 
 __all__ = ["BRANDS", "Envelope", "content_digest", "normalise_event_id"]
 
@@ -162,21 +162,31 @@ class Envelope(BaseModel):
             raise ValueError(f"'type' must be a string, got {type(event_type).__name__}")
         if type(version) is not int:
             version = int(version)
-        if version != CURRENT_VERSION.get(event_type):
-            if event_type not in CURRENT_VERSION or not isinstance(body, dict):
+        current = _READERS.get(event_type)
+        if current is None:
+            raise KeyError(f"no payload model for {event_type!r}")
+        if version != current[0]:
+            if not isinstance(body, dict):
                 raise KeyError(f"no payload model for {event_type!r} v{version!r}")
             version, body = upcast(event_type, version, body)
-        event_id, device_id, brand, operator_id = (
-            d["event_id"], d["device_id"], d["brand"], d["operator_id"])
+            if version != current[0]:  # a version above the current one
+                raise KeyError(f"no payload model for {event_type!r} v{version!r}")
+        event_id, device_id, brand, operator_id, occurred_at, recorded_at = (
+            d["event_id"], d["device_id"], d["brand"], d["operator_id"], d["occurred_at"],
+            d["recorded_at"])
         if (type(event_id) is not str or type(device_id) is not str or type(brand) is not str
-                or type(operator_id) is not str):
-            raise ValueError("'event_id', 'device_id', 'brand' and 'operator_id' must be strings")
+                or type(operator_id) is not str or type(occurred_at) is not str
+                or type(recorded_at) is not str):
+            raise ValueError("'event_id', 'device_id', 'brand', 'operator_id', 'occurred_at' and"
+                             " 'recorded_at' must be strings")
+        occurred_at, recorded_at = _iso(occurred_at), _iso(recorded_at)
+        if occurred_at.tzinfo is None or recorded_at.tzinfo is None:
+            raise ValueError("'occurred_at' and 'recorded_at' need their UTC offset")
         return build(cls, {
             "event_id": event_id, "type": event_type, "schema_version": version,
-            "occurred_at": aware_datetime(d["occurred_at"], "occurred_at"),
-            "recorded_at": aware_datetime(d["recorded_at"], "recorded_at"),
+            "occurred_at": occurred_at, "recorded_at": recorded_at,
             "device_id": device_id, "brand": brand, "operator_id": operator_id,
-            "payload": decode_payload(PAYLOADS[(event_type, version)], body)}, set(_FIELDS))
+            "payload": current[1](body)}, set(_FIELDS))
 
     @classmethod
     def from_wire_validated(cls, d: dict[str, Any]) -> Envelope:
@@ -195,6 +205,10 @@ class Envelope(BaseModel):
 
 
 _FIELDS = tuple(Envelope.model_fields)
+_iso = datetime.fromisoformat
+# Per type: its current version and the reader of that version's stored payload.
+_READERS: dict[str, tuple[int, Callable[[object], Payload]]] = {
+    t: (v, reader(PAYLOADS[(t, v)])) for t, v in CURRENT_VERSION.items()}
 
 
 # Server stamps: a re-send carries new ones and is still the same event.

@@ -23,7 +23,7 @@ from pydantic import AwareDatetime, BaseModel
 
 from domain.events import CURRENT_VERSION, PAYLOADS
 
-__all__ = ["aware_datetime", "build", "decode_payload"]
+__all__ = ["aware_datetime", "build", "decode_payload", "reader"]
 
 M = TypeVar("M", bound=BaseModel)
 Convert = Callable[[Any], Any]
@@ -204,6 +204,18 @@ def _decoder(model: type[BaseModel]) -> Decoder:
     env["decode"].__doc__ = source
     decoder = _DECODERS[model] = cast(Decoder, env["decode"])
     return decoder
+
+
+def reader(model: type[M]) -> Callable[[object], M]:
+    """`decode_payload` for one model, looked up once (readers call it for every event)."""
+    decode = _decoder(model)
+
+    def read(body: object) -> M:
+        try:
+            return cast(M, decode(cast(dict[str, Any], body)))
+        except _Shape:
+            return model.model_validate(body)
+    return read
 
 
 def decode_payload(model: type[M], body: object) -> M:
