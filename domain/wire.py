@@ -47,8 +47,8 @@ def aware_datetime(value: object, name: str) -> datetime:
 # A field's plan: its name, the exact JSON type its value must have, how to convert that value
 # (None: taken as it is), whether null is allowed, and its default (_REQUIRED: none).
 _REQUIRED = object()
-Field = tuple[str, type, Convert | None, bool, Any]
-Plan = tuple[Field, ...]
+FieldPlan = tuple[str, type, Convert | None, bool, Any]
+Plan = tuple[FieldPlan, ...]
 _PLANS: dict[type[BaseModel], Plan] = {}
 
 
@@ -135,10 +135,20 @@ def _field(ann: Any) -> tuple[type, Convert | None, bool]:
     raise TypeError(f"no wire decoder for fields of type {ann!r}")
 
 
+def _default(model: type[BaseModel], name: str) -> Any:
+    field = model.model_fields[name]
+    if field.is_required():
+        return _REQUIRED
+    # Shared by every instance the decoder builds (pydantic would copy it): immutable only.
+    if not isinstance(field.default, str | int | bool | float | tuple | frozenset | None):
+        raise TypeError(f"{model.__name__}.{name}: a mutable default cannot be decoded once")
+    return field.default
+
+
 def _plan(model: type[BaseModel]) -> Plan:
     plan = _PLANS.get(model)
     if plan is None:
-        plan = tuple((name, *_field(f.annotation), _REQUIRED if f.is_required() else f.default)
+        plan = tuple((name, *_field(f.annotation), _default(model, name))
                      for name, f in model.model_fields.items())
         _PLANS[model] = plan
     return plan
