@@ -14,6 +14,8 @@ from domain.brands import BRANDS
 
 Tier = Literal["county", "township", "village"]
 PARENT_TIER: dict[str, str | None] = {"county": None, "township": "county", "village": "township"}
+# The tiers a county file may name, as the Literal the model holds (a lookup narrows the type).
+TIERS: dict[str, Tier] = {"county": "county", "township": "township", "village": "village"}
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 
@@ -153,12 +155,12 @@ def parse_topology(doc: dict[str, Any], source: str = "county") -> County:
         if node_id in nodes:
             raise _fail(source, where, "duplicate id")
         tier = _req(raw, "tier", str, source, where)
-        if tier not in PARENT_TIER:
+        if tier not in TIERS:
             raise _fail(source, where, f"tier {tier!r} is not county, township or village")
         parent = raw.get("parent")
         if parent is not None and not isinstance(parent, str):
             raise _fail(source, where, f"'parent' must be str, got {type(parent).__name__}")
-        nodes[node_id] = Node(node_id, _req(raw, "name", str, source, where), tier,  # type: ignore[arg-type]
+        nodes[node_id] = Node(node_id, _req(raw, "name", str, source, where), TIERS[tier],
                               parent)
     centres = [n for n in nodes.values() if n.tier == "county"]
     if len(centres) != 1:

@@ -3,9 +3,10 @@ string, never a class path. Old versions stay here so their uploads validate and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeAlias, assert_never, cast, get_args
 
 from pydantic import (
     AfterValidator,
@@ -233,33 +234,125 @@ class PeriodClosed(Payload):
         pattern=r"^[0-9]{4}-[0-9]{2}(-[0-9]{2}\.\.[0-9]{4}-[0-9]{2}-[0-9]{2})?$")]
 
 
+# ------------------------------------------------------------------------------ the registry
+
+# The closed unions reducers match on. A reducer ends its `match` with `assert_never`, so a class
+# added here and not handled there is a mypy error, not a silently ignored event.
+ParcelEvent: TypeAlias = (ParcelRegistered | ParcelScanned | ParcelSorted | PickupAssigned
+                          | ConsentRecorded)
+VehicleEvent: TypeAlias = VehicleDeparted | VehicleArrived
+SmsEvent: TypeAlias = SmsRequested | SmsSubmitted | SmsDelivered | SmsFailed
+LedgerEvent: TypeAlias = PeriodClosed
+StoredPayload: TypeAlias = ParcelEvent | VehicleEvent | SmsEvent | LedgerEvent
+"""Every payload the journal and Kafka can hold (current versions, phones sealed)."""
+UploadOnlyPayload: TypeAlias = ParcelRegisteredV1 | ParcelRegisteredUpload
+"""Payloads that exist only between upload and sealing: they hold a phone in clear."""
+AnyPayload: TypeAlias = StoredPayload | UploadOnlyPayload
+Manifest: TypeAlias = ParcelRegistered | ParcelRegisteredUpload
+"""A manifest line at the current version: stored (phone sealed) or, between validation and
+sealing, as uploaded. Readers of destination, weight and size treat both alike."""
+CurrentPayload: TypeAlias = StoredPayload | ParcelRegisteredUpload
+"""What an envelope can hold once validated or read back (old versions are upcast)."""
+
+
+@dataclass(frozen=True)
+class EventType:
+    """One (type, schema_version) of the wire: its stored model, and its upload model where the
+    device sends another shape (a phone in clear, sealed at ingest)."""
+
+    name: str
+    version: int
+    stored: type[Payload]
+    upload: type[Payload] | None = None
+
+
+# The one place a type string is spelled. Everything below is derived from it.
+REGISTRY: tuple[EventType, ...] = (
+    EventType("parcel.registered", 1, ParcelRegisteredV1),
+    EventType("parcel.registered", 2, ParcelRegistered, upload=ParcelRegisteredUpload),
+    EventType("parcel.scanned", 1, ParcelScanned),
+    EventType("parcel.sorted", 1, ParcelSorted),
+    EventType("vehicle.departed", 1, VehicleDeparted),
+    EventType("vehicle.arrived", 1, VehicleArrived),
+    EventType("parcel.pickup_assigned", 1, PickupAssigned),
+    EventType("sms.requested", 1, SmsRequested),
+    EventType("sms.submitted", 1, SmsSubmitted),
+    EventType("sms.delivered", 1, SmsDelivered),
+    EventType("sms.failed", 1, SmsFailed),
+    EventType("consent.recorded", 1, ConsentRecorded),
+    EventType("period.closed", 1, PeriodClosed),
+)
+
+# The model of each (type, version) as read back (stored form; old versions are upcast first).
 PAYLOADS: dict[tuple[str, int], type[Payload]] = {
-    ("parcel.registered", 1): ParcelRegisteredV1,
-    ("parcel.registered", 2): ParcelRegistered,
-    ("parcel.scanned", 1): ParcelScanned,
-    ("parcel.sorted", 1): ParcelSorted,
-    ("vehicle.departed", 1): VehicleDeparted,
-    ("vehicle.arrived", 1): VehicleArrived,
-    ("parcel.pickup_assigned", 1): PickupAssigned,
-    ("sms.requested", 1): SmsRequested,
-    ("sms.submitted", 1): SmsSubmitted,
-    ("sms.delivered", 1): SmsDelivered,
-    ("sms.failed", 1): SmsFailed,
-    ("consent.recorded", 1): ConsentRecorded,
-    ("period.closed", 1): PeriodClosed,
-}
+    (t.name, t.version): t.stored for t in REGISTRY}
 # The upload contract: what devices and brand systems send. It differs from the stored form only
 # where the platform transforms an event before journalling it (the phone, sealed at ingest).
 UPLOADS: dict[tuple[str, int], type[Payload]] = {
-    **PAYLOADS, ("parcel.registered", 2): ParcelRegisteredUpload}
+    (t.name, t.version): t.upload or t.stored for t in REGISTRY}
 # Upload models that carry a phone in clear: an envelope holding one may not be journalled.
 UNSEALED: frozenset[type[Payload]] = frozenset({ParcelRegisteredV1, ParcelRegisteredUpload})
 CURRENT_VERSION: dict[str, int] = {}
-for _type, _version in PAYLOADS:
-    CURRENT_VERSION[_type] = max(_version, CURRENT_VERSION.get(_type, 0))
+for _t in REGISTRY:
+    CURRENT_VERSION[_t.name] = max(_t.version, CURRENT_VERSION.get(_t.name, 0))
+# Every payload class's wire type name (stored, upload and old-version models alike).
+TYPE_NAMES: dict[type[Payload], str] = {
+    **{t.stored: t.name for t in REGISTRY},
+    **{t.upload: t.name for t in REGISTRY if t.upload is not None}}
+
+
+def type_name(model: type[Payload]) -> str:
+    """The wire `type` of a payload class: code names classes, the wire names strings."""
+    return TYPE_NAMES[model]
+
+
+_CURRENT: tuple[type[Payload], ...] = get_args(CurrentPayload)
+
+
+def current(payload: Payload) -> CurrentPayload:
+    """`payload` narrowed to the closed union, for a `match` that ends in `assert_never`. An old
+    version that was not upcast is refused: no reader should have to know old shapes."""
+    if isinstance(payload, _CURRENT):
+        return cast(CurrentPayload, payload)
+    raise ValueError(f"{type(payload).__name__} is not a current payload: upcast it first")
+
+
+def waybill_of(payload: Payload) -> str | None:
+    """The waybill a payload is about; None for events that name no parcel."""
+    p = current(payload)
+    match p:
+        case (ParcelRegistered(waybill=w) | ParcelRegisteredUpload(waybill=w)
+              | ParcelScanned(waybill=w) | ParcelSorted(waybill=w) | PickupAssigned(waybill=w)
+              | ConsentRecorded(waybill=w)):
+            return w
+        case (VehicleDeparted() | VehicleArrived() | SmsRequested() | SmsSubmitted()
+              | SmsDelivered() | SmsFailed() | PeriodClosed()):
+            return None
+        case _:
+            assert_never(p)
+
 
 # Payload fields that name a node, and the tier that node must have (None: any tier).
 NODE_FIELDS: dict[str, str | None] = {"node_id": None, "destination_village": "village",
                                       "village": "village"}
 
-__all__ = ["CURRENT_VERSION", "NODE_FIELDS", "PAYLOADS", "UNSEALED", "UPLOADS", "ProblemReason", "ScanAction", "datetime"]
+__all__ = [
+    "CURRENT_VERSION",
+    "NODE_FIELDS",
+    "PAYLOADS",
+    "REGISTRY",
+    "TYPE_NAMES",
+    "UNSEALED",
+    "UPLOADS",
+    "AnyPayload",
+    "CurrentPayload",
+    "EventType",
+    "Manifest",
+    "ProblemReason",
+    "ScanAction",
+    "StoredPayload",
+    "current",
+    "datetime",
+    "type_name",
+    "waybill_of",
+]

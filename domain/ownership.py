@@ -26,10 +26,22 @@ import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from domain.events import (
+    CURRENT_VERSION,
+    PAYLOADS,
+    ConsentRecorded,
+    ParcelRegistered,
+    ParcelScanned,
+    ParcelSorted,
+    Payload,
+    type_name,
+)
 from domain.validation import Reason
 
-OWNED_TYPES = frozenset({"parcel.registered", "parcel.scanned", "parcel.sorted",
-                         "consent.recorded"})
+# The events that write into a waybill, and so are ownership's business.
+OWNED: tuple[type[Payload], ...] = (ParcelRegistered, ParcelScanned, ParcelSorted,
+                                    ConsentRecorded)
+OWNED_TYPES = frozenset(type_name(kind) for kind in OWNED)
 
 
 class Conflict(StrEnum):
@@ -105,7 +117,8 @@ def _not_yours(owner: Owner, brand: str, writer: Writer, conflict: Conflict) -> 
 def decide(event_type: str, brand: str, waybill: str, destination_village: str | None,
            owner: Owner | None, writer: Writer) -> Decision:
     """Whether an event of `brand` may write into `waybill`, and the owner afterwards."""
-    if event_type == "parcel.registered":
+    kind = PAYLOADS[(event_type, CURRENT_VERSION[event_type])]
+    if kind is ParcelRegistered:
         if owner is None:
             return Decision(Owner(waybill, brand, True, destination_village))
         if owner.brand != brand:
@@ -113,7 +126,7 @@ def decide(event_type: str, brand: str, waybill: str, destination_village: str |
                         else Conflict.manifest_after_other_brand_scans)
             return Decision(owner, _not_yours(owner, brand, writer, conflict))
         return Decision(replace(owner, registered=True, destination_village=destination_village))
-    if event_type == "consent.recorded":
+    if kind is ConsentRecorded:
         if owner is None or not owner.registered:
             return Decision(owner, Refusal(
                 Reason.waybill_not_registered, "waybill",
@@ -128,7 +141,7 @@ def decide(event_type: str, brand: str, waybill: str, destination_village: str |
                 "consent comes from the owner brand's systems or from a scanner of the village"
                 " point serving this parcel"))
         return Decision(owner)
-    # parcel.scanned, parcel.sorted
+    # ParcelScanned, ParcelSorted: the rest of OWNED
     if owner is None:
         return Decision(Owner(waybill, brand, False))
     if owner.brand != brand:

@@ -9,10 +9,28 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any
+from typing import Any, Generic, TypeVar, assert_never
 
 from domain.county import County, CountyConfigError
 from domain.envelope import Envelope
+from domain.events import (
+    ConsentRecorded,
+    Manifest,
+    ParcelRegistered,
+    ParcelRegisteredUpload,
+    ParcelScanned,
+    ParcelSorted,
+    PeriodClosed,
+    PickupAssigned,
+    ScanAction,
+    SmsDelivered,
+    SmsFailed,
+    SmsRequested,
+    SmsSubmitted,
+    VehicleArrived,
+    VehicleDeparted,
+    current,
+)
 
 CAUSES = ("problem", "misrouted", "missing_scan", "run_departed_late", "run_arrived_late",
           "missed_run", "unknown")
@@ -102,9 +120,39 @@ def _due(rule: LegRule, start: datetime, county: County) -> datetime:
     return datetime.combine(day + timedelta(days=1), time(0), _tz(county))  # by midnight
 
 
-def _scans(events: Iterable[Envelope]) -> list[Envelope]:
-    unique = {e.event_id: e for e in events if e.type == "parcel.scanned"}
-    return sorted(unique.values(), key=lambda e: (e.occurred_at, e.event_id))
+P = TypeVar("P", ParcelScanned, Manifest)
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen(Generic[P]):
+    """One event of a parcel with its payload narrowed to the class the rules read."""
+
+    occurred_at: datetime
+    event_id: str
+    brand: str
+    payload: P
+
+
+def _sorted(events: Iterable[Envelope]) -> tuple[list[_Seen[ParcelScanned]],
+                                                 list[_Seen[Manifest]]]:
+    """The parcel's scans (de-duplicated) and manifests, each in event-time order."""
+    scans: dict[str, _Seen[ParcelScanned]] = {}
+    regs: list[_Seen[Manifest]] = []
+    for e in events:
+        p = current(e.payload)
+        match p:
+            case ParcelScanned():
+                scans[e.event_id] = _Seen(e.occurred_at, e.event_id, e.brand, p)
+            case ParcelRegistered() | ParcelRegisteredUpload():
+                regs.append(_Seen(e.occurred_at, e.event_id, e.brand, p))
+            case (ParcelSorted() | PickupAssigned() | ConsentRecorded() | VehicleDeparted()
+                  | VehicleArrived() | SmsRequested() | SmsSubmitted() | SmsDelivered()
+                  | SmsFailed() | PeriodClosed()):
+                pass  # no SLA leg starts or ends on them
+            case _:
+                assert_never(p)
+    order = (lambda s: (s.occurred_at, s.event_id))
+    return sorted(scans.values(), key=order), sorted(regs, key=order)
 
 
 def _tier(county: County, node_id: str) -> str | None:
@@ -120,19 +168,17 @@ def evaluate_parcel(waybill: str, events: Iterable[Envelope],
                     trips: Mapping[str, Sequence[Envelope]], county: County,
                     sla: SlaConfig) -> list[LegOutcome]:
     """Every SLA leg this parcel has started, with its outcome and, if late, why."""
-    events = list(events)
-    scans = _scans(events)
+    scans, regs = _sorted(events)
     if not scans:
         return []
-    regs = sorted((e for e in events if e.type == "parcel.registered"),
-                  key=lambda e: (e.occurred_at, e.event_id))
-    village = regs[-1].payload.destination_village if regs else None  # type: ignore[attr-defined]
+    village = regs[-1].payload.destination_village if regs else None
     first = scans[0]
-    upward = _tier(county, first.payload.node_id) == "village" and first.payload.action == "received"  # type: ignore[attr-defined]
+    upward = (_tier(county, first.payload.node_id) == "village"
+              and first.payload.action == ScanAction.received)
     if upward:
-        village = first.payload.node_id  # type: ignore[attr-defined]
+        village = first.payload.node_id
     township = county.nodes[village].parent if village in county.nodes else None
-    brand = (regs[-1] if regs else first).brand
+    brand = (regs[-1].brand if regs else first.brand)
     # Where a leg may end: the parcel's own township or village, once its destination is known.
     own = dict(zip(("county", "township", "village"), county.planned_chain(village))) \
         if village in county.nodes and not upward else {}
@@ -140,13 +186,13 @@ def evaluate_parcel(waybill: str, events: Iterable[Envelope],
     for rule in sla.legs:
         if (rule.direction == "up") != upward:
             continue
-        start = next((s for s in scans if _tier(county, s.payload.node_id) == rule.from_tier), None)  # type: ignore[attr-defined]
+        start = next((s for s in scans if _tier(county, s.payload.node_id) == rule.from_tier), None)
         if start is None:
             continue
         end = next((s for s in scans if s.occurred_at >= start.occurred_at
-                    and _tier(county, s.payload.node_id) == rule.to_tier  # type: ignore[attr-defined]
-                    and s.payload.node_id == own.get(rule.to_tier, s.payload.node_id)  # type: ignore[attr-defined]
-                    and s.payload.action != "problem"), None)  # type: ignore[attr-defined]
+                    and _tier(county, s.payload.node_id) == rule.to_tier
+                    and s.payload.node_id == own.get(rule.to_tier, s.payload.node_id)
+                    and s.payload.action != ScanAction.problem), None)
         due = _due(rule, start.occurred_at, county)
         span = due - start.occurred_at
         at_risk_at = start.occurred_at + span * sla.at_risk_permille / 1000
@@ -166,38 +212,60 @@ def evaluate_parcel(waybill: str, events: Iterable[Envelope],
     return out
 
 
-def breach_cause(rule: LegRule, start: Envelope, end: Envelope, scans: Sequence[Envelope],
-                 regs: Sequence[Envelope], trips: Mapping[str, Sequence[Envelope]],
-                 county: County, sla: SlaConfig) -> str:
+def _run_moves(moves: Iterable[Envelope]) -> tuple[list[tuple[Envelope, VehicleDeparted]],
+                                                   list[tuple[Envelope, VehicleArrived]]]:
+    """A run's departures and arrivals, in the order given."""
+    departed: list[tuple[Envelope, VehicleDeparted]] = []
+    arrived: list[tuple[Envelope, VehicleArrived]] = []
+    for m in moves:
+        p = current(m.payload)
+        match p:
+            case VehicleDeparted():
+                departed.append((m, p))
+            case VehicleArrived():
+                arrived.append((m, p))
+            case (ParcelRegistered() | ParcelRegisteredUpload() | ParcelScanned() | ParcelSorted()
+                  | PickupAssigned()
+                  | ConsentRecorded() | SmsRequested() | SmsSubmitted() | SmsDelivered()
+                  | SmsFailed() | PeriodClosed()):
+                pass  # not a vehicle movement
+            case _:
+                assert_never(p)
+    return departed, arrived
+
+
+def breach_cause(rule: LegRule, start: _Seen[ParcelScanned], end: _Seen[ParcelScanned],
+                 scans: Sequence[_Seen[ParcelScanned]], regs: Sequence[_Seen[Manifest]],
+                 trips: Mapping[str, Sequence[Envelope]], county: County,
+                 sla: SlaConfig) -> str:
     """The first cause the events show, in order of how directly they explain the delay."""
-    window = [s for s in scans if start.occurred_at <= s.occurred_at <= end.occurred_at]
-    if any(s.payload.action == "problem" for s in window):  # type: ignore[attr-defined]
+    window = [s.payload for s in scans if start.occurred_at <= s.occurred_at <= end.occurred_at]
+    if any(s.action == ScanAction.problem for s in window):
         return "problem"
     if regs:
-        dest = regs[-1].payload.destination_village  # type: ignore[attr-defined]
+        dest = regs[-1].payload.destination_village
         if dest in county.nodes:
             chain = county.planned_chain(dest)
-            if any(s.payload.node_id not in chain for s in window):  # type: ignore[attr-defined]
+            if any(s.node_id not in chain for s in window):
                 return "misrouted"
-    actions = {s.payload.action for s in window}  # type: ignore[attr-defined]
-    tiers = {_tier(county, s.payload.node_id) for s in window}  # type: ignore[attr-defined]
+    actions = {str(s.action) for s in window}
+    tiers = {_tier(county, s.node_id) for s in window}
     skipped = rule.from_tier == "county" and rule.to_tier == "village" and "township" not in tiers
     if skipped or any(a not in actions for a in rule.expect_actions):
         return "missing_scan"
     tolerance = timedelta(minutes=sla.run_tolerance_minutes)
-    trip_id = next((s.payload.trip_id for s in window  # type: ignore[attr-defined]
-                    if s.payload.action == "loaded" and s.payload.trip_id), None)  # type: ignore[attr-defined]
-    moves = trips.get(trip_id, ()) if trip_id else ()
-    departed = next((m for m in moves if m.type == "vehicle.departed"), None)
-    if departed and departed.occurred_at - departed.payload.scheduled_at > tolerance:  # type: ignore[attr-defined]
+    trip_id = next((s.trip_id for s in window
+                    if s.action == ScanAction.loaded and s.trip_id), None)
+    departures, arrivals = _run_moves(trips.get(trip_id, ()) if trip_id else ())
+    departed = departures[0] if departures else None
+    if departed and departed[0].occurred_at - departed[1].scheduled_at > tolerance:
         return "run_departed_late"
-    if any(m.type == "vehicle.arrived" and m.occurred_at - m.payload.scheduled_at > tolerance  # type: ignore[attr-defined]
-           for m in moves):
+    if any(m.occurred_at - p.scheduled_at > tolerance for m, p in arrivals):
         return "run_arrived_late"
     if departed is not None:
-        expected = next_run(county, route_for(county, regs[-1].payload.destination_village  # type: ignore[attr-defined]
+        expected = next_run(county, route_for(county, regs[-1].payload.destination_village
                                               if regs else None), start.occurred_at)
-        if expected is not None and departed.payload.scheduled_at > expected + tolerance:  # type: ignore[attr-defined]
+        if expected is not None and departed[1].scheduled_at > expected + tolerance:
             return "missed_run"
     return "unknown"
 

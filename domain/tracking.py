@@ -9,11 +9,29 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, assert_never
 
 from domain.county import County
 from domain.envelope import Envelope
-from domain.events import ScanAction
+from domain.events import (
+    ConsentRecorded,
+    ParcelRegistered,
+    ParcelRegisteredUpload,
+    ParcelScanned,
+    ParcelSorted,
+    PeriodClosed,
+    PickupAssigned,
+    ScanAction,
+    SmsDelivered,
+    SmsFailed,
+    SmsRequested,
+    SmsSubmitted,
+    VehicleArrived,
+    VehicleDeparted,
+    current,
+    type_name,
+)
+from domain.events import waybill_of as payload_waybill
 
 
 class Status(StrEnum):
@@ -81,7 +99,10 @@ ACTION_STATUS: dict[ScanAction, Status] = {
 ACTION_RANK: dict[str, int] = {a: i for i, a in enumerate((
     "received", "arrived", "unloaded", "sorted", "loaded", "out_for_delivery", "stored", "problem",
     "delivered", "returned"))}
-SCAN_TYPES = ("parcel.scanned", "parcel.sorted")
+# The timeline keeps each entry's wire type (it is stored in the view and served as it is).
+REGISTERED, CONSENT, PICKUP_ASSIGNED = (type_name(ParcelRegistered), type_name(ConsentRecorded),
+                                        type_name(PickupAssigned))
+SCAN_TYPES = (type_name(ParcelScanned), type_name(ParcelSorted))
 
 
 @dataclass(frozen=True)
@@ -122,12 +143,22 @@ class ParcelView:
     timeline: tuple[TimelineEntry, ...]
 
 
-def _action(e: Envelope) -> str | None:
-    if e.type == "parcel.scanned":
-        return str(e.payload.action)  # type: ignore[attr-defined]
-    if e.type == "parcel.sorted":
-        return "sorted"
-    return None
+def _action_and_node(e: Envelope) -> tuple[str | None, str | None]:
+    """What a scan says happened, and at which node the event took place (if either)."""
+    p = current(e.payload)
+    match p:
+        case ParcelScanned(action=action, node_id=node):
+            return str(action), node
+        case ParcelSorted(node_id=node):
+            return str(ScanAction.sorted), node
+        case (PickupAssigned(node_id=node) | VehicleDeparted(node_id=node)
+              | VehicleArrived(node_id=node) | SmsRequested(node_id=node)):
+            return None, node
+        case (ParcelRegistered() | ParcelRegisteredUpload() | ConsentRecorded() | SmsSubmitted() | SmsDelivered()
+              | SmsFailed() | PeriodClosed()):
+            return None, None
+        case _:
+            assert_never(p)
 
 
 def _detail(e: Envelope) -> dict[str, Any]:
@@ -140,9 +171,9 @@ def _detail(e: Envelope) -> dict[str, Any]:
 
 def entry_for(e: Envelope, county: County) -> TimelineEntry:
     """The timeline entry an event contributes: everything tracking needs, and no phone."""
-    node_id = getattr(e.payload, "node_id", None)
+    action, node_id = _action_and_node(e)
     node = county.nodes.get(node_id) if node_id else None
-    return TimelineEntry(e.event_id, e.type, e.occurred_at, e.recorded_at, _action(e), node_id,
+    return TimelineEntry(e.event_id, e.type, e.occurred_at, e.recorded_at, action, node_id,
                          node.name if node else None, e.brand, e.operator_id, _detail(e),
                          e.device_id)
 
@@ -169,7 +200,10 @@ def project_parcel(events: Iterable[Envelope], county: County) -> ParcelView:
 def waybill_of(events: Iterable[Envelope]) -> str:
     """The waybill the events are about (they all name the same one)."""
     for e in events:
-        return str(e.payload.waybill)  # type: ignore[attr-defined]
+        waybill = payload_waybill(e.payload)
+        if waybill is None:
+            raise ValueError(f"{e.type} {e.event_id} names no parcel")
+        return waybill
     raise ValueError("a parcel view needs at least one event")
 
 
@@ -182,7 +216,7 @@ def project_entries(entries: Iterable[TimelineEntry], county: County, waybill: s
     # event be in the history all the same, it shows nothing and changes nothing here.
     owner = owner_brand(history)
     history = [t for t in history if t.brand == owner]
-    registrations = [t for t in history if t.type == "parcel.registered"]
+    registrations = [t for t in history if t.type == REGISTERED]
     registration = registrations[-1] if registrations else None
     destination = registration.detail.get("destination_village") if registration else None
     scans = [t for t in history if t.type in SCAN_TYPES]
@@ -198,7 +232,7 @@ def project_entries(entries: Iterable[TimelineEntry], county: County, waybill: s
         t.node_id for t in scans if chain and t.node_id and t.node_id not in chain))
 
     stored = [t for t in scans if t.action == "stored"]
-    consents = [t for t in history if t.type == "consent.recorded"]
+    consents = [t for t in history if t.type == CONSENT]
     problem = latest.detail.get("problem_reason") if latest and latest.action == "problem" else None
     return ParcelView(
         waybill=waybill,
@@ -219,7 +253,7 @@ def project_entries(entries: Iterable[TimelineEntry], county: County, waybill: s
 def owner_brand(history: list[TimelineEntry]) -> str:
     """The brand a parcel belongs to: its first manifest's (by when the platform heard of it),
     else, before any manifest, the brand of its first scan."""
-    registrations = [t for t in history if t.type == "parcel.registered"]
+    registrations = [t for t in history if t.type == REGISTERED]
     if registrations:
         return min(registrations, key=lambda t: (t.recorded_at, t.event_id)).brand
     return min(history, key=lambda t: (t.recorded_at, t.event_id)).brand
@@ -237,7 +271,7 @@ def _pickup_code(stored: list[TimelineEntry], history: list[TimelineEntry]) -> s
     latest = stored[-1]
     if latest.detail.get("pickup_code"):
         return str(latest.detail["pickup_code"])
-    assigned = [t for t in history if t.type == "parcel.pickup_assigned"
+    assigned = [t for t in history if t.type == PICKUP_ASSIGNED
                 and t.node_id == latest.node_id]
     return str(assigned[-1].detail["pickup_code"]) if assigned else None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from domain.events import CURRENT_VERSION
+from domain.events import CURRENT_VERSION, REGISTRY, ParcelRegisteredV1, Payload
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -18,9 +18,13 @@ def _registered_v1_to_v2(p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-UPCASTERS: dict[tuple[str, int], Upcaster] = {
-    ("parcel.registered", 1): _registered_v1_to_v2,
+# One per old version's model: it lifts a payload of that model to the next version of its type.
+LIFTS: dict[type[Payload], Upcaster] = {
+    ParcelRegisteredV1: _registered_v1_to_v2,
 }
+# The same, by (type, version) as the wire names them (from the registry).
+UPCASTERS: dict[tuple[str, int], Upcaster] = {
+    (t.name, t.version): LIFTS[t.stored] for t in REGISTRY if t.stored in LIFTS}
 
 
 def upcast(event_type: str, version: int, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from domain.brands import BRANDS
 from domain.county import County
 from domain.envelope import Envelope, normalise_event_id
-from domain.events import CURRENT_VERSION, NODE_FIELDS, UPLOADS, ScanAction
+from domain.events import CURRENT_VERSION, NODE_FIELDS, UPLOADS, ParcelScanned, ScanAction
 from domain.redact import mask_digit_runs
 from domain.upcasting import upcast
 
@@ -156,15 +156,15 @@ def _check_nodes(payload: dict[str, Any], county: County, base: str) -> None:
                           f"'{node_id}' is a {node.tier} ({node.name}), not a {tier}")
 
 
-def _check_scan(payload: dict[str, Any], base: str) -> None:
-    action = payload.get("action")
-    if action == ScanAction.problem and not payload.get("problem_reason"):
+def _check_scan(scan: ParcelScanned, base: str) -> None:
+    action = scan.action
+    if action == ScanAction.problem and not scan.problem_reason:
         raise _Reject(Reason.missing_field, f"{base}.problem_reason",
                       "a 'problem' scan needs a 'problem_reason'")
-    if action != ScanAction.problem and payload.get("problem_reason") is not None:
+    if action != ScanAction.problem and scan.problem_reason is not None:
         raise _Reject(Reason.invalid_value, f"{base}.problem_reason",
                       "'problem_reason' belongs to 'problem' scans only")
-    if action != ScanAction.stored and payload.get("pickup_code") is not None:
+    if action != ScanAction.stored and scan.pickup_code is not None:
         raise _Reject(Reason.invalid_value, f"{base}.pickup_code",
                       "'pickup_code' belongs to 'stored' scans only")
 
@@ -227,8 +227,8 @@ def _validate(raw: object, base: str, county: County, permitted_brands: frozense
         raise _pydantic_rejection(err, pbase) from None
     _check_instants(parsed, pbase)
     _check_nodes(payload, county, pbase)
-    if event_type == "parcel.scanned":
-        _check_scan(payload, pbase)
+    if isinstance(parsed, ParcelScanned):
+        _check_scan(parsed, pbase)
     current, lifted = upcast(event_type, version, payload)
     return Envelope(
         event_id=event_id, type=event_type, schema_version=current, occurred_at=occurred_at,

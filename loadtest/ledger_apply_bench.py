@@ -1,7 +1,7 @@
 """The ledger's apply, measured (a benchmark that prints its figures; never a test).
 
-1. Decode: the journal's stored bodies read with `Envelope.from_wire` (full pydantic validation,
-   as every consumer did) against `fact_from_wire` (the few fields the ledger needs), in-process.
+1. Decode: the journal's stored bodies read with `Envelope.from_wire_validated` (full pydantic
+   validation, as every consumer did before decode-once; loadtest/decode_bench.py times the fast path) against `fact_from_wire` (the few fields the ledger needs), in-process.
 2. Fold: the same events folded into per-parcel and per-trip state and priced, in-process.
 3. With `--db`: the embedded platform takes the day's events through the API; once the live
    ledger holds them all, the ledger is replayed into a scratch schema (`gongpei rebuild ledger`'s
@@ -81,10 +81,11 @@ def in_process(parcels: int, seed: int) -> None:
             times.append(time.perf_counter() - t)
         return min(times)
 
-    full = best(lambda: [Envelope.from_wire(d) for d in dicts])
+    full = best(lambda: [Envelope.from_wire_validated(d) for d in dicts])
     cheap = best(lambda: [fact_from_wire(i, d) for i, d in enumerate(dicts)])
     print(f"events: {n:,}")
-    print(f"decode Envelope.from_wire: {full * 1e6 / n:.1f} µs/event, {n / full:,.0f} events/s")
+    print(f"decode Envelope.from_wire_validated: {full * 1e6 / n:.1f} µs/event,"
+          f" {n / full:,.0f} events/s")
     print(f"decode fact_from_wire:     {cheap * 1e6 / n:.2f} µs/event, {n / cheap:,.0f} events/s"
           f"  ({full / cheap:.0f}× faster)")
 

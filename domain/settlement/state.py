@@ -15,14 +15,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias, assert_never
 
 from domain.county import County
 from domain.envelope import Envelope
-from domain.events import CURRENT_VERSION
+from domain.events import (
+    CURRENT_VERSION,
+    PAYLOADS,
+    ConsentRecorded,
+    ParcelRegistered,
+    ParcelRegisteredUpload,
+    ParcelScanned,
+    ParcelSorted,
+    Payload,
+    PeriodClosed,
+    PickupAssigned,
+    ScanAction,
+    SmsDelivered,
+    SmsFailed,
+    SmsRequested,
+    SmsSubmitted,
+    VehicleArrived,
+    VehicleDeparted,
+    current,
+)
 from domain.upcasting import upcast
 
 STATION_TIERS = ("township", "village")
+PayloadClass: TypeAlias = type[Payload]  # spelt here: inside Fact, `type` is a field
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +66,9 @@ class Fact:
     height_mm: int | None = None
     destination: str | None = None
     period: str | None = None
+    # The registry's payload class for this event (None: a type this code does not know); the
+    # folds dispatch on it, never on the type string.
+    kind: PayloadClass | None = None
 
     @property
     def key(self) -> tuple[datetime, str]:
@@ -58,17 +81,43 @@ def fact_from_wire(seq: int, d: dict[str, Any]) -> Fact:
     p = d["payload"]
     version = d["schema_version"]
     if version != CURRENT_VERSION.get(event_type, version):
-        _, p = upcast(event_type, version, p)
+        version, p = upcast(event_type, version, p)
     return Fact(seq, d["event_id"], event_type, datetime.fromisoformat(d["occurred_at"]),
                 d["brand"], d.get("operator_id", ""), p.get("waybill"), p.get("trip_id"),
                 p.get("action"), p.get("node_id"), p.get("route_id"), p.get("weight_g", 0),
                 p.get("length_mm"), p.get("width_mm"), p.get("height_mm"),
-                p.get("destination_village"), p.get("period"))
+                p.get("destination_village"), p.get("period"), PAYLOADS.get((event_type, version)))
 
 
 def fact_from_envelope(seq: int, e: Envelope) -> Fact:
-    """An envelope as a Fact (tests, and readers that hold envelopes already)."""
-    return fact_from_wire(seq, e.to_wire())
+    """An envelope as a Fact (tests, and readers that hold envelopes already): the fields
+    `fact_from_wire` reads from a body, read from the typed payload."""
+    head = (seq, e.event_id, e.type, e.occurred_at, e.brand, e.operator_id)
+    kind = PAYLOADS[(e.type, e.schema_version)]
+    p = current(e.payload)
+    match p:
+        case ParcelRegistered() | ParcelRegisteredUpload():
+            return Fact(*head, waybill=p.waybill, weight_g=p.weight_g, length_mm=p.length_mm,
+                        width_mm=p.width_mm, height_mm=p.height_mm,
+                        destination=p.destination_village, kind=kind)
+        case ParcelScanned():
+            return Fact(*head, waybill=p.waybill, trip_id=p.trip_id, action=str(p.action),
+                        node_id=p.node_id, kind=kind)
+        case ParcelSorted() | PickupAssigned():
+            return Fact(*head, waybill=p.waybill, node_id=p.node_id, kind=kind)
+        case ConsentRecorded():
+            return Fact(*head, waybill=p.waybill, kind=kind)
+        case VehicleDeparted() | VehicleArrived():
+            return Fact(*head, trip_id=p.trip_id, node_id=p.node_id, route_id=p.route_id,
+                        kind=kind)
+        case SmsRequested():
+            return Fact(*head, node_id=p.node_id, kind=kind)
+        case SmsSubmitted() | SmsDelivered() | SmsFailed():
+            return Fact(*head, kind=kind)
+        case PeriodClosed():
+            return Fact(*head, period=p.period, kind=kind)
+        case _:
+            assert_never(p)
 
 
 # ------------------------------------------------------------------------------- parcels
@@ -141,22 +190,22 @@ def registration_of(f: Fact) -> Registration:
 def fold_parcel(state: ParcelState, f: Fact) -> bool:
     """Fold one parcel event into its state; True if the state changed. (Which nodes are
     stations the rules judge when they price, by the county file they price with.)"""
-    if f.type == "parcel.registered":
+    if f.kind is ParcelRegistered:
         if state.registration is None or f.key > state.registration.key:
             state.registration = registration_of(f)
             return True
         return False
-    if f.type != "parcel.scanned":
+    if f.kind is not ParcelScanned:
         return False
     changed = False
     scan = Scan(f.occurred_at, f.event_id, f.node_id or "", f.brand)
     if state.first_scan is None or scan.key < state.first_scan.key:
         state.first_scan, changed = scan, True
-    if f.action == "loaded" and f.trip_id and f.trip_id not in state.trips:
+    if f.action == ScanAction.loaded and f.trip_id and f.trip_id not in state.trips:
         state.trips.append(f.trip_id)
         changed = True
-    if f.action in ("stored", "delivered"):
-        scans = state.stored if f.action == "stored" else state.delivered
+    if f.action in (ScanAction.stored, ScanAction.delivered):
+        scans = state.stored if f.action == ScanAction.stored else state.delivered
         if all(s.event_id != scan.event_id for s in scans):
             scans.append(scan)
             scans.sort(key=lambda s: s.key)
@@ -228,19 +277,19 @@ def fold_trip(state: TripState, f: Fact, rider: Registration | None = None) -> b
     """Fold one event into a trip: its departure, a scan carrying its trip_id (for a load, with
     the parcel's registration as known at that point), or a registration of a parcel it carried.
     True if the state changed."""
-    if f.type == "vehicle.departed":
+    if f.kind is VehicleDeparted:
         if f.trip_id == state.trip_id and (state.departure is None
                                            or f.key < state.departure.key):
             state.departure = Departure(f.occurred_at, f.event_id, f.route_id or "")
             return True
         return False
-    if f.type == "parcel.registered":
+    if f.kind is ParcelRegistered:
         if f.waybill in state.loaded:
             return _ride(state, f.waybill or "", registration_of(f))
         return False
-    if f.type != "parcel.scanned" or f.trip_id != state.trip_id:
+    if f.kind is not ParcelScanned or f.trip_id != state.trip_id:
         return False
-    if f.action == "loaded":
+    if f.action == ScanAction.loaded:
         if f.event_id in state.load_ids:
             return False
         state.loads.append(Load(f.occurred_at, f.event_id, f.waybill or "", f.brand))
@@ -249,7 +298,7 @@ def fold_trip(state: TripState, f: Fact, rider: Registration | None = None) -> b
         if rider is not None:
             _ride(state, f.waybill or "", rider)
         return True
-    if f.action == "unloaded" and (f.brand, f.node_id or "") not in state.stops:
+    if f.action == ScanAction.unloaded and (f.brand, f.node_id or "") not in state.stops:
         state.stops.append((f.brand, f.node_id or ""))
         return True
     return False
