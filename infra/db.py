@@ -69,7 +69,7 @@ async def migrate(owner_dsn: str, app_password: str = "", *,
         raise ValueError("migrate needs GONGPEI_APP_PASSWORD (or every role's own password)")
     conn = await asyncpg.connect(owner_dsn)
     try:
-        await conn.execute("SELECT pg_advisory_lock(7710001)")  # one migrator at a time
+        await conn.execute("SELECT pg_advisory_lock(7710001)")  # one migrator (projections.locks.Lock.MIGRATE)
         for service, role in SERVICE_ROLES.items():
             await _ensure_role(conn, role, passwords[service])
         await conn.execute(

@@ -9,10 +9,11 @@ from typing import Any
 import asyncpg
 
 from domain.envelope import Envelope
+from projections.locks import Lock
 
 # Appends are serialised by this lock so that journal seq order equals commit order: the relay
 # reads "everything after seq N" and must never pass over a row committed later with a lower seq.
-JOURNAL_APPEND_LOCK = 7710002
+JOURNAL_APPEND_LOCK = int(Lock.JOURNAL_APPEND)
 NOTIFY_CHANNEL = "journal_appended"
 
 class UnsealedPhoneError(ValueError):

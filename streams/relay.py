@@ -20,12 +20,13 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from infra.db import TRANSIENT_DB_ERRORS, discard
 from infra.settings import Settings
 from projections import journal
+from projections.locks import Lock
 from projections.metrics import RELAY_LAG, RELAY_PUBLISHED, RELAY_REPUBLISHES
 from streams.topics import ALL_TOPICS, topic_for
 
 log = logging.getLogger("gongpei.relay")
 CURSOR = "kafka"
-RELAY_LOCK = 7710003
+RELAY_LOCK = int(Lock.RELAY)
 PAGE = 2000
 
 
