@@ -181,12 +181,48 @@ def _when(value: Any) -> str:
     return "-" if value is None else value.strftime("%Y-%m-%d %H:%M")
 
 
+def _state_candidates(state_dir: str | None) -> list[Path]:
+    """Where a running embedded platform may keep its state: --state-dir, else
+    GONGPEI_STATE_DIR, ./.state and the repository's .state."""
+    if state_dir:
+        return [Path(state_dir)]
+    found: list[Path] = []
+    for path in (os.environ.get("GONGPEI_STATE_DIR"), Path.cwd() / ".state",
+                 Path(__file__).resolve().parents[1] / ".state"):
+        if path and Path(path).resolve() not in found:
+            found.append(Path(path).resolve())
+    return found
+
+
+def _running_platform(state_dir: str | None) -> tuple[Path, dict[str, Any]]:
+    from entrypoints.platform import StateNotFound, find_running_state
+
+    try:
+        return find_running_state(_state_candidates(state_dir))
+    except StateNotFound as exc:
+        sys.exit(f"gongpei: no running embedded platform found ({exc}); start one with"
+                 " ./bin/up, or set DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS and GONGPEI_APP_PASSWORD")
+
+
+def _admin_settings(state_dir: str | None) -> Settings:
+    """The settings of an operator's command: the environment's when DATABASE_URL is set (and
+    no --state-dir is given), else those of the embedded platform running from the state folder
+    (`gongpei up` writes them there, owner-only), so nothing needs exporting."""
+    if state_dir is None and os.environ.get("DATABASE_URL"):
+        return _settings()
+    _, state = _running_platform(state_dir)
+    try:
+        return Settings.from_env(dict(state["env"]))
+    except (SettingsError, KeyError, TypeError) as exc:
+        sys.exit(f"gongpei: the running platform's state is unreadable: {exc}")
+
+
 def cmd_token(args: argparse.Namespace) -> None:
     import asyncpg
 
     from api import auth
 
-    settings = _settings()
+    settings = _admin_settings(args.state_dir)
     try:
         expires_in = None if args.action != "create" or args.expires_in is None else (
             auth.parse_expires_in(args.expires_in))
@@ -329,6 +365,69 @@ def cmd_topic(args: argparse.Namespace) -> None:
     print(f"({n} messages)", file=sys.stderr)
 
 
+def cmd_status(args: argparse.Namespace) -> None:
+    """What an embedded platform runs, where, and how healthy; exit 1 if any part is down."""
+    import urllib.request
+
+    import asyncpg
+
+    from entrypoints.platform import pid_running
+
+    state_dir, state = _running_platform(args.state_dir)
+    env: dict[str, str] = dict(state["env"])
+    api = str(state["api_url"])
+    healthy = True
+    print(f"Gongpei (embedded) is running since {state['started_at']} (supervisor pid"
+          f" {state['supervisor_pid']})")
+    print(f"  state     {state_dir}")
+    try:
+        with urllib.request.urlopen(f"{api}/healthz", timeout=3) as r:
+            health = f"/healthz {r.status}"
+            healthy &= r.status == 200
+    except OSError as exc:
+        health, healthy = f"/healthz failed ({type(exc).__name__})", False
+    print(f"  API       {api}  ({health})")
+    manager = state_dir / "demo-tokens" / "manager"
+    print(f"  dashboard {api}/dashboard?token="
+          + (manager.read_text().strip() if manager.is_file() else "<a manager token>"))
+    print(f"  metrics   {api}/metrics\n  county    {state['county_file']}")
+    for part, what in (("postgres", env["DATABASE_URL"]),
+                       ("broker", f"{env['KAFKA_BOOTSTRAP_SERVERS']} (Tansu, in memory)")):
+        info = dict(state[part])
+        alive = pid_running(info.get("pid"))
+        healthy &= alive
+        print(f"  {'database' if part == 'postgres' else part:<9} {what}  pid {info.get('pid')}"
+              f" {'alive' if alive else 'DOWN'}")
+    print(f"  {'process':<20} {'pid':>8}  {'alive':<5}  restarts  log")
+    for name, info in dict(state["processes"]).items():
+        alive = pid_running(info.get("pid"))
+        healthy &= alive
+        print(f"  {name:<20} {info.get('pid') or '-':>8}  {'yes' if alive else 'NO':<5}"
+              f"  {info.get('restarts', 0):>8}  {info.get('log')}")
+
+    async def relay_lag() -> str:
+        conn = await asyncpg.connect(env["DATABASE_URL"], timeout=5)
+        try:
+            last = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
+            sent = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM relay_cursor")
+            return f"relay: journal seq {sent} of {last} published ({last - sent} behind)"
+        finally:
+            await conn.close()
+
+    try:
+        print(asyncio.run(relay_lag()))
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"relay: unknown, the database did not answer ({type(exc).__name__})")
+        healthy = False
+    else:
+        # The projections' positions, exactly as `gongpei projections` shows them.
+        os.environ.update(env)
+        cmd_projections(argparse.Namespace(limit=args.limit))
+    print("healthy" if healthy else "NOT healthy: see above")
+    if not healthy:
+        sys.exit(1)
+
+
 def _normalise_phone(text: str) -> str:
     from domain.phone import is_mobile
 
@@ -407,7 +506,13 @@ def cmd_up(args: argparse.Namespace) -> None:
 
     _log_to_stderr()
     state = Path(args.state_dir).resolve()
-    platform = Platform(state, county_file=Path(args.county), api_port=args.port)
+    county_file, demo_note = Path(args.county), ""
+    if not args.no_demo:
+        from loadtest.demo import demo_county_file
+
+        state.mkdir(parents=True, exist_ok=True)
+        county_file, demo_note = demo_county_file(state, county_file)
+    platform = Platform(state, county_file=county_file, api_port=args.port)
     stopping = False
 
     def request_stop(*_: object) -> None:
@@ -435,8 +540,15 @@ def cmd_up(args: argparse.Namespace) -> None:
         print(f"  broker    {platform.settings.kafka_bootstrap_servers} (Tansu, in memory)")
         print(f"  database  {platform.settings.database_url}")
         if demo is not None:
-            print(f"  tokens    {state / 'demo-tokens'}/<name> (manager, pda-demo, ZTO-brand, …)")
-            print("  demo      a few parcels registered and moved every 2 s (--no-demo: none)")
+            print(f"  tokens    {state / 'demo-tokens'}/<name> (manager, pda-demo, ZTO-brand, …;"
+                  " kept across restarts)")
+            print(f"  dashboard {platform.api_url}/dashboard?token=$(cat {state}/demo-tokens/manager)")
+            print("  demo      a household's parcels every 2 s, most left waiting at the village"
+                  " point (--no-demo: none)")
+            if demo_note:
+                print(f"  demo SMS  {demo_note}")
+        print("  status    .venv/bin/gongpei status (and .venv/bin/gongpei token create …: no"
+              " settings to export)")
         print("Ctrl-C stops everything.\n", flush=True)
         while not stopping:
             if demo is not None:
@@ -507,7 +619,19 @@ def main(argv: list[str] | None = None) -> None:
     revoke = tsub.add_parser("revoke")
     revoke.add_argument("id", type=int)
     tsub.add_parser("list")
+    for action in (create, revoke, tsub.choices["list"]):
+        action.add_argument("--state-dir", help="a running `gongpei up`'s state folder (default:"
+                            " the environment's settings if DATABASE_URL is set, else"
+                            " GONGPEI_STATE_DIR, ./.state or the repository's .state)")
     tok.set_defaults(func=cmd_token)
+
+    st = sub.add_parser("status", help="what an embedded platform runs (pids, restarts), where"
+                        " (ports, state folder, dashboard) and how healthy (API, relay lag,"
+                        " projections)")
+    st.add_argument("--state-dir", help="its state folder (default: GONGPEI_STATE_DIR, ./.state"
+                    " or the repository's .state)")
+    st.add_argument("--limit", type=int, default=5, help="events set aside to list")
+    st.set_defaults(func=cmd_status)
 
     alog = sub.add_parser("access-log", help="who called what (newest last); --prune drops"
                           " entries older than GONGPEI_ACCESS_LOG_RETENTION_DAYS")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import logging
 import os
 import secrets
@@ -27,6 +28,47 @@ SERVICES = ("relay", "worker", "ledger", "sms", "api")
 # The local SMS gateways, primary and failover, each speaking its provider's SMS API.
 GATEWAYS = ("aliyun", "tencent")
 RETENTION_EVERY = 3600.0  # seconds between two runs of the phone retention under `gongpei up`
+# What a running platform tells the operator's commands (`gongpei token`, `gongpei status`): its
+# settings, ports and processes, in the state folder, readable by its owner only.
+STATE_FILE = "platform.json"
+
+
+class StateNotFound(RuntimeError):
+    """No embedded platform is running from the state folders looked at."""
+
+
+def pid_running(pid: int | None) -> bool:
+    """Alive and not a zombie."""
+    if not pid:
+        return False
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def read_state(state_dir: Path) -> dict[str, object] | None:
+    """What the platform last wrote into `state_dir` (None: no platform ever ran there)."""
+    try:
+        return dict(json.loads((state_dir / STATE_FILE).read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def find_running_state(candidates: list[Path]) -> tuple[Path, dict[str, object]]:
+    """The first of `candidates` an embedded platform is running from, with what it wrote
+    there; StateNotFound saying what was found instead."""
+    seen = []
+    for state_dir in candidates:
+        state = read_state(state_dir)
+        if state is None:
+            seen.append(f"{state_dir}: no platform has run there")
+        elif state.get("stopped_at") or not pid_running(state.get("supervisor_pid")):  # type: ignore[arg-type]
+            seen.append(f"{state_dir}: the platform there is not running"
+                        + (f" (stopped {state['stopped_at']})" if state.get("stopped_at") else ""))
+        else:
+            return state_dir.resolve(), state
+    raise StateNotFound("; ".join(seen) or "no state folder to look at")
 
 
 def _die_with_parent() -> None:
@@ -93,6 +135,7 @@ class Platform:
     gateway_ports: dict[str, int] = field(default_factory=dict)
     settings_changes: dict[str, object] = field(default_factory=dict)  # e.g. a test's horizon
     _retention_at: float = field(default=float("-inf"), repr=False)  # monotonic; -inf: due now
+    started_at: datetime | None = None
 
     @property
     def api_url(self) -> str:
@@ -194,6 +237,33 @@ class Platform:
         for child in self.children.values():
             child.start()
         self.wait_ready(timeout)
+        self.started_at = datetime.now(UTC)
+        self.write_state()
+
+    def write_state(self, stopped: bool = False) -> None:
+        """Tell the operator's commands where this platform is and how its processes are
+        (STATE_FILE, owner-only: it holds the schema owner's URL and the roles' secret)."""
+        assert self.settings is not None and self.pg is not None and self.broker is not None
+        state = {
+            "supervisor_pid": os.getpid(),
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "stopped_at": datetime.now(UTC).isoformat() if stopped else None,
+            "api_url": self.api_url,
+            "county_file": str(self.county_file),
+            "env": self.settings.to_env(),
+            "postgres": {"pid": self.pg.proc.pid if self.pg.proc else None, "port": self.pg.port},
+            "broker": {"pid": self.broker.proc.pid if self.broker.proc else None,
+                       "port": self.broker.port},
+            "processes": {name: {"pid": c.proc.pid if c.proc else None, "restarts": c.restarts,
+                                 "log": str(c.log_path)} for name, c in self.children.items()},
+        }
+        path = self.state_dir / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(state, out, indent=1)
+        os.replace(tmp, path)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until the API answers and the worker has its partitions."""
@@ -279,7 +349,15 @@ class Platform:
                             child.proc.returncode if child.proc else None)
                 child.start()
                 restarted.append(child.name)
+        if restarted:
+            self._write_state_quietly()
         return restarted
+
+    def _write_state_quietly(self, stopped: bool = False) -> None:
+        try:
+            self.write_state(stopped)
+        except OSError as exc:  # a full disk must not stop the supervisor
+            log.warning("could not write %s: %s", STATE_FILE, exc)
 
     def restart_service(self, name: str, *, kill: bool = False) -> None:
         child = self.children[name]
@@ -287,6 +365,7 @@ class Platform:
         if name == "worker":
             (self.state_dir / "worker.ready").unlink(missing_ok=True)
         child.start()
+        self._write_state_quietly()
 
     def restart_broker(self) -> None:
         """Crash the in-memory broker and start a new, empty one on the same port."""
@@ -294,6 +373,7 @@ class Platform:
         self.broker.kill()
         self.broker = EmbeddedBroker(port=self.broker.port, log_path=self.broker.log_path)
         self.broker.start()
+        self._write_state_quietly()
 
     def restart_postgres(self) -> None:
         """Crash PostgreSQL (SIGKILL) and start it again over the same data folder."""
@@ -301,8 +381,11 @@ class Platform:
         self.pg.kill()
         self.pg = EmbeddedPostgres(self.pg.data_dir, port=self.pg.port)
         self.pg.start()
+        self._write_state_quietly()
 
     def stop(self) -> None:
+        if self.settings is not None and self.pg is not None and self.broker is not None:
+            self._write_state_quietly(stopped=True)
         for name in ("api", "sms", "worker", "ledger", "relay",
                      *(f"sms-gateway-{g}" for g in GATEWAYS)):
             if name in self.children:

@@ -66,11 +66,17 @@ class CountyTraffic:
                 self.issued.add(candidate)
                 return candidate
 
-    def register(self, at: datetime) -> tuple[Parcel, dict[str, Any]]:
+    def register(self, at: datetime, to: tuple[str, str] | None = None) -> tuple[Parcel, dict[str, Any]]:
+        """A new parcel of a random brand, for a random recipient and village, or for `to`
+        (village, phone): a household that gets several parcels."""
         brand = self.rng.choice(self.county.brands)
         waybill = self.waybill(brand)
-        phone = f"1{self.rng.choice('3578')}{self.rng.randrange(10**9):09d}"
-        parcel = Parcel(waybill, brand, self.rng.choice(self.villages), phone,
+        if to is None:
+            phone = f"1{self.rng.choice('3578')}{self.rng.randrange(10**9):09d}"
+            village = self.rng.choice(self.villages)
+        else:
+            village, phone = to
+        parcel = Parcel(waybill, brand, village, phone,
                         late_upload_hours=self.late_upload_hours if self.rng.random() < self.late_share else 0)
         self.parcels.append(parcel)
         return parcel, envelope("parcel.registered", 2, at, brand, "manifest", {
