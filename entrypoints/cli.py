@@ -297,7 +297,7 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
     table, and (but for the ledger, or with --check) make it the live model."""
     from streams.rebuild import rebuild_projection, rebuild_sms
 
-    settings = _settings()
+    settings = _admin_settings(args.state_dir)
     if args.projection == "sms":
         n = asyncio.run(rebuild_sms(settings, _county(settings)))
         print(f"sms state rebuilt from {n} journal events (the log of provider calls is kept)")
@@ -322,7 +322,7 @@ def cmd_projections(args: argparse.Namespace) -> None:
     async def main() -> None:
         import asyncpg
 
-        settings = _settings()
+        settings = _admin_settings(args.state_dir)
         conn = await asyncpg.connect(settings.database_url_for("owner"))
         try:
             last = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
@@ -354,7 +354,7 @@ def cmd_topic(args: argparse.Namespace) -> None:
     """Show a topic's messages: partition, offset, key and the decoded event, phones masked."""
     from streams.topic_tail import tail
 
-    settings = _settings()
+    settings = _admin_settings(args.state_dir)
     try:
         n = asyncio.run(tail(settings.kafka_bootstrap_servers, args.topic, args.last, args.follow,
                              print))
@@ -422,7 +422,7 @@ def cmd_status(args: argparse.Namespace) -> None:
     else:
         # The projections' positions, exactly as `gongpei projections` shows them.
         os.environ.update(env)
-        cmd_projections(argparse.Namespace(limit=args.limit))
+        cmd_projections(argparse.Namespace(limit=args.limit, state_dir=str(state_dir)))
     print("healthy" if healthy else "NOT healthy: see above")
     if not healthy:
         sys.exit(1)
@@ -646,6 +646,8 @@ def main(argv: list[str] | None = None) -> None:
     rebuild.add_argument("projection", choices=["tracking", "sla", "ledger", "sms"])
     rebuild.add_argument("--check", action="store_true",
                          help="compare only; exit 1 if the rebuilt model differs from the live one")
+    rebuild.add_argument("--state-dir", help="a running embedded platform's state folder"
+                         " (default: found, as for `gongpei token`)")
     rebuild.set_defaults(func=cmd_rebuild)
 
     topic = sub.add_parser("topic", help="show a Kafka topic's messages (partition, offset, key,"
@@ -655,11 +657,13 @@ def main(argv: list[str] | None = None) -> None:
     topic.add_argument("--last", type=int, default=10,
                        help="the last N messages of each partition (0: from the beginning)")
     topic.add_argument("--follow", "-f", action="store_true", help="keep printing new messages")
+    topic.add_argument("--state-dir", help="a running embedded platform's state folder")
     topic.set_defaults(func=cmd_topic)
 
     status = sub.add_parser("projections", help="each projection's position and lag, and the"
                             " events set aside (with why)")
     status.add_argument("--limit", type=int, default=20)
+    status.add_argument("--state-dir", help="a running embedded platform's state folder")
     status.set_defaults(func=cmd_projections)
 
     pii = sub.add_parser("pii", help="phone numbers: master keys, retention, erasure, rotation")
