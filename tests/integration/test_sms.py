@@ -319,6 +319,7 @@ def test_a_parcel_that_reaches_the_journal_while_its_digest_is_being_sent_gets_i
     from infra.db import create_pool
     from infra.pii import Keyring, seal_events
     from projections import journal, sms_planner
+    from projections.tracking_store import use_all_brands
 
     settings = platform.settings
     assert settings is not None
@@ -358,7 +359,7 @@ def test_a_parcel_that_reaches_the_journal_while_its_digest_is_being_sent_gets_i
                 await sms_planner.close_due(conn, county, later)
                 await sms_planner.catch_up(conn, county, now=later, keys=keys)
                 async with conn.transaction():
-                    await sms_planner.use_all_brands(conn)
+                    await use_all_brands(conn)
                     return [r["sms_id"] for r in await conn.fetch(
                         "SELECT sms_id FROM sms_message_parcels WHERE waybill = ANY($1)"
                         " ORDER BY waybill", [first, late])]
@@ -405,6 +406,7 @@ def test_the_sender_keeps_the_daily_budget_within_a_batch_and_skips_parcels_alre
     from infra.db import create_pool
     from infra.pii import Keyring, seal_events
     from projections import journal, sms_outbox, sms_planner
+    from projections.tracking_store import use_all_brands
     from streams.sms_service import Sender
 
     settings = platform.settings
@@ -450,7 +452,7 @@ def test_the_sender_keeps_the_daily_budget_within_a_batch_and_skips_parcels_alre
             async with pool.acquire() as conn:
                 await sms_planner.catch_up(conn, county, now=clock, keys=keys)
                 async with conn.transaction():
-                    await sms_planner.use_all_brands(conn)
+                    await use_all_brands(conn)
                     found = await conn.fetch(
                         "SELECT m.sms_id, m.sealed_phone, m.state, m.failure_code FROM sms_messages m"
                         " JOIN sms_message_parcels p USING (sms_id) WHERE p.waybill = ANY($1)",
