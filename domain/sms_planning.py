@@ -32,6 +32,11 @@ from domain.events import (
     SmsSubmitted,
 )
 
+# The payloads the planner reads (`SmsPlanning.apply` has a case for each); the journal types it
+# selects are derived from them (domain.events.PAYLOADS), not spelled again.
+READS: tuple[type[Payload], ...] = (
+    ParcelRegistered, ParcelScanned, PickupAssigned, ConsentRecorded, SmsRequested, SmsSubmitted,
+    SmsDelivered, SmsFailed)
 # A digest names at most this many parcels (a shop or a co-op receiving a wave): more start another.
 MAX_DIGEST_PARCELS = 100
 # Scans that end a parcel's wait at the point: picked up, taken home, sent back.

@@ -18,8 +18,9 @@ import asyncpg
 
 from domain.county import County
 from domain.envelope import Envelope
+from domain.events import PAYLOADS
 from domain.sms import SmsPolicy
-from domain.sms_planning import COLLECTING, SmsPlanning
+from domain.sms_planning import COLLECTING, READS, SmsPlanning
 from infra.pii import Keyring, KeyUnavailable
 from projections import journal
 from projections.metrics import DEAD_LETTERS
@@ -27,8 +28,7 @@ from projections.sms_state import TABLES, PgPlanStore
 from projections.tracking_store import use_all_brands
 
 # The journal types the planner reads (the rest are not even fetched).
-SMS_TYPES = ("parcel.registered", "parcel.scanned", "parcel.pickup_assigned", "consent.recorded",
-             "sms.requested", "sms.submitted", "sms.delivered", "sms.failed")
+SMS_TYPES = tuple(sorted({t for (t, _v), model in PAYLOADS.items() if model in READS}))
 SMS_LOCK = 7710005
 log = logging.getLogger("gongpei.sms")
 

@@ -598,3 +598,22 @@ async def test_replaying_the_journal_into_an_empty_store_arrives_at_the_same_dec
     assert {k: (v.waiting, v.arrival_sms, v.a.pickup_code) for k, v in rebuilt.store.arrivals.items()} \
         == {k: (v.waiting, v.arrival_sms, v.a.pickup_code) for k, v in county.store.arrivals.items()}
     assert await rebuilt.tick(at(11, 10, 13)) == []
+
+
+def test_the_planner_reads_the_parcel_consent_and_sms_events_and_no_others() -> None:
+    from domain.events import PAYLOADS
+    from domain.sms_planning import READS
+
+    assert {t for (t, _v), model in PAYLOADS.items() if model in READS} == {
+        "parcel.registered", "parcel.scanned", "parcel.pickup_assigned", "consent.recorded",
+        "sms.requested", "sms.submitted", "sms.delivered", "sms.failed"}
+
+
+async def test_an_event_the_planner_does_not_read_changes_nothing() -> None:
+    from domain.events import VehicleDeparted
+
+    county = Journal()
+    decided = await county.happens("vehicle.departed", VehicleDeparted(
+        trip_id="T-1", route_id="R-XILIU", run_id="R-XILIU-AM", node_id="CTY-HAICHENG",
+        scheduled_at=at(11, 8)), at(11, 8, 30))
+    assert decided == [] and county.store == FakeStore()
