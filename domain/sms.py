@@ -1,7 +1,8 @@
 """Arrival alerts: the rules for when a villager gets an SMS and what it says. Pure.
 
-No clock and no I/O: every rule takes the times it needs. The SMS service (streams/sms_service.py)
-applies them to the journal and to "now"; the unit tests apply them to a fake clock."""
+No clock and no I/O: every rule takes the times it needs. The planner's decisions
+(domain/sms_planning.py) apply them to the journal and to "now", the sender
+(streams/sms_service.py) to each due message; the unit tests apply them to a fake clock."""
 
 from __future__ import annotations
 
