@@ -1,16 +1,18 @@
 """Arrival alerts: the rules for when a villager gets an SMS and what it says. Pure.
 
-No clock and no I/O: every rule takes the times it needs. The SMS service (streams/sms_service.py)
-applies them to the journal and to "now"; the unit tests apply them to a fake clock."""
+No clock and no I/O: every rule takes the times it needs. The planner's decisions
+(domain/sms_planning.py) apply them to the journal and to "now", the sender
+(streams/sms_service.py) to each due message; the unit tests apply them to a fake clock."""
 
 from __future__ import annotations
 
 import math
 import re
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
 from domain.brands import BRAND_NAMES
 from domain.county import CountyConfigError
@@ -204,6 +206,50 @@ def due_reminders(waiting: list[Waiting], now: datetime, policy: SmsPolicy,
 def county_day(t: datetime, utc_offset_minutes: int) -> str:
     """The county-local date of `t`, as the per-number budget counts days."""
     return t.astimezone(timezone(timedelta(minutes=utc_offset_minutes))).date().isoformat()
+
+
+# ------------------------------------------------------------------------------------- sending
+
+
+# How long a message a provider already accepted is left before it is looked at again: its
+# `sms.submitted` is in the journal, on its way back into the sender's queue.
+ACCEPTED_RECHECK = timedelta(seconds=5)
+SendGate = Literal["go", "wait", "cancel"]
+
+
+def send_gate(*, accepted: bool, waiting: bool, now: datetime, policy: SmsPolicy,
+              utc_offset_minutes: int) -> tuple[SendGate, datetime]:
+    """Whether a due message may go out at `now`: `wait` (until the time returned) when a
+    provider already accepted it, or quiet hours began while it waited; `cancel` when every
+    parcel it names was picked up, delivered home or returned meanwhile; else `go`."""
+    if accepted:
+        return "wait", now + ACCEPTED_RECHECK
+    if not waiting:
+        return "cancel", now
+    release = release_at(now, policy, utc_offset_minutes)
+    return ("wait", release) if release > now else ("go", now)
+
+
+def county_day_start(t: datetime, utc_offset_minutes: int) -> datetime:
+    """Midnight county time of the day `t` falls in: the daily budget counts from it."""
+    tz = timezone(timedelta(minutes=utc_offset_minutes))
+    return datetime.combine(t.astimezone(tz).date(), time.min, tz)
+
+
+def over_budget(sent_today: int, policy: SmsPolicy) -> bool:
+    """A number that providers accepted `sent_today` SMS for today gets no more."""
+    return sent_today >= policy.daily_budget
+
+
+def pick_provider(order: Sequence[str], transient: Mapping[str, int], limit: int) -> str:
+    """The first provider (in order of preference) this message has failed on fewer than
+    `limit` times; once all have, the last keeps being tried (per-number limits pass)."""
+    return next((n for n in order if transient.get(n, 0) < limit), order[-1])
+
+
+def retry_delay(transient: Mapping[str, int]) -> timedelta:
+    """Backoff after a transient failure: 2, 4, 8 … s over all providers, at most 5 min."""
+    return timedelta(seconds=min(300.0, 2.0 ** (sum(transient.values()) + 1)))
 
 
 # ---------------------------------------------------------------------------------- pickup codes

@@ -58,8 +58,9 @@ async def targets(conn: asyncpg.Connection, last: int) -> dict[str, int]:
     upload was acknowledged): row counts for the Kafka-fed inboxes, journal seqs for the cursors
     of the journal followers. The SMS planner's cursor stops at the last event it reads (the types
     it selects, and of the scans only storing and collection), so its target is that event's seq."""
+    from domain.sms_planning import COLLECTING
     from projections.ledger_store import LEDGER_TYPES
-    from projections.sms_store import COLLECTING, SMS_TYPES
+    from projections.sms_planner import SMS_TYPES
 
     return {
         "tracking": await conn.fetchval(

@@ -22,7 +22,7 @@ import asyncpg
 from domain.county import County
 from domain.envelope import Envelope
 from domain.money import Fen
-from domain.settlement.config import Period
+from domain.settlement.config import Period, SettlementConfig
 from domain.settlement.rules import (
     Line,
     parcel_pricing_key,
@@ -338,7 +338,7 @@ def _late_adjustments(unit: str, inputs: Sequence[Seqd], new: Sequence[Seqd], cl
 
 def _open_period_after(county: County, period_key: str,
                        periods: dict[str, asyncpg.Record]) -> Period:
-    cfg = county.settlement
+    cfg: SettlementConfig = county.settlement
     p = cfg.period_after(cfg.period_by_key(period_key))
     while p.key in periods and periods[p.key]["closed_seq"] is not None:
         p = cfg.period_after(p)

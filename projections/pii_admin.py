@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from domain.sms_planning import ERASED
 from infra.pii import (
     Keyring,
     KeyUnavailable,
@@ -20,7 +21,6 @@ from infra.pii import (
     seal,
     unseal,
 )
-from projections.sms_store import ERASED
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from domain.county import County
-from projections.sms_store import overdue
+from projections.sms_outbox import overdue
 
 OUTCOMES = ("requested", "submitted", "delivered", "failed", "cancelled")
 

@@ -73,7 +73,7 @@ async def rebuild_sms(settings: Settings, county: County) -> int:
     from datetime import UTC, datetime
 
     from infra.pii import Keyring
-    from projections import sms_store
+    from projections import sms_planner
     from streams.sms_service import SENDER_LOCK
 
     keys = Keyring.from_settings(settings, county.utc_offset_minutes, sealing=False)
@@ -82,10 +82,10 @@ async def rebuild_sms(settings: Settings, county: County) -> int:
     try:
         async with pool.acquire() as conn:
             await conn.execute("SELECT pg_advisory_lock($1)", SENDER_LOCK)
-            await conn.execute("SELECT pg_advisory_lock($1)", sms_store.SMS_LOCK)
+            await conn.execute("SELECT pg_advisory_lock($1)", sms_planner.SMS_LOCK)
             try:
-                await sms_store.reset(conn)
-                return await sms_store.catch_up(conn, county, now=datetime.now(UTC), keys=keys)
+                await sms_planner.reset(conn)
+                return await sms_planner.catch_up(conn, county, now=datetime.now(UTC), keys=keys)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock_all()")
     finally:

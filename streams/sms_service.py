@@ -15,16 +15,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
+from typing import Literal
 
 import asyncpg
 
 from domain import sms as rules
 from domain.county import County
 from domain.events import SmsFailed, SmsSubmitted
+from domain.sms_planning import platform_event
 from infra.db import TRANSIENT_DB_ERRORS
 from infra.pii import InvalidTag, Keyring, PhoneErased
-from projections import sms_store
+from projections import sms_outbox, sms_planner
 from projections.metrics import (
     PROJECTION_EVENTS,
     SMS_ARRIVAL_TO_SUBMITTED,
@@ -32,6 +34,7 @@ from projections.metrics import (
     SMS_OUTCOMES,
     SMS_OVERDUE,
 )
+from projections.tracking_store import use_all_brands
 from streams.follow import follow_journal
 from streams.sms_providers import BEIJING, Provider, ProviderUnavailable
 
@@ -70,32 +73,31 @@ class Sender:
                 return 0
             try:
                 calls = 0
-                for m in await sms_store.due_messages(conn, now):
+                for m in await sms_outbox.due_messages(conn, now):
                     calls += await self._one(conn, m)
                 return calls
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", SENDER_LOCK)
 
-    async def _one(self, conn: asyncpg.Connection, m: sms_store.Outgoing) -> int:
+    async def _one(self, conn: asyncpg.Connection, m: sms_outbox.Outgoing) -> int:
         now = self.clock()
-        if m.accepted:
-            # A provider accepted it; the sms.submitted written with that answer is in the
-            # journal and on its way to this state (a rebuild is replaying). Never again.
-            await sms_store.defer(conn, m.sms_id, now + timedelta(seconds=5))
+        # Accepted by a provider: the sms.submitted written with that answer is in the journal
+        # and on its way to this state (a rebuild is replaying), so it waits, never sent again.
+        # Its parcels all collected while it waited: cancelled. Quiet hours begun: held.
+        gate, until = rules.send_gate(accepted=m.accepted, waiting=m.waiting, now=now,
+                                      policy=self.policy,
+                                      utc_offset_minutes=self.county.utc_offset_minutes)
+        if gate == "wait":
+            await sms_outbox.defer(conn, m.sms_id, until)
             return 0
-        if not m.waiting:
-            # Every parcel it names was picked up, delivered or returned while it waited.
+        if gate == "cancel":
             await self._failed(conn, m, "gongpei", "COLLECTED", permanent=False, stage="cancelled")
-            return 0
-        release = rules.release_at(now, self.policy, self.county.utc_offset_minutes)
-        if release > now:  # quiet hours began while it waited
-            await sms_store.defer(conn, m.sms_id, release)
             return 0
         phone: str | None = None
         # 1. Calls that got no answer: ask before anything else is sent.
         for provider_name, started in m.uncertain:
             if now - started < self.query_after:
-                await sms_store.defer(conn, m.sms_id, started + self.query_after)
+                await sms_outbox.defer(conn, m.sms_id, started + self.query_after)
                 return 0
             provider = self.providers.get(provider_name)
             if provider is None:
@@ -113,7 +115,7 @@ class Sender:
                     return 0
                 log.warning("sms %s: cannot ask %s about an unanswered call (%s); later",
                             m.sms_id, provider_name, exc)
-                await sms_store.defer(conn, m.sms_id, now + timedelta(seconds=10))
+                await sms_outbox.defer(conn, m.sms_id, now + timedelta(seconds=10))
                 return 0
             if found is not None:
                 log.info("sms %s: %s had accepted it before we could record that; recorded,"
@@ -126,26 +128,26 @@ class Sender:
                 if now - started > self.give_up_after:
                     await self._failed(conn, m, provider_name, "UNCONFIRMED", permanent=True)
                 else:
-                    await sms_store.defer(conn, m.sms_id, now + self.query_after)
+                    await sms_outbox.defer(conn, m.sms_id, now + self.query_after)
                 return 0
             log.info("sms %s: %s has no record of it; sending", m.sms_id, provider_name)
-            await sms_store.settle_uncertain(conn, m.sms_id, "not_sent")
+            await sms_outbox.settle_uncertain(conn, m.sms_id, "not_sent")
         # 2. The per-number daily budget.
-        day_start = self._county_day_start(now)
-        if await sms_store.sent_today(conn, m.phone_ref, day_start) >= self.policy.daily_budget:
+        day_start = rules.county_day_start(now, self.county.utc_offset_minutes)
+        if rules.over_budget(await sms_outbox.sent_today(conn, m.phone_ref, day_start),
+                             self.policy):
             await self._failed(conn, m, "gongpei", "DAILY_BUDGET", permanent=True)
             return 0
         # 3. The provider: the first this message has not failed on too often; once all have,
         # the last keeps being tried (per-number limits pass) until the retry window is over.
-        name = next((n for n in self.order if m.transient.get(n, 0) < self.transient_limit),
-                    self.order[-1])
+        name = rules.pick_provider(self.order, m.transient, self.transient_limit)
         if m.first_attempt_at is not None and now - m.first_attempt_at > self.retry_window:
             await self._failed(conn, m, name, "RETRIES_EXHAUSTED", permanent=True)
             return 0
         if phone is None and (phone := await self._open(conn, m)) is None:
             return 0
         attempt = m.attempts + 1
-        await sms_store.begin_attempt(conn, m.sms_id, attempt, name, now)
+        await sms_outbox.begin_attempt(conn, m.sms_id, attempt, name, now)
         result = await self.providers[name].send(
             phone=phone, sign_name=self.policy.sign_name, template_code=m.template_code,
             params=m.params, out_id=m.sms_id)
@@ -156,22 +158,22 @@ class Sender:
             await self._failed(conn, m, name, result.code, permanent=True, attempt=attempt)
         elif result.outcome == "transient":
             SMS_FAILURES.labels(provider=name, code=result.code, permanent="false").inc()
-            delay = min(300.0, 2.0 ** (sum(m.transient.values()) + 1))  # 2, 4, 8 … s
-            await sms_store.end_attempt(conn, m.sms_id, attempt, "transient",
-                                        retry_at=now + timedelta(seconds=delay))
+            delay = rules.retry_delay(m.transient)
+            await sms_outbox.end_attempt(conn, m.sms_id, attempt, "transient",
+                                         retry_at=now + delay)
             log.warning("sms %s to %s: %s from %s; retrying in %.0f s", m.sms_id, m.phone_masked,
-                        result.code, name, delay)
+                        result.code, name, delay.total_seconds())
         else:  # no answer: left uncertain, to be asked about
             log.warning("sms %s to %s: no answer from %s (%s)", m.sms_id, m.phone_masked, name,
                         result.code)
-            await sms_store.defer(conn, m.sms_id, now + self.query_after)
+            await sms_outbox.defer(conn, m.sms_id, now + self.query_after)
         return 1
 
-    async def _open(self, conn: asyncpg.Connection, m: sms_store.Outgoing) -> str | None:
+    async def _open(self, conn: asyncpg.Connection, m: sms_outbox.Outgoing) -> str | None:
         """The message's number in clear, for one provider call; None (and the message failed
         for good, its parcels to the keeper) when it was erased or its month shredded."""
         try:
-            sealed, waybill = sms_store.open_sealed(m.sealed_phone or {"erased": True})
+            sealed, waybill = sms_outbox.open_sealed(m.sealed_phone or {"erased": True})
             return await self.keys.open(conn, sealed, waybill)
         except PhoneErased:
             await self._failed(conn, m, "gongpei", "PHONE_ERASED", permanent=True)
@@ -183,34 +185,29 @@ class Sender:
     def _provider_day(self, t: datetime) -> date:
         return t.astimezone(BEIJING).date()
 
-    def _county_day_start(self, now: datetime) -> datetime:
-        tz = timezone(timedelta(minutes=self.county.utc_offset_minutes))
-        local = now.astimezone(tz)
-        return datetime.combine(local.date(), datetime.min.time(), tz)
-
-    async def _submitted(self, conn: asyncpg.Connection, m: sms_store.Outgoing, provider: str,
+    async def _submitted(self, conn: asyncpg.Connection, m: sms_outbox.Outgoing, provider: str,
                          message_id: str, attempt: int, *, recovered: bool) -> None:
         now = self.clock()
-        event = sms_store.platform_event(
+        event = platform_event(
             "sms.submitted",
             SmsSubmitted(sms_id=m.sms_id, provider=provider, provider_message_id=message_id[:64],
                          attempt=max(1, attempt), recovered=recovered),
             rules.derived_id("sms.submitted", m.sms_id), m.brand, now)
         # Recovered: the calls it was found by were the unanswered ones; they become 'ok'.
-        await sms_store.record(conn, [event], m.sms_id, "ok", None if recovered else attempt)
+        await sms_outbox.record(conn, [event], m.sms_id, "ok", None if recovered else attempt)
         SMS_OUTCOMES.labels(outcome="submitted").inc()
         SMS_ARRIVAL_TO_SUBMITTED.observe(max(0.0, (now - m.first_known_at).total_seconds()))
 
-    async def _failed(self, conn: asyncpg.Connection, m: sms_store.Outgoing, provider: str,
+    async def _failed(self, conn: asyncpg.Connection, m: sms_outbox.Outgoing, provider: str,
                       code: str, *, permanent: bool, attempt: int | None = None,
-                      stage: str = "submit") -> None:
-        event = sms_store.platform_event(
+                      stage: Literal["submit", "cancelled"] = "submit") -> None:
+        event = platform_event(
             "sms.failed", SmsFailed(sms_id=m.sms_id, provider=provider, provider_code=code[:64],
-                                    permanent=permanent, stage=stage),  # type: ignore[arg-type]
+                                    permanent=permanent, stage=stage),
             rules.derived_id("sms.failed", m.sms_id, stage), m.brand, self.clock())
         cancelled = stage == "cancelled"
-        await sms_store.record(conn, [event], m.sms_id, "cancelled" if cancelled else "permanent",
-                               attempt)
+        await sms_outbox.record(conn, [event], m.sms_id, "cancelled" if cancelled else "permanent",
+                                attempt)
         SMS_OUTCOMES.labels(outcome="cancelled" if cancelled else "failed").inc()
         if cancelled:
             log.info("sms %s not sent: its parcels were collected first", m.sms_id)
@@ -223,19 +220,19 @@ async def _follow(conn: asyncpg.Connection, county: County, now: datetime, keys:
     """Catch up with the journal; after an unexpected error, again, setting aside the event
     that caused it, so that one bad event does not stop every SMS."""
     try:
-        return await sms_store.catch_up(conn, county, now=now, keys=keys)
+        return await sms_planner.catch_up(conn, county, now=now, keys=keys)
     except TRANSIENT_DB_ERRORS:
         raise
     except Exception as exc:  # noqa: BLE001 - retried carefully; the bad event is set aside
         log.error("catching up failed (%s); once more, event by event", type(exc).__name__)
-        return await sms_store.catch_up(conn, county, now=now, keys=keys, careful=True)
+        return await sms_planner.catch_up(conn, county, now=now, keys=keys, careful=True)
 
 
 async def step(pool: asyncpg.Pool, county: County, sender: Sender, now: datetime) -> int:
     """One round: follow the journal, request what is due, follow again, send what is due."""
     async with pool.acquire() as conn:
         applied = await _follow(conn, county, now, sender.keys)
-        requested = await sms_store.close_due(conn, county, now)
+        requested = await sms_planner.close_due(conn, county, now)
         if requested:
             applied += await _follow(conn, county, now, sender.keys)
     if applied:
@@ -247,8 +244,8 @@ async def step(pool: asyncpg.Pool, county: County, sender: Sender, now: datetime
         if calls:
             await _follow(conn, county, now, sender.keys)
         async with conn.transaction(readonly=True):
-            await sms_store.use_all_brands(conn)
-            SMS_OVERDUE.set(await sms_store.overdue(conn, now - OVERDUE_AFTER))
+            await use_all_brands(conn)
+            SMS_OVERDUE.set(await sms_outbox.overdue(conn, now - OVERDUE_AFTER))
     return applied + requested + calls
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from api.deps import CountyDep, PoolDep, PrincipalDep, require_role
 from api.errors import ApiError
 from api.routes.parcels import WAYBILL_PATTERN
-from projections import journal, sms_queries, sms_store
+from projections import journal, sms_queries, sms_receipts
 from projections.ledger_queries import scoped
 from projections.metrics import SMS_FAILURES, SMS_OUTCOMES
 
@@ -55,14 +55,14 @@ def _report_time(s: str | None, now: datetime) -> datetime:
 
 
 async def _receipts(request: Request, pool: asyncpg.Pool, provider: str, key: str,
-                    receipts: list[sms_store.Receipt], skipped: int) -> dict[str, int]:
+                    receipts: list[sms_receipts.Receipt], skipped: int) -> dict[str, int]:
     """Journal events for a provider's pushed reports; counts of new, repeated and unknown."""
     expected = request.app.state.settings.sms_receipt_key
     if not expected or not hmac.compare_digest(key.encode(), expected.encode()):
         raise ApiError(401, "invalid_key", "the receipt URL's key is wrong")
     now = datetime.now(UTC)
     async with pool.acquire() as conn:
-        events, unknown = await sms_store.receipt_events(conn, provider, receipts, now)
+        events, unknown = await sms_receipts.receipt_events(conn, provider, receipts, now)
         async with conn.transaction():
             new = await journal.append(conn, events)
     for e in events:
@@ -82,8 +82,9 @@ async def aliyun_receipts(request: Request, pool: PoolDep,
                           reports: Annotated[list[AliyunReport], Body(max_length=1000)],
                           key: str = Query("", max_length=200)) -> dict[str, Any]:
     now = datetime.now(UTC)
-    receipts = [sms_store.Receipt(r.out_id, r.biz_id, r.success, r.err_code or "UNKNOWN",
-                                  _report_time(r.report_time, now)) for r in reports if r.out_id]
+    receipts = [sms_receipts.Receipt(r.out_id, r.biz_id, r.success, r.err_code or "UNKNOWN",
+                                     _report_time(r.report_time, now))
+                for r in reports if r.out_id]
     counts = await _receipts(request, pool, "aliyun", key, receipts, len(reports) - len(receipts))
     # Aliyun's push expects this answer; anything else and it pushes the batch again.
     return {"code": 0, "msg": "成功", **counts}
@@ -106,8 +107,9 @@ async def tencent_receipts(request: Request, pool: PoolDep,
                            reports: Annotated[list[TencentReport], Body(max_length=1000)],
                            key: str = Query("", max_length=200)) -> dict[str, Any]:
     now = datetime.now(UTC)
-    receipts = [sms_store.Receipt("", r.sid, r.report_status == "SUCCESS", r.errmsg or "UNKNOWN",
-                                  _report_time(r.user_receive_time, now)) for r in reports]
+    receipts = [sms_receipts.Receipt("", r.sid, r.report_status == "SUCCESS",
+                                     r.errmsg or "UNKNOWN", _report_time(r.user_receive_time, now))
+                for r in reports]
     counts = await _receipts(request, pool, "tencent", key, receipts, 0)
     # Tencent's reports name only its own id (SerialNo). One we cannot place yet (its send is
     # still being recorded after a crash) is refused, so Tencent pushes the batch again later;

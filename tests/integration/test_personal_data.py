@@ -385,7 +385,7 @@ def test_given_a_number_erased_after_its_sms_was_decided_then_the_sender_fails_i
     from domain.envelope import Envelope
     from domain.events import ParcelRegisteredUpload, ParcelScanned, ScanAction
     from infra.db import _init_connection, create_pool
-    from projections import journal, sms_store
+    from projections import journal, sms_planner
     from projections.pii_admin import erase
     from streams.sms_service import Sender
     from tests.integration.test_sms import RecordingProvider
@@ -422,9 +422,9 @@ def test_given_a_number_erased_after_its_sms_was_decided_then_the_sender_fails_i
             finally:
                 await api.close()
             async with pool.acquire() as conn:
-                await sms_store.catch_up(conn, county, now=t0, keys=keys)
-                assert await sms_store.close_due(conn, county, clock) >= 1
-                await sms_store.catch_up(conn, county, now=clock, keys=keys)
+                await sms_planner.catch_up(conn, county, now=t0, keys=keys)
+                assert await sms_planner.close_due(conn, county, clock) >= 1
+                await sms_planner.catch_up(conn, county, now=clock, keys=keys)
             owner = await asyncpg.connect(settings.database_url)
             try:
                 await _init_connection(owner)
@@ -433,7 +433,7 @@ def test_given_a_number_erased_after_its_sms_was_decided_then_the_sender_fails_i
                 await owner.close()
             await sender.send_due(pool)
             async with pool.acquire() as conn:
-                await sms_store.catch_up(conn, county, now=clock, keys=keys)
+                await sms_planner.catch_up(conn, county, now=clock, keys=keys)
             return provider
         finally:
             await pool.close()

@@ -318,7 +318,8 @@ def test_a_parcel_that_reaches_the_journal_while_its_digest_is_being_sent_gets_i
     from domain.events import ParcelRegisteredUpload, ParcelScanned, ScanAction
     from infra.db import create_pool
     from infra.pii import Keyring, seal_events
-    from projections import journal, sms_store
+    from projections import journal, sms_planner
+    from projections.tracking_store import use_all_brands
 
     settings = platform.settings
     assert settings is not None
@@ -345,20 +346,20 @@ def test_a_parcel_that_reaches_the_journal_while_its_digest_is_being_sent_gets_i
                         event("parcel.registered", ParcelRegisteredUpload(
                             waybill=wb, recipient_phone=mobile, destination_village=node,
                             weight_g=500), t0) for wb in (first, late)] + [stored_at(first, t0)]))
-                await sms_store.catch_up(conn, county, now=t0, keys=keys)
+                await sms_planner.catch_up(conn, county, now=t0, keys=keys)
                 # The late parcel is in the journal (learned of before the digest closed) …
                 async with conn.transaction():
                     await journal.append(conn, [stored_at(late, t0 + timedelta(seconds=1))])
                 # … but the digest's SMS is decided before it is applied.
                 closes = t0 + timedelta(seconds=county.sms.digest_seconds + 5)
-                assert await sms_store.close_due(conn, county, closes) >= 1
-                await sms_store.catch_up(conn, county, now=closes, keys=keys)
+                assert await sms_planner.close_due(conn, county, closes) >= 1
+                await sms_planner.catch_up(conn, county, now=closes, keys=keys)
                 # Its own digest closes later and asks for its own SMS.
                 later = closes + timedelta(seconds=county.sms.digest_seconds + 5)
-                await sms_store.close_due(conn, county, later)
-                await sms_store.catch_up(conn, county, now=later, keys=keys)
+                await sms_planner.close_due(conn, county, later)
+                await sms_planner.catch_up(conn, county, now=later, keys=keys)
                 async with conn.transaction():
-                    await sms_store.use_all_brands(conn)
+                    await use_all_brands(conn)
                     return [r["sms_id"] for r in await conn.fetch(
                         "SELECT sms_id FROM sms_message_parcels WHERE waybill = ANY($1)"
                         " ORDER BY waybill", [first, late])]
@@ -404,7 +405,8 @@ def test_the_sender_keeps_the_daily_budget_within_a_batch_and_skips_parcels_alre
     from domain.events import ParcelRegisteredUpload, ParcelScanned, ScanAction
     from infra.db import create_pool
     from infra.pii import Keyring, seal_events
-    from projections import journal, sms_store
+    from projections import journal, sms_outbox, sms_planner
+    from projections.tracking_store import use_all_brands
     from streams.sms_service import Sender
 
     settings = platform.settings
@@ -436,28 +438,28 @@ def test_the_sender_keeps_the_daily_budget_within_a_batch_and_skips_parcels_alre
                         event("parcel.scanned", ParcelScanned(
                             waybill=wb, action=ScanAction.stored, node_id=node), t0)
                         for wb, _, node in parcels]))
-                await sms_store.catch_up(conn, county, now=t0, keys=keys)
+                await sms_planner.catch_up(conn, county, now=t0, keys=keys)
                 clock = t0 + timedelta(seconds=county.sms.digest_seconds + 5)
-                assert await sms_store.close_due(conn, county, clock) == len(parcels)
-                await sms_store.catch_up(conn, county, now=clock, keys=keys)
+                assert await sms_planner.close_due(conn, county, clock) == len(parcels)
+                await sms_planner.catch_up(conn, county, now=clock, keys=keys)
                 # The other number's parcel is picked up before its SMS goes out.
                 async with conn.transaction():
                     await journal.append(conn, [event("parcel.scanned", ParcelScanned(
                         waybill=parcels[-1][0], action=ScanAction.delivered, node_id=points[0]),
                         clock)])
-                await sms_store.catch_up(conn, county, now=clock, keys=keys)
+                await sms_planner.catch_up(conn, county, now=clock, keys=keys)
             await sender.send_due(pool)
             async with pool.acquire() as conn:
-                await sms_store.catch_up(conn, county, now=clock, keys=keys)
+                await sms_planner.catch_up(conn, county, now=clock, keys=keys)
                 async with conn.transaction():
-                    await sms_store.use_all_brands(conn)
+                    await use_all_brands(conn)
                     found = await conn.fetch(
                         "SELECT m.sms_id, m.sealed_phone, m.state, m.failure_code FROM sms_messages m"
                         " JOIN sms_message_parcels p USING (sms_id) WHERE p.waybill = ANY($1)",
                         [wb for wb, _, _ in parcels])
                     # The table holds the sealed phone: open it as the sender does, to compare.
                     rows = [{**r, "phone": await keys.open(
-                        conn, *sms_store.open_sealed(r["sealed_phone"]))} for r in found]
+                        conn, *sms_outbox.open_sealed(r["sealed_phone"]))} for r in found]
             await sender.send_due(pool)  # nothing more is sent on a second round
             return provider, rows
         finally:
