@@ -298,12 +298,15 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
     from streams.rebuild import rebuild_projection, rebuild_sms
 
     settings = _admin_settings(args.state_dir)
+    if args.projection == "sms" and args.check:
+        sys.exit("gongpei: the SMS state is rebuilt in place (its decisions are journal events);"
+                 " --check is for tracking, sla and ledger")
     if args.projection == "sms":
-        n = asyncio.run(rebuild_sms(settings, _county(settings)))
-        print(f"sms state rebuilt from {n} journal events (the log of provider calls is kept)")
-        return
-    report = asyncio.run(rebuild_projection(settings, _county(settings), args.projection,
-                                            swap=not args.check))
+        report = asyncio.run(rebuild_sms(settings, _county(settings)))
+        print("sms: rebuilt in place; the log of provider calls is kept")
+    else:
+        report = asyncio.run(rebuild_projection(settings, _county(settings), args.projection,
+                                                swap=not args.check))
     print(f"{report.projection}: replayed {report.events} journal events"
           + (f", {report.set_aside} set aside (gongpei projections)" if report.set_aside else ""))
     print(f"  {'table':<20} {'live':>9} {'rebuilt':>9} {'only live':>10} {'only rebuilt':>13}")

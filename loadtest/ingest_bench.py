@@ -84,7 +84,8 @@ _PROGRESS = {
     "sla": "SELECT count(*) FROM sla_events",
     "ledger": ("SELECT coalesce(max(next_offset) - 1, 0) FROM consumer_offsets"
                " WHERE consumer = 'ledger'"),
-    "sms": "SELECT coalesce(max(seq), 0) FROM sms_cursor WHERE name = 'sms'",
+    "sms": ("SELECT coalesce(max(next_offset) - 1, 0) FROM consumer_offsets"
+            " WHERE consumer = 'sms'"),
     "relay": "SELECT coalesce(max(seq), 0) FROM relay_cursor",
 }
 

@@ -22,6 +22,7 @@ Lock ids live in projections/locks.py."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,11 @@ class Projection(Protocol[T]):
     # copies their shape into a scratch schema.
     tables: ClassVar[Mapping[str, str]]
     swappable: ClassVar[bool]     # False: a rebuild is compared, never swapped in (the ledger)
+    # Journal followers: an SQL condition on the journal's `type` and `body` narrowing what is
+    # even fetched ("" for none).
+    journal_filter: ClassVar[str]
+    # Errors that are not the event's fault (a missing key): they stop the batch, never set it aside.
+    not_poison: ClassVar[tuple[type[BaseException], ...]]
 
     def decode(self, seq: int, wire: dict[str, Any]) -> T:
         """A stored event (validated at ingest) as what `apply` reads; raise on a bad body."""
@@ -108,6 +114,8 @@ class Base:
     """Defaults for the optional parts of the contract."""
 
     swappable: ClassVar[bool] = True
+    journal_filter: ClassVar[str] = ""
+    not_poison: ClassVar[tuple[type[BaseException], ...]] = ()
 
     async def prepare(self, conn: asyncpg.Connection, next_seq: int) -> bool:
         return False
@@ -178,6 +186,8 @@ async def _apply_guarded(conn: asyncpg.Connection, projection: Projection[T],
             return await projection.apply(conn, [t for _, t in decoded])
     except TRANSIENT_DB_ERRORS:
         raise
+    except projection.not_poison:
+        raise
     except Exception as exc:  # noqa: BLE001 - any reducer failure is this event's poison
         if len(decoded) == 1:
             out.set_aside.append((decoded[0][0], f"{type(exc).__name__}: {_short(exc)}"))
@@ -192,8 +202,18 @@ async def _apply_guarded(conn: asyncpg.Connection, projection: Projection[T],
     return Applied(first.new + second.new, first.duplicate + second.duplicate)
 
 
+def _and(projection: Projection[Any]) -> str:
+    return f" AND {projection.journal_filter}" if projection.journal_filter else ""
+
+
+_MOBILE = re.compile(r"(?<![0-9])1[3-9][0-9]{9}(?![0-9])")
+
+
 def _short(exc: BaseException) -> str:
-    return str(exc).replace("\n", " ")[:300]
+    """An error's text for the set-aside record: one line, short, any mobile number masked (a
+    reducer that opened a phone may quote it)."""
+    text = str(exc).replace("\n", " ")[:300]
+    return _MOBILE.sub(lambda m: m.group()[:3] + "****" + m.group()[-4:], text)
 
 
 async def _record_set_aside(conn: asyncpg.Connection, name: str,
@@ -293,7 +313,7 @@ async def _journal_page(conn: asyncpg.Connection, projection: Projection[T], pag
             return 0, True
         rows = await conn.fetch(
             "SELECT seq, event_id, body FROM journal WHERE seq >= $1 AND type = ANY($2::text[])"
-            " ORDER BY seq LIMIT $3", next_seq, sorted(projection.reads), page)
+            + _and(projection) + " ORDER BY seq LIMIT $3", next_seq, sorted(projection.reads), page)
         if not rows:
             PROJECTION_LAG.labels(projection=projection.name).set(0)
             return 0, False
@@ -395,7 +415,8 @@ class _Replay:
         while True:
             rows = await conn.fetch(
                 "SELECT seq, event_id, body FROM journal WHERE seq > $1 AND type = ANY($2::text[])"
-                " ORDER BY seq LIMIT $3", self.after, sorted(self.projection.reads), self.page)
+                + _and(self.projection) + " ORDER BY seq LIMIT $3", self.after,
+                sorted(self.projection.reads), self.page)
             if not rows:
                 return total
             await use_all_brands(conn)
@@ -414,15 +435,22 @@ class _Replay:
 
 async def _compare(conn: asyncpg.Connection, projection: Projection[Any],
                    schema: str) -> list[TableDiff]:
+    return await compare_tables(conn, projection.tables, live="public", rebuilt=schema)
+
+
+async def compare_tables(conn: asyncpg.Connection, tables: Mapping[str, str], *, live: str,
+                         rebuilt: str) -> list[TableDiff]:
+    """Row counts, and rows found only on one side (EXCEPT ALL: duplicates count), per table."""
     out = []
-    for table, columns in projection.tables.items():
-        live = f"(SELECT {columns} FROM public.{table})"
-        new = f"(SELECT {columns} FROM {schema}.{table})"
+    for table, columns in tables.items():
+        old = f"(SELECT {columns} FROM {live}.{table})"
+        new = f"(SELECT {columns} FROM {rebuilt}.{table})"
         row = await conn.fetchrow(
-            f"SELECT (SELECT count(*) FROM public.{table}) AS live,"
-            f" (SELECT count(*) FROM {schema}.{table}) AS rebuilt,"
-            f" (SELECT count(*) FROM ({live} EXCEPT ALL {new}) a) AS only_live,"
-            f" (SELECT count(*) FROM ({new} EXCEPT ALL {live}) b) AS only_rebuilt")
+            f"SELECT (SELECT count(*) FROM {live}.{table}) AS live,"
+            f" (SELECT count(*) FROM {rebuilt}.{table}) AS rebuilt,"
+            f" (SELECT count(*) FROM ({old} EXCEPT ALL {new}) a) AS only_live,"
+            f" (SELECT count(*) FROM ({new} EXCEPT ALL {old}) b) AS only_rebuilt")
+        assert row is not None
         out.append(TableDiff(table, row["live"], row["rebuilt"], row["only_live"],
                              row["only_rebuilt"]))
     return out

@@ -12,7 +12,9 @@ again."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any, ClassVar
 
 import asyncpg
 
@@ -22,14 +24,14 @@ from domain.events import PAYLOADS
 from domain.sms import SmsPolicy
 from domain.sms_planning import COLLECTING, READS, SmsPlanning
 from infra.pii import Keyring, KeyUnavailable
-from projections import journal
-from projections.metrics import DEAD_LETTERS
+from projections import journal, runtime
+from projections.locks import Lock
+from projections.runtime import Applied, Base, Source, use_all_brands
 from projections.sms_state import TABLES, PgPlanStore
-from projections.tracking_store import use_all_brands
 
 # The journal types the planner reads (the rest are not even fetched).
 SMS_TYPES = tuple(sorted({t for (t, _v), model in PAYLOADS.items() if model in READS}))
-SMS_LOCK = 7710005
+SMS_LOCK = int(Lock.SMS_PLANNER)
 log = logging.getLogger("gongpei.sms")
 
 
@@ -44,63 +46,51 @@ def planning(conn: asyncpg.Connection, county: County, keys: Keyring | None,
 
 # ------------------------------------------------------------------------------ journal → state
 
+class SmsPlannerProjection(Base):
+    """SMS planning as a projection: follows the journal (digests group parcels of different
+    partitions for one phone, so it needs the total order). Its decisions (pickup codes) go to
+    the journal in the same transaction; `now` only stamps them."""
 
-async def catch_up(conn: asyncpg.Connection, county: County, *, now: datetime, keys: Keyring,
-                   page: int = 1000, careful: bool = False) -> int:
-    """Apply every journal event not yet applied; returns how many. `now` stamps the events this
-    writes (pickup codes); it never decides anything here. `careful` applies each event in a
-    savepoint and sets aside one that fails (in sms_skipped, with the error's kind), so that
-    one bad event cannot stop every SMS: the caller retries carefully after an unexpected error.
-    `keys` open each registration's phone, once, to derive its reference."""
-    total = 0
-    while (n := await _apply_page(conn, county, now, page, careful, keys)) > 0:
-        total += n
-        if n < page:
-            break
-    return total
+    name = "sms"
+    source = Source.JOURNAL
+    reads = frozenset(SMS_TYPES)
+    lock = Lock.SMS_PLANNER
+    tables: ClassVar[Mapping[str, str]] = {t: "*" for t in TABLES}
+    # Of the scans only storing and collection matter: the rest are not even fetched.
+    journal_filter = ("(type <> 'parcel.scanned' OR body->'payload'->>'action' IN ("
+                      + ", ".join(f"'{a}'" for a in ("stored", *(str(c) for c in COLLECTING)))
+                      + "))")
+    # A key that cannot be opened is the configuration's fault, not the event's: it stops the
+    # planner (loudly) instead of setting every registration aside.
+    not_poison: ClassVar[tuple[type[BaseException], ...]] = (KeyUnavailable,)
 
+    def __init__(self, county: County, keys: Keyring | None,
+                 clock: Callable[[], datetime]) -> None:
+        self.county, self.keys, self.clock = county, keys, clock
 
-async def _apply_page(conn: asyncpg.Connection, county: County, now: datetime, page: int,
-                      careful: bool, keys: Keyring) -> int:
-    async with conn.transaction():
-        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SMS_LOCK):
-            return 0  # another SMS service is at it
-        await use_all_brands(conn)
-        await conn.execute("INSERT INTO sms_cursor (name) VALUES ('sms') ON CONFLICT DO NOTHING")
-        cursor = await conn.fetchval("SELECT seq FROM sms_cursor WHERE name = 'sms'")
-        # Of the scans only storing and collection matter: the rest are not even decoded.
-        rows = await conn.fetch(
-            "SELECT seq, body FROM journal WHERE seq > $1 AND type = ANY($2::text[])"
-            " AND (type <> 'parcel.scanned' OR body->'payload'->>'action' = ANY($4::text[]))"
-            " ORDER BY seq LIMIT $3", cursor, list(SMS_TYPES), page,
-            ["stored", *(str(a) for a in COLLECTING)])
-        if not rows:
-            return 0
-        plan = planning(conn, county, keys, now)
+    def decode(self, seq: int, wire: dict[str, Any]) -> Envelope:
+        return Envelope.from_wire(wire)
+
+    async def apply(self, conn: asyncpg.Connection, items: Sequence[Envelope]) -> Applied:
+        plan = planning(conn, self.county, self.keys, self.clock())
         out: list[Envelope] = []
-        for r in rows:
-            if not careful:
-                out += await plan.apply(Envelope.from_wire(r["body"]))
-                continue
-            try:
-                async with conn.transaction():
-                    out += await plan.apply(Envelope.from_wire(r["body"]))
-            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError,
-                    KeyUnavailable):  # a missing key is the configuration's fault, not the event's
-                raise
-            except Exception as exc:  # noqa: BLE001 - set aside, named, never swallowed silently
-                # The error's kind only: its text could quote the event, phone and all.
-                await conn.execute(
-                    "INSERT INTO sms_skipped (seq, event_id, error) VALUES ($1, $2, $3)"
-                    " ON CONFLICT DO NOTHING", r["seq"], r["body"].get("event_id", ""),
-                    type(exc).__name__)
-                DEAD_LETTERS.labels(reason=f"sms:{type(exc).__name__}").inc()
-                log.error("set aside journal event %s (seq %s): %s", r["body"].get("event_id"),
-                          r["seq"], type(exc).__name__)
+        for e in items:
+            out += await plan.apply(e)
         # Written last, so the journal's append lock is held only for this insert and the commit.
         await journal.append(conn, out)
-        await conn.execute("UPDATE sms_cursor SET seq = $1 WHERE name = 'sms'", rows[-1]["seq"])
-        return len(rows)
+        return Applied(new=len(items), duplicate=0)
+
+    async def reset(self, conn: asyncpg.Connection) -> None:
+        await reset(conn)
+
+
+async def catch_up(conn: asyncpg.Connection, county: County, *, now: datetime, keys: Keyring,
+                   page: int = 1000) -> int:
+    """Apply every journal event not yet applied; returns how many were read. `now` stamps the
+    events this writes (pickup codes); it never decides anything here. An event the planner
+    raises on is set aside by the runtime (projection_set_aside) so that one bad event cannot
+    stop every SMS. `keys` open each registration's phone, once, to derive its reference."""
+    return await runtime.catch_up(conn, SmsPlannerProjection(county, keys, lambda: now), page)
 
 
 # ------------------------------------------------------------------------------ decisions (now)

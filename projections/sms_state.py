@@ -22,7 +22,7 @@ from infra.pii import Keyring, KeyUnavailable, PhoneErased
 log = logging.getLogger("gongpei.sms")
 # Every table of the planner's state (not the log of provider calls, `sms_attempts`).
 TABLES = ("sms_message_parcels", "sms_messages", "sms_digests", "sms_arrivals", "sms_points",
-          "sms_recipients", "sms_skipped", "sms_cursor")
+          "sms_recipients")
 
 
 def erased_stub(key_id: str, waybill: str) -> dict[str, Any]:

@@ -64,29 +64,49 @@ async def rebuild_ledger_check(settings: Settings, county: County) -> dict[str, 
             "differing": lines.only_live + lines.only_rebuilt}
 
 
-async def rebuild_sms(settings: Settings, county: County) -> int:
-    """Empty the SMS state and re-apply the journal. The SMS already requested, submitted or
-    answered are journal events, so they come back as they were and none is sent again; the log
-    of provider calls is kept, so an accepted call is never repeated and an unanswered one is
-    still asked about. A running SMS service waits meanwhile: this holds its locks (the sender's
-    first, as the service never takes them the other way round)."""
+async def rebuild_sms(settings: Settings, county: County) -> RebuildReport:
+    """Empty the SMS state and re-apply the journal, in place, and report how the rebuilt state
+    differs from what was there. The SMS already requested, submitted or answered are journal
+    events, so they come back as they were and none is sent again; the log of provider calls is
+    kept, so an accepted call is never repeated and an unanswered one is still asked about. A
+    running SMS service waits meanwhile: this holds its locks (the sender's first, as the service
+    never takes them the other way round). Not replayed into a scratch copy: the planner's own
+    decisions (pickup codes) go to the journal, so it is replayed where it lives."""
     from datetime import UTC, datetime
 
     from infra.pii import Keyring
-    from projections import sms_planner
-    from streams.sms_service import SENDER_LOCK
+    from projections.locks import Lock
+    from projections.sms_planner import SmsPlannerProjection
 
     keys = Keyring.from_settings(settings, county.utc_offset_minutes, sealing=False)
-    # As the SMS service's own role: it may read the journal and keep the SMS state, no more.
-    pool = await create_pool(settings.database_url_for("sms"), max_size=2)
+    planner = SmsPlannerProjection(county, keys, lambda: datetime.now(UTC))
+    schema = runtime.scratch_schema(planner.name)
+    owner = await create_pool(settings.database_url_for("owner"), max_size=1)
+    # The replay as the SMS service's own role: it may read the journal and keep the SMS state.
+    pool = await create_pool(settings.database_url_for("sms"), max_size=1)
     try:
-        async with pool.acquire() as conn:
-            await conn.execute("SELECT pg_advisory_lock($1)", SENDER_LOCK)
-            await conn.execute("SELECT pg_advisory_lock($1)", sms_planner.SMS_LOCK)
+        async with pool.acquire() as conn, owner.acquire() as admin:
+            await conn.execute("SELECT pg_advisory_lock($1)", int(Lock.SMS_SENDER))
+            await conn.execute("SELECT pg_advisory_lock($1)", int(Lock.SMS_PLANNER))
             try:
-                await sms_planner.reset(conn)
-                return await sms_planner.catch_up(conn, county, now=datetime.now(UTC), keys=keys)
+                # Every brand's rows, for this session (sms_recipients forces row-level security).
+                await admin.execute("SELECT set_config('gongpei.brand_scope', '*', false)")
+                await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")
+                for table in planner.tables:  # what was there, to compare with
+                    await admin.execute(f"CREATE TABLE {schema}.{table} AS TABLE public.{table}")
+                async with admin.transaction():
+                    await runtime.use_all_brands(admin)
+                    await planner.reset(admin)
+                    await runtime.forget_positions(admin, planner.name)
+                events = await runtime.catch_up(conn, planner, page=1000)
+                diffs = await runtime.compare_tables(admin, planner.tables, live=schema,
+                                                     rebuilt="public")
+                set_aside = int(await admin.fetchval(
+                    "SELECT count(*) FROM projection_set_aside WHERE projection = 'sms'"))
+                return RebuildReport(planner.name, events, set_aside, tuple(diffs), swapped=True)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock_all()")
+                await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
     finally:
         await pool.close()
+        await owner.close()

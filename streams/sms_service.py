@@ -24,11 +24,10 @@ from domain import sms as rules
 from domain.county import County
 from domain.events import SmsFailed, SmsSubmitted
 from domain.sms_planning import platform_event
-from infra.db import TRANSIENT_DB_ERRORS
 from infra.pii import InvalidTag, Keyring, PhoneErased
 from projections import sms_outbox, sms_planner
+from projections.locks import Lock
 from projections.metrics import (
-    PROJECTION_EVENTS,
     SMS_ARRIVAL_TO_SUBMITTED,
     SMS_FAILURES,
     SMS_OUTCOMES,
@@ -39,7 +38,7 @@ from streams.follow import follow_journal
 from streams.sms_providers import BEIJING, Provider, ProviderUnavailable
 
 log = logging.getLogger("gongpei.sms")
-SENDER_LOCK = 7710006
+SENDER_LOCK = int(Lock.SMS_SENDER)
 OVERDUE_AFTER = timedelta(minutes=5)
 
 
@@ -217,15 +216,9 @@ class Sender:
 
 
 async def _follow(conn: asyncpg.Connection, county: County, now: datetime, keys: Keyring) -> int:
-    """Catch up with the journal; after an unexpected error, again, setting aside the event
-    that caused it, so that one bad event does not stop every SMS."""
-    try:
-        return await sms_planner.catch_up(conn, county, now=now, keys=keys)
-    except TRANSIENT_DB_ERRORS:
-        raise
-    except Exception as exc:  # noqa: BLE001 - retried carefully; the bad event is set aside
-        log.error("catching up failed (%s); once more, event by event", type(exc).__name__)
-        return await sms_planner.catch_up(conn, county, now=now, keys=keys, careful=True)
+    """Catch up with the journal (an event the planner raises on is set aside by the runtime,
+    so one bad event does not stop every SMS)."""
+    return await sms_planner.catch_up(conn, county, now=now, keys=keys)
 
 
 async def step(pool: asyncpg.Pool, county: County, sender: Sender, now: datetime) -> int:
@@ -235,8 +228,6 @@ async def step(pool: asyncpg.Pool, county: County, sender: Sender, now: datetime
         requested = await sms_planner.close_due(conn, county, now)
         if requested:
             applied += await _follow(conn, county, now, sender.keys)
-    if applied:
-        PROJECTION_EVENTS.labels(projection="sms", result="new").inc(applied)
     if requested:
         SMS_OUTCOMES.labels(outcome="requested").inc(requested)
     calls = await sender.send_due(pool)

@@ -35,3 +35,15 @@ CREATE TABLE projection_set_aside (
     set_aside_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (projection, topic, partition, position)
 );
+
+-- The SMS planner's cursor moves here too, and what it had set aside joins projection_set_aside.
+INSERT INTO consumer_offsets (consumer, topic, partition, next_offset)
+SELECT 'sms', 'journal', 0, seq + 1 FROM sms_cursor WHERE name = 'sms'
+ON CONFLICT (consumer, topic, partition) DO NOTHING;
+INSERT INTO projection_set_aside (projection, topic, partition, position, event_id, reason, body,
+                                  set_aside_at)
+SELECT 'sms', 'journal', 0, s.seq, s.event_id, s.error, j.body::text, s.at
+FROM sms_skipped s JOIN journal j ON j.seq = s.seq
+ON CONFLICT DO NOTHING;
+DROP TABLE sms_cursor;
+DROP TABLE sms_skipped;

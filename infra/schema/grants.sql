@@ -110,8 +110,10 @@ GRANT SELECT, INSERT, UPDATE ON ledger_parcels, ledger_trips TO gongpei_ledger; 
 -- sent; `gongpei rebuild sms` runs as this role too.
 GRANT SELECT, INSERT ON journal TO gongpei_sms;
 GRANT USAGE ON SEQUENCE journal_seq_seq TO gongpei_sms;
-GRANT SELECT, INSERT, UPDATE, DELETE ON sms_cursor, sms_recipients, sms_points, sms_arrivals,
-    sms_digests, sms_messages, sms_message_parcels, sms_skipped TO gongpei_sms;
+GRANT SELECT, INSERT, UPDATE, DELETE ON sms_recipients, sms_points, sms_arrivals,
+    sms_digests, sms_messages, sms_message_parcels TO gongpei_sms;
+GRANT SELECT, INSERT, UPDATE ON consumer_offsets TO gongpei_sms;             -- RLS: its own row
+GRANT SELECT, INSERT ON projection_set_aside TO gongpei_sms;
 GRANT SELECT, INSERT, UPDATE ON sms_attempts TO gongpei_sms;
 -- The only service that opens a phone: it unwraps a month's private key with the master key it
 -- alone is given, then the phone's data key. Shredding and erasure are the owner's (`gongpei pii`).

@@ -61,7 +61,9 @@ def gateway_sent(platform: Platform) -> list[dict[str, Any]]:
         path = platform.gateway_log(name)
         if path.exists():
             out += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-    return out
+    # In the order they were accepted, whichever gateway took them, so that a count taken before
+    # an action slices off exactly what came after it.
+    return sorted(out, key=lambda sent: sent["at"])
 
 
 def sms_of(client: httpx.Client, token: str, wb: str) -> dict[str, Any]:
