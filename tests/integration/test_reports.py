@@ -261,7 +261,8 @@ def test_a_bad_month_is_400_with_a_clear_error(
     assert r.status_code == 400 and "YYYY-MM" in r.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("now", ["0.5", "2026-08-31T12:00:00", "yesterday", "1970-01-01T00:00:00Z"])
+@pytest.mark.parametrize("now", ["0.5", "2026-08-31T12:00:00", "2026-08-31 12:00", "yesterday",
+                                 "0001-01-01T00:00:00+08:00", ""])
 def test_a_bad_now_is_400(client: httpx.Client, tokens: dict[str, str], now: str) -> None:
     r = client.get("/v1/reports/monthly", params={"month": MONTH, "now": now},
                    headers=bearer(tokens["manager"]))
@@ -286,5 +287,7 @@ def test_the_openapi_schema_documents_the_answer_and_its_errors(client: httpx.Cl
     for path in ("/v1/reports/monthly", "/v1/reports/monthly.xlsx"):
         op = schema["paths"][path]["get"]
         assert {"200", "400", "401", "403"} <= set(op["responses"]), path
+        month = next(p for p in op["parameters"] if p["name"] == "month")
+        assert month["required"] and month["schema"]["pattern"] == "^20[0-9]{2}-(0[1-9]|1[0-2])$"
     ok = schema["paths"]["/v1/reports/monthly"]["get"]["responses"]["200"]
     assert ok["content"]["application/json"]["schema"]["$ref"].endswith("/MonthlyReport")
