@@ -60,28 +60,24 @@ class Month:
         return [self.first + timedelta(days=i) for i in range((self.last - self.first).days + 1)]
 
 
-# Each timeline entry of each parcel that moved since the month began, with the parcel's
-# direction: upward (农产品上行) when its first scan is a hand-in (`received`) at a village point,
-# the rule domain/sla.py uses for the village → county leg. The timeline is stored sorted by
-# event time (domain/tracking.py), so its first scan is the lowest ordinality.
-_ENTRIES = """
-WITH t AS (
+# Each timeline entry in the month of each parcel that moved since the month began, with the
+# parcel's direction: upward (农产品上行) when its first scan is a hand-in (`received`) at a village
+# point, the rule domain/sla.py uses for the village → county leg. The timeline is stored sorted
+# by event time (domain/tracking.py) and a JSON path visits an array in order, so the first
+# match is the first scan: no sort (measured: half the time of a DISTINCT ON over the entries).
+_VOLUMES = """
+WITH m AS (
   SELECT p.waybill, p.brand, e.value->>'type' AS type, e.value->>'action' AS action,
-         e.value->>'node_id' AS node, (e.value->>'occurred_at')::timestamptz AS at, e.ord
-  FROM parcels p CROSS JOIN LATERAL jsonb_array_elements(p.view->'timeline') WITH ORDINALITY
-       AS e(value, ord)
-  WHERE p.last_event_at >= $1
-), first_scan AS (
-  SELECT DISTINCT ON (waybill) waybill, action, node FROM t WHERE type = 'parcel.scanned'
-  ORDER BY waybill, ord
-), m AS (
-  SELECT t.*, coalesce(f.action = 'received' AND f.node = ANY($3::text[]), false) AS upward
-  FROM t LEFT JOIN first_scan f USING (waybill)
-  WHERE t.at >= $1 AND t.at < $2
+         e.value->>'node_id' AS node, p.upward
+  FROM (SELECT waybill, brand, view->'timeline' AS tl,
+               coalesce(f->>'action' = 'received' AND f->>'node_id' = ANY($3::text[]), false)
+                 AS upward
+        FROM parcels,
+             jsonb_path_query_first(view->'timeline', '$[*] ? (@.type == "parcel.scanned")') AS f
+        WHERE last_event_at >= $1) p
+  CROSS JOIN LATERAL jsonb_array_elements(p.tl) AS e(value)
+  WHERE (e.value->>'occurred_at')::timestamptz >= $1 AND (e.value->>'occurred_at')::timestamptz < $2
 )
-"""
-
-_VOLUMES = _ENTRIES + """
 SELECT brand, node,
   count(DISTINCT waybill) FILTER (WHERE type = 'parcel.registered')::int AS registered,
   count(DISTINCT waybill) FILTER (WHERE type = ANY($4::text[]) AND NOT upward)::int AS down,
