@@ -295,7 +295,10 @@ PARAMETERS = [
 ]
 
 
-async def _args(request: Request, county: CountyDep) -> tuple[q.Month, datetime]:
+async def _args(request: Request, principal: PrincipalDep,
+                county: CountyDep) -> tuple[q.Month, datetime]:
+    """Who may ask first (401, 403), then what was asked (400)."""
+    _operator(principal)
     params = request.query_params
     return _month(county, params.get("month")), _as_of(county, params.get("now"))
 
@@ -306,9 +309,7 @@ ArgsDep = Annotated[tuple[q.Month, datetime], Depends(_args)]
 @router.get("/v1/reports/monthly", summary="The programme's monthly statistics (统计上报)",
             response_model=MonthlyReport, responses=ERRORS,
             openapi_extra={"parameters": PARAMETERS})
-async def monthly(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
-                  args: ArgsDep) -> dict[str, Any]:
-    _operator(principal)
+async def monthly(pool: PoolDep, county: CountyDep, args: ArgsDep) -> dict[str, Any]:
     return await build_report(pool, county, *args)
 
 
@@ -317,9 +318,7 @@ async def monthly(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
             responses={**ERRORS, 200: {"content": {XLSX: {"schema": {"type": "string",
                                                                      "format": "binary"}}},
                                        "description": "The workbook, one sheet per table"}})
-async def monthly_xlsx(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
-                       args: ArgsDep) -> Response:
-    _operator(principal)
+async def monthly_xlsx(pool: PoolDep, county: CountyDep, args: ArgsDep) -> Response:
     report = await build_report(pool, county, *args)
     name = f"gongpei-{county.code}-{report['month']}-statistics.xlsx"
     return Response(report_xlsx(report), media_type=XLSX,
