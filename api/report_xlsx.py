@@ -26,6 +26,19 @@ COVERAGE_COLS = ("villages", "on_timetable", "run_covered", "run_arrived", "parc
                  "coverage_permille")
 ON_TIME_HEADER = ["环节", "环节编号", "方向", "准时", "超时", "其中：未完成已超时", "准时率（‰）"]
 PROBLEM_HEADER = ["原因", "原因代码", "问题件数", "已完结（签收或退回）"]
+NOTES_ZH = (
+    ("上行（农产品上行）：首次扫描为在村服务点收寄（received）的包裹，与时效“村收寄→县仓”环节同一规则；"
+    "其余包裹为下行。"),
+    "节点业务量：当月在该节点有扫描的包裹数（去重）；一件包裹经多个节点各计一次，节点合计不等于包裹数。",
+    ("村级覆盖：“班线开行覆盖”为所在线路当月至少发车一次的村服务点（覆盖率按此计算）；“班车到达扫描”为"
+    "班车到达该村有扫描；“有包裹到村”为当月有包裹完成乡镇站→村服务点环节。"),
+    "时效：与同月、同一截至时间的 /v1/sla/rates 一致；“超时”含截至“时效截至”时仍未完成且已过时限的环节。",
+    "金额：整数“分”，“元”为文本；比率为千分比（‰）。",
+)
+ASSUMPTION_ZH = ("共配降本假设：若不共配，每个品牌在其搭乘的每个班次都各自派车，成本按账本记载的该班次成本"
+                 "（县配置 [settlement] trip_cost：每班 {fixed} 分 + 线路每公里 {per_km} 分）。"
+                 "节省 = 各自派车成本 − 共配实际成本；空载班次只有成本、没有节省。")
+NO_PERIOD_ZH = "本县结算期不是自然月（或未配置结算），共配降本留空。"
 SAVING_HEADER = ["品牌", "共配车次", "分摊费用（分）", "分摊费用（元）", "自行派车成本（分）",
                  "节省（分）", "节省（元）"]
 
@@ -78,6 +91,13 @@ def _cover(ws: Worksheet, r: dict[str, Any]) -> None:
     ws.append([])
     ws.append(["说明与假设"])
     ws.cell(ws.max_row, 1).font = Font(bold=True)
+    rule = r["cost_saving"]["trip_cost"] or {"fixed_fen": "?", "per_km_fen": "?"}
+    notes_zh = [*NOTES_ZH, ASSUMPTION_ZH.format(fixed=rule["fixed_fen"], per_km=rule["per_km_fen"])]
+    if r["cost_saving"]["period"] is None:
+        notes_zh.append(NO_PERIOD_ZH)
+    for note in notes_zh:
+        ws.append(["", note])
+    ws.append(["Notes (API)"])
     for note in [*r["notes"], r["cost_saving"]["assumption"]]:
         ws.append(["", note])
     ws.append([])
