@@ -102,12 +102,12 @@ WITH t AS (
 ), latest AS (
   SELECT DISTINCT ON (waybill) waybill, coalesce(reason, 'unspecified') AS reason, ord
   FROM t WHERE action = 'problem' AND at >= $1 AND at < $2 ORDER BY waybill, ord DESC
+), closed AS (
+  SELECT waybill, max(ord) AS ord FROM t WHERE action IN ('delivered', 'returned') AND at <= $3
+  GROUP BY waybill
 )
-SELECT l.reason, count(*)::int AS parcels,
-  count(*) FILTER (WHERE EXISTS (SELECT 1 FROM t WHERE t.waybill = l.waybill AND t.ord > l.ord
-                                 AND t.action IN ('delivered', 'returned') AND t.at <= $3))::int
-    AS closed
-FROM latest l GROUP BY l.reason ORDER BY 2 DESC, 1
+SELECT l.reason, count(*)::int AS parcels, count(*) FILTER (WHERE c.ord > l.ord)::int AS closed
+FROM latest l LEFT JOIN closed c USING (waybill) GROUP BY l.reason ORDER BY 2 DESC, 1
 """
 
 
