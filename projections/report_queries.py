@@ -1,8 +1,8 @@
 """Reads for the programme's monthly statistics report (统计上报): volumes per brand and node,
 village coverage by fixed runs, on-time per leg, problem parcels and the saving of shared runs.
 
-Read models only, through the caller's scoped connection (projections.ledger_queries.scoped).
-On-time figures are the SLA API's own (sla_queries.rates); trip costs are the ledger lines the
+Read models only, every section in one snapshot (`snapshot`, every brand: the report is the
+operator's). On-time figures are the SLA API's own (sla_queries.rates); trip costs are the ledger lines the
 settlement API reads (ledger_queries.period_lines). "now" is always an argument."""
 
 from __future__ import annotations
