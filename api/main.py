@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from api import errors
 from api.access_log import AccessLog, AccessLogMiddleware
 from api.limits import RATE_LIMITED_RESPONSE, Limits, LimitSettings
-from api.routes import access_log, conflicts, ingest, meta, parcels, settlement, sla, sms
+from api.routes import access_log, conflicts, ingest, meta, parcels, reports, settlement, sla, sms
 from domain.county import County
 from infra.db import create_pool
 from infra.pii import Keyring
@@ -54,7 +54,7 @@ def create_app(settings: Settings, county: County) -> FastAPI:
                        trusted_proxies=app.state.trusted_proxies)
     errors.install(app)
     for router in (ingest.router, parcels.router, settlement.router, sla.router, sms.router,
-                   conflicts.router, access_log.router):
+                   conflicts.router, access_log.router, reports.router):
         app.include_router(router, responses=RATE_LIMITED_RESPONSE)
     app.include_router(meta.router)
     return app
