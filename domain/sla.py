@@ -102,9 +102,61 @@ def _due(rule: LegRule, start: datetime, county: County) -> datetime:
     return datetime.combine(day + timedelta(days=1), time(0), _tz(county))  # by midnight
 
 
-def _scans(events: Iterable[Envelope]) -> list[Envelope]:
-    unique = {e.event_id: e for e in events if e.type == "parcel.scanned"}
-    return sorted(unique.values(), key=lambda e: (e.occurred_at, e.event_id))
+@dataclass(frozen=True)
+class ScanFact:
+    """What the SLA clocks read of one scan: when, where, what was done, on which trip."""
+
+    event_id: str
+    occurred_at: datetime
+    brand: str
+    node_id: str
+    action: str
+    trip_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RegistrationFact:
+    """What the SLA clocks read of one manifest line: where the parcel should end up."""
+
+    event_id: str
+    occurred_at: datetime
+    brand: str
+    destination_village: str | None
+
+
+@dataclass(frozen=True)
+class MoveFact:
+    """One fixed run's departure or arrival (kind "departed" or "arrived") against its timetable."""
+
+    event_id: str
+    kind: str
+    occurred_at: datetime
+    scheduled_at: datetime
+
+
+def parcel_facts(events: Iterable[Envelope]) -> tuple[list[ScanFact], list[RegistrationFact]]:
+    """The facts the SLA rules read from a parcel's events (any order, any duplicates)."""
+    scans: list[ScanFact] = []
+    regs: list[RegistrationFact] = []
+    for e in events:
+        p: Any = e.payload
+        if e.type == "parcel.scanned":
+            scans.append(ScanFact(e.event_id, e.occurred_at, e.brand, p.node_id, str(p.action),
+                                  p.trip_id))
+        elif e.type == "parcel.registered":
+            regs.append(RegistrationFact(e.event_id, e.occurred_at, e.brand, p.destination_village))
+    return scans, regs
+
+
+def move_fact(e: Envelope) -> MoveFact:
+    """A vehicle.departed or vehicle.arrived event as the breach causes read it."""
+    return MoveFact(e.event_id, e.type.removeprefix("vehicle."), e.occurred_at,
+                    e.payload.scheduled_at)  # type: ignore[attr-defined]
+
+
+def _ordered(facts: Iterable[Any]) -> list[Any]:
+    unique = {f.event_id: f for f in facts}
+    return sorted(unique.values(), key=lambda f: (f.occurred_at, f.event_id))
 
 
 def _tier(county: County, node_id: str) -> str | None:
@@ -120,17 +172,25 @@ def evaluate_parcel(waybill: str, events: Iterable[Envelope],
                     trips: Mapping[str, Sequence[Envelope]], county: County,
                     sla: SlaConfig) -> list[LegOutcome]:
     """Every SLA leg this parcel has started, with its outcome and, if late, why."""
-    events = list(events)
-    scans = _scans(events)
+    scans, regs = parcel_facts(events)
+    moves = {trip: [move_fact(m) for m in ms] for trip, ms in trips.items()}
+    return evaluate_facts(waybill, scans, regs, moves, county, sla)
+
+
+def evaluate_facts(waybill: str, scans: Iterable[ScanFact], regs: Iterable[RegistrationFact],
+                   trips: Mapping[str, Sequence[MoveFact]], county: County,
+                   sla: SlaConfig) -> list[LegOutcome]:
+    """The whole rule, over the facts a store keeps (any order, any duplicates): every SLA leg
+    this parcel has started, with its outcome and, if late, why."""
+    scans = _ordered(scans)
     if not scans:
         return []
-    regs = sorted((e for e in events if e.type == "parcel.registered"),
-                  key=lambda e: (e.occurred_at, e.event_id))
-    village = regs[-1].payload.destination_village if regs else None  # type: ignore[attr-defined]
+    regs = _ordered(regs)
+    village = regs[-1].destination_village if regs else None
     first = scans[0]
-    upward = _tier(county, first.payload.node_id) == "village" and first.payload.action == "received"  # type: ignore[attr-defined]
+    upward = _tier(county, first.node_id) == "village" and first.action == "received"
     if upward:
-        village = first.payload.node_id  # type: ignore[attr-defined]
+        village = first.node_id
     township = county.nodes[village].parent if village in county.nodes else None
     brand = (regs[-1] if regs else first).brand
     # Where a leg may end: the parcel's own township or village, once its destination is known.
@@ -140,13 +200,13 @@ def evaluate_parcel(waybill: str, events: Iterable[Envelope],
     for rule in sla.legs:
         if (rule.direction == "up") != upward:
             continue
-        start = next((s for s in scans if _tier(county, s.payload.node_id) == rule.from_tier), None)  # type: ignore[attr-defined]
+        start = next((s for s in scans if _tier(county, s.node_id) == rule.from_tier), None)
         if start is None:
             continue
         end = next((s for s in scans if s.occurred_at >= start.occurred_at
-                    and _tier(county, s.payload.node_id) == rule.to_tier  # type: ignore[attr-defined]
-                    and s.payload.node_id == own.get(rule.to_tier, s.payload.node_id)  # type: ignore[attr-defined]
-                    and s.payload.action != "problem"), None)  # type: ignore[attr-defined]
+                    and _tier(county, s.node_id) == rule.to_tier
+                    and s.node_id == own.get(rule.to_tier, s.node_id)
+                    and s.action != "problem"), None)
         due = _due(rule, start.occurred_at, county)
         span = due - start.occurred_at
         at_risk_at = start.occurred_at + span * sla.at_risk_permille / 1000
@@ -166,38 +226,36 @@ def evaluate_parcel(waybill: str, events: Iterable[Envelope],
     return out
 
 
-def breach_cause(rule: LegRule, start: Envelope, end: Envelope, scans: Sequence[Envelope],
-                 regs: Sequence[Envelope], trips: Mapping[str, Sequence[Envelope]],
+def breach_cause(rule: LegRule, start: ScanFact, end: ScanFact, scans: Sequence[ScanFact],
+                 regs: Sequence[RegistrationFact], trips: Mapping[str, Sequence[MoveFact]],
                  county: County, sla: SlaConfig) -> str:
     """The first cause the events show, in order of how directly they explain the delay."""
     window = [s for s in scans if start.occurred_at <= s.occurred_at <= end.occurred_at]
-    if any(s.payload.action == "problem" for s in window):  # type: ignore[attr-defined]
+    if any(s.action == "problem" for s in window):
         return "problem"
     if regs:
-        dest = regs[-1].payload.destination_village  # type: ignore[attr-defined]
+        dest = regs[-1].destination_village
         if dest in county.nodes:
             chain = county.planned_chain(dest)
-            if any(s.payload.node_id not in chain for s in window):  # type: ignore[attr-defined]
+            if any(s.node_id not in chain for s in window):
                 return "misrouted"
-    actions = {s.payload.action for s in window}  # type: ignore[attr-defined]
-    tiers = {_tier(county, s.payload.node_id) for s in window}  # type: ignore[attr-defined]
+    actions = {s.action for s in window}
+    tiers = {_tier(county, s.node_id) for s in window}
     skipped = rule.from_tier == "county" and rule.to_tier == "village" and "township" not in tiers
     if skipped or any(a not in actions for a in rule.expect_actions):
         return "missing_scan"
     tolerance = timedelta(minutes=sla.run_tolerance_minutes)
-    trip_id = next((s.payload.trip_id for s in window  # type: ignore[attr-defined]
-                    if s.payload.action == "loaded" and s.payload.trip_id), None)  # type: ignore[attr-defined]
-    moves = trips.get(trip_id, ()) if trip_id else ()
-    departed = next((m for m in moves if m.type == "vehicle.departed"), None)
-    if departed and departed.occurred_at - departed.payload.scheduled_at > tolerance:  # type: ignore[attr-defined]
+    trip_id = next((s.trip_id for s in window if s.action == "loaded" and s.trip_id), None)
+    moves = _ordered(trips.get(trip_id, ())) if trip_id else []
+    departed = next((m for m in moves if m.kind == "departed"), None)
+    if departed and departed.occurred_at - departed.scheduled_at > tolerance:
         return "run_departed_late"
-    if any(m.type == "vehicle.arrived" and m.occurred_at - m.payload.scheduled_at > tolerance  # type: ignore[attr-defined]
-           for m in moves):
+    if any(m.kind == "arrived" and m.occurred_at - m.scheduled_at > tolerance for m in moves):
         return "run_arrived_late"
     if departed is not None:
-        expected = next_run(county, route_for(county, regs[-1].payload.destination_village  # type: ignore[attr-defined]
+        expected = next_run(county, route_for(county, regs[-1].destination_village
                                               if regs else None), start.occurred_at)
-        if expected is not None and departed.payload.scheduled_at > expected + tolerance:  # type: ignore[attr-defined]
+        if expected is not None and departed.scheduled_at > expected + tolerance:
             return "missed_run"
     return "unknown"
 
