@@ -63,11 +63,11 @@ async def _insert_events(conn: asyncpg.Connection, events: Sequence[Envelope]) -
     if not events:
         return set()
     rows = await conn.fetch(
-        "INSERT INTO tracking_events (event_id, waybill, brand, occurred_at, body)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::jsonb[])"
+        "INSERT INTO tracking_events (event_id, waybill, brand, occurred_at)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])"
         " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
         [e.event_id for e in events], [e.payload.waybill for e in events],  # type: ignore[attr-defined]
-        [e.brand for e in events], [e.occurred_at for e in events], [e.to_wire() for e in events],
+        [e.brand for e in events], [e.occurred_at for e in events],
     )
     return {r["event_id"] for r in rows}
 
