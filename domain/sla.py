@@ -196,6 +196,7 @@ def evaluate_facts(waybill: str, scans: Iterable[ScanFact], regs: Iterable[Regis
     # Where a leg may end: the parcel's own township or village, once its destination is known.
     own = dict(zip(("county", "township", "village"), county.planned_chain(village))) \
         if village in county.nodes and not upward else {}
+    route = route_for(county, village)
     out = []
     for rule in sla.legs:
         if (rule.direction == "up") != upward:
@@ -219,7 +220,7 @@ def evaluate_facts(waybill: str, scans: Iterable[ScanFact], regs: Iterable[Regis
             over = int((end.occurred_at - due).total_seconds() // 60)
             cause = breach_cause(rule, start, end, scans, regs, trips, county, sla)
         counted = (end.occurred_at if end else due).astimezone(_tz(county)).date()
-        out.append(LegOutcome(waybill, brand, rule.id, route_for(county, village), township,
+        out.append(LegOutcome(waybill, brand, rule.id, route, township,
                               village, start.occurred_at, due, at_risk_at,
                               end.occurred_at if end else None, outcome, over, cause, counted,
                               start.event_id, end.event_id if end else None))

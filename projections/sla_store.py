@@ -43,11 +43,9 @@ RETURNING event_id
 # The compact facts of the parcels to re-evaluate ($1, and those that rode the trips in $2), and
 # the movements of every trip those parcels were loaded on.
 _FACTS = """
-WITH touched AS (
-    SELECT unnest($1::text[]) AS waybill
-    UNION SELECT waybill FROM sla_events WHERE trip_id = ANY($2::text[]) AND waybill IS NOT NULL
-), parcel AS (
-    SELECT e.* FROM sla_events e JOIN touched t ON e.waybill = t.waybill
+WITH parcel AS (
+    SELECT * FROM sla_events WHERE waybill = ANY($1::text[] || ARRAY(
+        SELECT waybill FROM sla_events WHERE trip_id = ANY($2::text[]) AND waybill IS NOT NULL))
 )
 SELECT event_id, type, brand, waybill, trip_id, occurred_at, node_id, action,
        destination_village, scheduled_at FROM parcel
@@ -55,17 +53,20 @@ UNION ALL
 SELECT event_id, type, brand, waybill, trip_id, occurred_at, node_id, action,
        destination_village, scheduled_at FROM sla_events
  WHERE waybill IS NULL
-   AND trip_id IN (SELECT trip_id FROM parcel WHERE trip_id IS NOT NULL)
+   AND trip_id = ANY(ARRAY(SELECT DISTINCT trip_id FROM parcel WHERE trip_id IS NOT NULL))
 """
-_UPSERT_LEGS = (
-    f"INSERT INTO sla_legs ({', '.join(_LEG_COLUMNS)}) SELECT * FROM unnest("
-    + ", ".join(f"${i}::{t}[]" for i, t in enumerate(_LEG_TYPES, 1))
-    + ") ON CONFLICT (waybill, leg) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _LEG_COLUMNS[2:]))
 _SLICES = ("unnest($1::date[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
            " $7::int[], $8::int[]) AS g(day, leg, route_id, township, village, brand, on_time, late)")
-_MOVE_DAILY = (
-    f"INSERT INTO sla_daily SELECT * FROM {_SLICES}"
+# One round trip for every write of a batch: changed legs upserted, vanished legs deleted (never
+# the same rows), and the daily slices moved by the difference.
+_WRITE = (
+    f"WITH upserted AS (INSERT INTO sla_legs ({', '.join(_LEG_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"${i}::{t}[]" for i, t in enumerate(_LEG_TYPES, 9))
+    + ") ON CONFLICT (waybill, leg) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _LEG_COLUMNS[2:])
+    + "), removed AS (DELETE FROM sla_legs l USING unnest($25::text[], $26::text[]) AS r(w, leg)"
+    " WHERE l.waybill = r.w AND l.leg = r.leg)"
+    f" INSERT INTO sla_daily SELECT * FROM {_SLICES}"
     " ON CONFLICT (day, leg, route_id, township, village, brand) DO UPDATE"
     " SET on_time = sla_daily.on_time + EXCLUDED.on_time, late = sla_daily.late + EXCLUDED.late")
 # A slice left with no finished leg has no row, as when the slices were counted from scratch.
@@ -98,23 +99,28 @@ async def apply_batch(conn: asyncpg.Connection, county: County, events: Sequence
 
 async def _insert_events(conn: asyncpg.Connection, events: Sequence[Envelope]) -> list[Envelope]:
     """Keep each event's facts once; the events that were new, each once."""
-    cols: list[list[Any]] = [[] for _ in range(10)]
-    for e in events:
-        p: Any = e.payload
-        for col, v in zip(cols, (e.event_id, e.type, e.brand, getattr(p, "waybill", None),
-                                 getattr(p, "trip_id", None), e.occurred_at,
-                                 getattr(p, "node_id", None),
-                                 str(p.action) if e.type == "parcel.scanned" else None,
-                                 getattr(p, "destination_village", None),
-                                 getattr(p, "scheduled_at", None))):
-            col.append(v)
-    fresh = {r["event_id"] for r in await conn.fetch(_INSERT_EVENTS, *cols)}
+    fresh = {r["event_id"] for r in await conn.fetch(
+        _INSERT_EVENTS, *map(list, zip(*(_facts_row(e) for e in events))))}
     new = []
     for e in events:
         if e.event_id in fresh:
             new.append(e)
             fresh.discard(e.event_id)  # a redelivery inside the batch counts once
     return new
+
+
+def _facts_row(e: Envelope) -> tuple[Any, ...]:
+    """An event as its sla_events row: the facts the clocks read, by type (the payload models
+    have only their own fields)."""
+    p: Any = e.payload
+    if e.type == "parcel.scanned":
+        return (e.event_id, e.type, e.brand, p.waybill, p.trip_id, e.occurred_at, p.node_id,
+                str(p.action), None, None)
+    if e.type == "parcel.registered":
+        return (e.event_id, e.type, e.brand, p.waybill, None, e.occurred_at, None, None,
+                p.destination_village, None)
+    return (e.event_id, e.type, e.brand, None, p.trip_id, e.occurred_at, p.node_id, None, None,
+            p.scheduled_at)
 
 
 async def _record_runs(conn: asyncpg.Connection, county: County, moves: Sequence[Envelope]) -> None:
@@ -153,13 +159,17 @@ async def _reevaluate(conn: asyncpg.Connection, county: County, touched: list[st
         f"SELECT {', '.join(_LEG_COLUMNS)} FROM sla_legs WHERE waybill = ANY($1::text[])", waybills)}
     changed = [row for key, row in new.items() if old.get(key) != row]
     gone = [key for key in old if key not in new]
-    if changed:
-        await conn.execute(_UPSERT_LEGS, *map(list, zip(*changed)))
-    if gone:
-        await conn.execute("DELETE FROM sla_legs l USING unnest($1::text[], $2::text[]) AS g(w, leg)"
-                           " WHERE l.waybill = g.w AND l.leg = g.leg", *map(list, zip(*gone)))
-    await _move_daily(conn, [old[k] for k in old if old[k] != new.get(k)],
-                      [new[k] for k in new if new[k] != old.get(k)])
+    moved = daily_moves([row for key, row in old.items() if new.get(key) != row], changed)
+    if not (changed or gone or moved):
+        return
+    await conn.execute(_WRITE, *_columns(moved, 8), *_columns(changed, 16), *_columns(gone, 2))
+    if any(on_time < 0 or late < 0 for *_, on_time, late in moved):
+        await conn.execute(_DROP_EMPTY, *_columns(moved, 8))
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows as the column arrays unnest() takes (empty arrays for no rows)."""
+    return [list(c) for c in zip(*rows)] if rows else [[] for _ in range(width)]
 
 
 def _leg_row(o: LegOutcome) -> tuple[Any, ...]:
@@ -172,22 +182,17 @@ def _leg_row(o: LegOutcome) -> tuple[Any, ...]:
 _AT = {c: i for i, c in enumerate(_LEG_COLUMNS)}
 
 
-async def _move_daily(conn: asyncpg.Connection, leaving: Iterable[tuple[Any, ...]],
-                      entering: Iterable[tuple[Any, ...]]) -> None:
-    """Move the daily counts by what changed: a finished leg that leaves its slice (changed or
-    gone) is taken off, one that enters is added; open legs are not counted."""
+def daily_moves(leaving: Iterable[tuple[Any, ...]],
+                entering: Iterable[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """How the daily counts move (slice, on_time, late) when legs change: a finished leg that
+    leaves its slice (changed or gone) is taken off, one that enters is added; open legs are not
+    counted. Rows are sla_legs rows; slices that do not move are left out."""
     delta: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0, 0])
     for rows, sign in ((leaving, -1), (entering, 1)):
         for row in rows:
             outcome = row[_AT["outcome"]]
             if outcome in ("on_time", "late"):
                 delta[tuple(row[_AT[d]] for d in _DIMS)][1 if outcome == "late" else 0] += sign
-    moved = sorted(((*k, on_time, late) for k, (on_time, late) in delta.items()
-                    if on_time or late), key=str)
-    if not moved:
-        return
-    slices = [list(c) for c in zip(*moved)]
-    await conn.execute(_MOVE_DAILY, *slices)
-    if any(on_time < 0 or late < 0 for *_, on_time, late in moved):
-        await conn.execute(_DROP_EMPTY, *slices)
-
+    # Sorted: concurrent writers (there is one, under SLA_LOCK) would lock slices in one order.
+    return sorted(((*k, on_time, late) for k, (on_time, late) in delta.items()
+                   if on_time or late), key=str)

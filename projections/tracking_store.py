@@ -107,6 +107,8 @@ async def _fold(conn: asyncpg.Connection, county: County,
 
 
 def _sealed(e: Envelope) -> SealedPhone | None:
+    if e.type != "parcel.registered":  # only manifests carry a phone; asking others is slow
+        return None
     phone = getattr(e.payload, "recipient_phone", None)
     return phone if isinstance(phone, SealedPhone) else None
 

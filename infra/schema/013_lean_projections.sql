@@ -37,3 +37,7 @@ WHERE body IS NOT NULL;
 ALTER TABLE sla_events
     ALTER COLUMN type SET NOT NULL,
     ALTER COLUMN occurred_at SET NOT NULL;
+
+-- Only loaded scans and vehicle moves name a trip: index those, not a NULL for every other row.
+DROP INDEX sla_events_trip;
+CREATE INDEX sla_events_trip ON sla_events (trip_id) WHERE trip_id IS NOT NULL;

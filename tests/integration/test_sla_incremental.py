@@ -106,6 +106,9 @@ CREATE TABLE tracking_events (event_id text PRIMARY KEY, waybill text NOT NULL,
     brand text NOT NULL, occurred_at timestamptz NOT NULL, body jsonb NOT NULL);
 CREATE TABLE sla_events (event_id text PRIMARY KEY, brand text NOT NULL, waybill text,
     trip_id text, body jsonb NOT NULL);
+CREATE INDEX tracking_events_waybill ON tracking_events (waybill);
+CREATE INDEX sla_events_waybill ON sla_events (waybill);
+CREATE INDEX sla_events_trip ON sla_events (trip_id);
 """
 
 
