@@ -1,6 +1,7 @@
 """Tracking read model in PostgreSQL: the inbox of parcel events and each parcel's derived view.
 
-One transaction per fetched batch: new events are inserted (their event_id dedupes redeliveries),
+One transaction per fetched batch: new events' ids are inserted into the inbox (their event_id
+dedupes redeliveries; the inbox keeps no body, the timeline lives in the view),
 every touched parcel's view is re-derived from its stored timeline plus the new events (the reducer
 sorts by event time, so order and duplicates never matter), and the consumer offsets are stored in
 the same transaction."""
