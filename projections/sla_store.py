@@ -77,8 +77,11 @@ _DROP_EMPTY = (f"DELETE FROM sla_daily d USING {_SLICES} WHERE "
 async def apply_batch(conn: asyncpg.Connection, county: County, events: Sequence[Envelope],
                       offsets: Mapping[tuple[str, int], int]) -> Applied:
     async with conn.transaction():
-        # Workers see every brand's rows (row-level security is scoped per transaction).
+        # Workers see every brand's rows (row-level security is scoped per transaction). Plans
+        # are made for each batch's own arrays: a cached generic plan for "= ANY($1)" scans whole
+        # tables (measured: 24 ms instead of 2 for 100 parcels).
         await conn.execute("SELECT set_config('gongpei.brand_scope', '*', true),"
+                           " set_config('plan_cache_mode', 'force_custom_plan', true),"
                            " pg_advisory_xact_lock($1)", SLA_LOCK)
         relevant = [e for e in events if e.type in SLA_TYPES]
         new = await _insert_events(conn, relevant) if relevant else []
