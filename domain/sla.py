@@ -9,20 +9,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any, Generic, TypeVar, assert_never
+from typing import Any, assert_never
 
 from domain.county import County, CountyConfigError
 from domain.envelope import Envelope
 from domain.events import (
     ConsentRecorded,
-    Manifest,
     ParcelRegistered,
     ParcelRegisteredUpload,
     ParcelScanned,
     ParcelSorted,
     PeriodClosed,
     PickupAssigned,
-    ScanAction,
     SmsDelivered,
     SmsFailed,
     SmsRequested,
@@ -120,39 +118,73 @@ def _due(rule: LegRule, start: datetime, county: County) -> datetime:
     return datetime.combine(day + timedelta(days=1), time(0), _tz(county))  # by midnight
 
 
-P = TypeVar("P", ParcelScanned, Manifest)
+@dataclass(frozen=True)
+class ScanFact:
+    """What the SLA clocks read of one scan: when, where, what was done, on which trip."""
 
-
-@dataclass(frozen=True, slots=True)
-class _Seen(Generic[P]):
-    """One event of a parcel with its payload narrowed to the class the rules read."""
-
-    occurred_at: datetime
     event_id: str
+    occurred_at: datetime
     brand: str
-    payload: P
+    node_id: str
+    action: str
+    trip_id: str | None = None
 
 
-def _sorted(events: Iterable[Envelope]) -> tuple[list[_Seen[ParcelScanned]],
-                                                 list[_Seen[Manifest]]]:
-    """The parcel's scans (de-duplicated) and manifests, each in event-time order."""
-    scans: dict[str, _Seen[ParcelScanned]] = {}
-    regs: list[_Seen[Manifest]] = []
+@dataclass(frozen=True)
+class RegistrationFact:
+    """What the SLA clocks read of one manifest line: where the parcel should end up."""
+
+    event_id: str
+    occurred_at: datetime
+    brand: str
+    destination_village: str | None
+
+
+@dataclass(frozen=True)
+class MoveFact:
+    """One fixed run's departure or arrival (kind "departed" or "arrived") against its timetable."""
+
+    event_id: str
+    kind: str
+    occurred_at: datetime
+    scheduled_at: datetime
+
+
+def parcel_facts(events: Iterable[Envelope]) -> tuple[list[ScanFact], list[RegistrationFact]]:
+    """The facts the SLA rules read from a parcel's events (any order, any duplicates)."""
+    scans: list[ScanFact] = []
+    regs: list[RegistrationFact] = []
     for e in events:
         p = current(e.payload)
         match p:
             case ParcelScanned():
-                scans[e.event_id] = _Seen(e.occurred_at, e.event_id, e.brand, p)
+                scans.append(ScanFact(e.event_id, e.occurred_at, e.brand, p.node_id,
+                                      str(p.action), p.trip_id))
             case ParcelRegistered() | ParcelRegisteredUpload():
-                regs.append(_Seen(e.occurred_at, e.event_id, e.brand, p))
+                regs.append(RegistrationFact(e.event_id, e.occurred_at, e.brand,
+                                             p.destination_village))
             case (ParcelSorted() | PickupAssigned() | ConsentRecorded() | VehicleDeparted()
                   | VehicleArrived() | SmsRequested() | SmsSubmitted() | SmsDelivered()
                   | SmsFailed() | PeriodClosed()):
                 pass  # no SLA leg starts or ends on them
             case _:
                 assert_never(p)
-    order = (lambda s: (s.occurred_at, s.event_id))
-    return sorted(scans.values(), key=order), sorted(regs, key=order)
+    return scans, regs
+
+
+def move_fact(e: Envelope) -> MoveFact:
+    """A vehicle.departed or vehicle.arrived event as the breach causes read it."""
+    p = e.payload
+    if isinstance(p, VehicleDeparted):
+        return MoveFact(e.event_id, "departed", e.occurred_at, p.scheduled_at)
+    if isinstance(p, VehicleArrived):
+        return MoveFact(e.event_id, "arrived", e.occurred_at, p.scheduled_at)
+    raise TypeError(f"{type(p).__name__} is no vehicle movement")
+
+
+def _ordered(facts: Iterable[Any]) -> list[Any]:
+    unique = {f.event_id: f for f in facts}
+    return sorted(unique.values(), key=lambda f: (f.occurred_at, f.event_id))
 
 
 def _tier(county: County, node_id: str) -> str | None:
@@ -168,31 +200,42 @@ def evaluate_parcel(waybill: str, events: Iterable[Envelope],
                     trips: Mapping[str, Sequence[Envelope]], county: County,
                     sla: SlaConfig) -> list[LegOutcome]:
     """Every SLA leg this parcel has started, with its outcome and, if late, why."""
-    scans, regs = _sorted(events)
+    scans, regs = parcel_facts(events)
+    moves = {trip: [move_fact(m) for m in ms] for trip, ms in trips.items()}
+    return evaluate_facts(waybill, scans, regs, moves, county, sla)
+
+
+def evaluate_facts(waybill: str, scans: Iterable[ScanFact], regs: Iterable[RegistrationFact],
+                   trips: Mapping[str, Sequence[MoveFact]], county: County,
+                   sla: SlaConfig) -> list[LegOutcome]:
+    """The whole rule, over the facts a store keeps (any order, any duplicates): every SLA leg
+    this parcel has started, with its outcome and, if late, why."""
+    scans = _ordered(scans)
     if not scans:
         return []
-    village = regs[-1].payload.destination_village if regs else None
+    regs = _ordered(regs)
+    village = regs[-1].destination_village if regs else None
     first = scans[0]
-    upward = (_tier(county, first.payload.node_id) == "village"
-              and first.payload.action == ScanAction.received)
+    upward = _tier(county, first.node_id) == "village" and first.action == "received"
     if upward:
-        village = first.payload.node_id
+        village = first.node_id
     township = county.nodes[village].parent if village in county.nodes else None
     brand = (regs[-1].brand if regs else first.brand)
     # Where a leg may end: the parcel's own township or village, once its destination is known.
     own = dict(zip(("county", "township", "village"), county.planned_chain(village))) \
         if village in county.nodes and not upward else {}
+    route = route_for(county, village)
     out = []
     for rule in sla.legs:
         if (rule.direction == "up") != upward:
             continue
-        start = next((s for s in scans if _tier(county, s.payload.node_id) == rule.from_tier), None)
+        start = next((s for s in scans if _tier(county, s.node_id) == rule.from_tier), None)
         if start is None:
             continue
         end = next((s for s in scans if s.occurred_at >= start.occurred_at
-                    and _tier(county, s.payload.node_id) == rule.to_tier
-                    and s.payload.node_id == own.get(rule.to_tier, s.payload.node_id)
-                    and s.payload.action != ScanAction.problem), None)
+                    and _tier(county, s.node_id) == rule.to_tier
+                    and s.node_id == own.get(rule.to_tier, s.node_id)
+                    and s.action != "problem"), None)
         due = _due(rule, start.occurred_at, county)
         span = due - start.occurred_at
         at_risk_at = start.occurred_at + span * sla.at_risk_permille / 1000
@@ -205,67 +248,43 @@ def evaluate_parcel(waybill: str, events: Iterable[Envelope],
             over = int((end.occurred_at - due).total_seconds() // 60)
             cause = breach_cause(rule, start, end, scans, regs, trips, county, sla)
         counted = (end.occurred_at if end else due).astimezone(_tz(county)).date()
-        out.append(LegOutcome(waybill, brand, rule.id, route_for(county, village), township,
+        out.append(LegOutcome(waybill, brand, rule.id, route, township,
                               village, start.occurred_at, due, at_risk_at,
                               end.occurred_at if end else None, outcome, over, cause, counted,
                               start.event_id, end.event_id if end else None))
     return out
 
 
-def _run_moves(moves: Iterable[Envelope]) -> tuple[list[tuple[Envelope, VehicleDeparted]],
-                                                   list[tuple[Envelope, VehicleArrived]]]:
-    """A run's departures and arrivals, in the order given."""
-    departed: list[tuple[Envelope, VehicleDeparted]] = []
-    arrived: list[tuple[Envelope, VehicleArrived]] = []
-    for m in moves:
-        p = current(m.payload)
-        match p:
-            case VehicleDeparted():
-                departed.append((m, p))
-            case VehicleArrived():
-                arrived.append((m, p))
-            case (ParcelRegistered() | ParcelRegisteredUpload() | ParcelScanned() | ParcelSorted()
-                  | PickupAssigned()
-                  | ConsentRecorded() | SmsRequested() | SmsSubmitted() | SmsDelivered()
-                  | SmsFailed() | PeriodClosed()):
-                pass  # not a vehicle movement
-            case _:
-                assert_never(p)
-    return departed, arrived
-
-
-def breach_cause(rule: LegRule, start: _Seen[ParcelScanned], end: _Seen[ParcelScanned],
-                 scans: Sequence[_Seen[ParcelScanned]], regs: Sequence[_Seen[Manifest]],
-                 trips: Mapping[str, Sequence[Envelope]], county: County,
-                 sla: SlaConfig) -> str:
+def breach_cause(rule: LegRule, start: ScanFact, end: ScanFact, scans: Sequence[ScanFact],
+                 regs: Sequence[RegistrationFact], trips: Mapping[str, Sequence[MoveFact]],
+                 county: County, sla: SlaConfig) -> str:
     """The first cause the events show, in order of how directly they explain the delay."""
-    window = [s.payload for s in scans if start.occurred_at <= s.occurred_at <= end.occurred_at]
-    if any(s.action == ScanAction.problem for s in window):
+    window = [s for s in scans if start.occurred_at <= s.occurred_at <= end.occurred_at]
+    if any(s.action == "problem" for s in window):
         return "problem"
     if regs:
-        dest = regs[-1].payload.destination_village
+        dest = regs[-1].destination_village
         if dest in county.nodes:
             chain = county.planned_chain(dest)
             if any(s.node_id not in chain for s in window):
                 return "misrouted"
-    actions = {str(s.action) for s in window}
+    actions = {s.action for s in window}
     tiers = {_tier(county, s.node_id) for s in window}
     skipped = rule.from_tier == "county" and rule.to_tier == "village" and "township" not in tiers
     if skipped or any(a not in actions for a in rule.expect_actions):
         return "missing_scan"
     tolerance = timedelta(minutes=sla.run_tolerance_minutes)
-    trip_id = next((s.trip_id for s in window
-                    if s.action == ScanAction.loaded and s.trip_id), None)
-    departures, arrivals = _run_moves(trips.get(trip_id, ()) if trip_id else ())
-    departed = departures[0] if departures else None
-    if departed and departed[0].occurred_at - departed[1].scheduled_at > tolerance:
+    trip_id = next((s.trip_id for s in window if s.action == "loaded" and s.trip_id), None)
+    moves = _ordered(trips.get(trip_id, ())) if trip_id else []
+    departed = next((m for m in moves if m.kind == "departed"), None)
+    if departed and departed.occurred_at - departed.scheduled_at > tolerance:
         return "run_departed_late"
-    if any(m.occurred_at - p.scheduled_at > tolerance for m, p in arrivals):
+    if any(m.kind == "arrived" and m.occurred_at - m.scheduled_at > tolerance for m in moves):
         return "run_arrived_late"
     if departed is not None:
-        expected = next_run(county, route_for(county, regs[-1].payload.destination_village
+        expected = next_run(county, route_for(county, regs[-1].destination_village
                                               if regs else None), start.occurred_at)
-        if expected is not None and departed[1].scheduled_at > expected + tolerance:
+        if expected is not None and departed.scheduled_at > expected + tolerance:
             return "missed_run"
     return "unknown"
 

@@ -21,6 +21,7 @@ class Lock(IntEnum):
     # exclusive, so no batch lands in the old model while the new one replaces it.
     TRACKING_SWAP = 7710010
     SLA_SWAP = 7710011
+    SLA_BATCH = 7710012        # one SLA batch at a time: legs and daily counts move by differences
 
 
 def journal_follower(name: str) -> Lock:

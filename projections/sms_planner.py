@@ -55,7 +55,13 @@ class SmsPlannerProjection(Base):
     source = Source.JOURNAL
     reads = frozenset(SMS_TYPES)
     lock = Lock.SMS_PLANNER
-    tables: ClassVar[Mapping[str, str]] = {t: "*" for t in TABLES}
+    # All of the state but the sender's own timing (when it will next try a message: retries
+    # and deferrals are the outbox's, not events, and a rebuild starts them afresh).
+    tables: ClassVar[Mapping[str, str]] = {**{t: "*" for t in TABLES}, "sms_messages": (
+        "sms_id, kind, stage, node_id, phone_masked, text, template_code, params, segments,"
+        " consented, send_after, first_known_at, requested_at, state, provider,"
+        " provider_message_id, submitted_at, delivered_at, failure_code, permanent,"
+        " sealed_phone, phone_ref")}
     # Of the scans only storing and collection matter: the rest are not even fetched.
     journal_filter = ("(type <> 'parcel.scanned' OR body->'payload'->>'action' IN ("
                       + ", ".join(f"'{a}'" for a in ("stored", *(str(c) for c in COLLECTING)))

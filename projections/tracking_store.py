@@ -1,6 +1,7 @@
 """Tracking read model in PostgreSQL: the inbox of parcel events and each parcel's derived view.
 
-One transaction per fetched batch: new events are inserted (their event_id dedupes redeliveries),
+One transaction per fetched batch: new events' ids are inserted into the inbox (their event_id
+dedupes redeliveries; the inbox keeps no body, the timeline lives in the view),
 every touched parcel's view is re-derived from its stored timeline plus the new events (the reducer
 sorts by event time, so order and duplicates never matter), and the consumer offsets are stored in
 the same transaction."""
@@ -71,11 +72,11 @@ async def _insert_events(conn: asyncpg.Connection, events: Sequence[Envelope]) -
     if not events:
         return set()
     rows = await conn.fetch(
-        "INSERT INTO tracking_events (event_id, waybill, brand, occurred_at, body)"
-        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::jsonb[])"
+        "INSERT INTO tracking_events (event_id, waybill, brand, occurred_at)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])"
         " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
         [e.event_id for e in events], [e.payload.waybill for e in events],  # type: ignore[attr-defined]
-        [e.brand for e in events], [e.occurred_at for e in events], [e.to_wire() for e in events],
+        [e.brand for e in events], [e.occurred_at for e in events],
     )
     return {r["event_id"] for r in rows}
 
@@ -115,6 +116,8 @@ async def _fold(conn: asyncpg.Connection, county: County,
 
 
 def _sealed(e: Envelope) -> SealedPhone | None:
+    if e.type != "parcel.registered":  # only manifests carry a phone; asking others is slow
+        return None
     phone = getattr(e.payload, "recipient_phone", None)
     return phone if isinstance(phone, SealedPhone) else None
 
