@@ -563,7 +563,8 @@ def cmd_up(args: argparse.Namespace) -> None:
             demo.start()  # on its own thread: the demo never holds up the supervision below
         while not stopping:
             for name in platform.supervise_once():
-                print(f"restarted {name} (see {state / 'logs' / (name + '.log')})", flush=True)
+                log = state / "pg" / "server.log" if name == "postgres" else state / "logs" / f"{name}.log"
+                print(f"restarted {name} (see {log})", flush=True)
             for _ in range(10):
                 if stopping:
                     break
