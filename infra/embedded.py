@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -60,6 +61,11 @@ def parent_death_signal(sig: int) -> Callable[[], None]:
     """A preexec_fn that has the kernel send `sig` to the child when its parent dies (even by
     SIGKILL): a supervisor killed outright leaves no child running without it. Set after the
     child changed user (CPython does that before preexec_fn): a change of user clears it."""
+    if threading.current_thread() is not threading.main_thread():
+        # The kernel signals the child when the *thread* that started it ends: a child started
+        # from a short-lived thread (a fault harness's) would die with it. Not armed there; a
+        # dead supervisor's leftovers are then stopped by the next start instead.
+        return lambda: None
     try:  # loaded here, in the parent: between fork and exec only the call itself is safe
         prctl = ctypes.CDLL("libc.so.6").prctl
     except OSError:  # not Linux: the next start cleans up instead (EmbeddedPostgres.start)
