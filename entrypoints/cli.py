@@ -395,12 +395,15 @@ def cmd_status(args: argparse.Namespace) -> None:
           + (manager.read_text().strip() if manager.is_file() else "<a manager token>"))
     print(f"  metrics   {api}/metrics\n  county    {state['county_file']}")
     down = parts_down(state)
+    parts = {"postgres": state["postgres"], "broker": state["broker"], **dict(state["processes"])}
 
     def since(part: str) -> str:
         # Down: since when the supervisor noticed (it is restarting it, with backoff).
         if part not in down:
             return ""
-        return f"  DOWN since {down[part]}" if down[part] else "  DOWN (not yet noticed)"
+        error = dict(parts[part]).get("last_error")  # type: ignore[call-overload]
+        return (f"  DOWN since {down[part]}" if down[part] else "  DOWN (not yet noticed)") + (
+            f" (last restart: {error})" if error else "")
 
     healthy &= not down
     for part, what in (("postgres", env["DATABASE_URL"]),

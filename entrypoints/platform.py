@@ -74,6 +74,7 @@ class Watch:
     up_at: float = field(default_factory=time.monotonic)  # monotonic time of the last start
     delay: float = 0.0
     retry_at: float = 0.0
+    last_error: str | None = None  # why the last restart failed, while it stays down
 
     def noticed_down(self, now: float) -> bool:
         """Record that the part is down (True the first time it is noticed)."""
@@ -87,18 +88,20 @@ class Watch:
     def _longer(self) -> float:
         return min(MAX_BACKOFF, max(1.0, self.delay * 2))
 
-    def start_failed(self, now: float) -> None:
+    def start_failed(self, now: float, error: str) -> None:
         self.delay = self._longer()
         self.retry_at = now + self.delay
+        self.last_error = error
 
     def restarted(self, now: float) -> None:
         self.restarts += 1
-        self.down_since = None
+        self.down_since = self.last_error = None
         self.up_at = now
 
     def as_state(self) -> dict[str, object]:
         return {"restarts": self.restarts,
-                "down_since": self.down_since.isoformat() if self.down_since else None}
+                "down_since": self.down_since.isoformat() if self.down_since else None,
+                "last_error": self.last_error}
 
 
 class RestartCounter:
@@ -445,9 +448,10 @@ class Platform:
             try:
                 restart()
             except Exception as exc:  # noqa: BLE001 - whatever it was, try again later
-                watch.start_failed(time.monotonic())
-                log.warning("%s did not start (%s: %s); next try in %.0f s", name,
-                            type(exc).__name__, exc, watch.delay)
+                watch.start_failed(time.monotonic(), f"{type(exc).__name__}: {exc}")
+                log.warning("%s did not start (%s); next try in %.0f s", name, watch.last_error,
+                            watch.delay)
+                self._write_state_quietly()
                 continue
             watch.restarted(time.monotonic())
             if self.restart_counter is not None:

@@ -175,8 +175,13 @@ def test_given_postgres_killed_and_not_startable_then_503_and_down_since_until_i
         assert status.returncode == 1
         line = next(x for x in status.stdout.splitlines() if x.split()[:1] == ["database"])
         assert "DOWN since 20" in line and "/healthz 503" in status.stdout, status.stdout
+        # The supervisor tries, fails, says why, and backs off; it stays up.
+        failed = wait_for(lambda: up.state()["postgres"]["last_error"], 20, "a failed restart")
+        assert "PostgreSQL exited" in failed
         assert up.proc is not None and up.proc.poll() is None
         assert up.state()["postgres"]["restarts"] == restarts["postgres"]  # none worked yet
+        assert "last restart: EmbeddedError" in gongpei(
+            "status", "--state-dir", str(up.state_dir), cwd=ROOT).stdout
     finally:
         data.chmod(0o700)
 
