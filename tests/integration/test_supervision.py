@@ -219,6 +219,28 @@ def test_given_the_broker_killed_then_it_is_restarted_empty_and_new_events_are_p
     assert 'gongpei_process_restarts_total{process="broker"} 1.0' in text
     lost = next(x for x in text.splitlines() if x.startswith("gongpei_relay_broker_data_loss_total"))
     assert float(lost.split()[-1]) >= 1  # the relay noticed and re-published the journal
+    assert up.restarts() == {**restarts, "broker": restarts["broker"] + 1}  # the rest rode it
+
+
+def test_given_a_gateway_down_and_not_yet_restarted_then_healthz_is_degraded_and_status_says_so(
+        up: Up) -> None:
+    assert up.proc is not None
+    gateway = up.state()["processes"]["sms-gateway-tencent"]["pid"]
+    os.kill(up.proc.pid, signal.SIGSTOP)  # the supervisor cannot notice for a moment
+    try:
+        os.kill(gateway, signal.SIGKILL)
+        wait_for(lambda: not pid_running(gateway), 10, "the gateway gone")
+        r = healthz(up)
+        assert r is not None and r.status_code == 200, r  # the API still takes uploads
+        assert r.json() == {"status": "degraded", "down": {"sms-gateway-tencent": {"since": None}}}
+        status = gongpei("status", "--state-dir", str(up.state_dir), cwd=ROOT)
+        line = next(x for x in status.stdout.splitlines() if x.startswith("  sms-gateway-tencent"))
+        assert status.returncode == 1 and "NO" in line and "DOWN (not yet noticed)" in line, line
+    finally:
+        os.kill(up.proc.pid, signal.SIGCONT)
+    wait_for(lambda: (r := healthz(up)) is not None and r.json() == {"status": "ok"}, 20,
+             "the gateway restarted")
+    assert pid_running(up.state()["processes"]["sms-gateway-tencent"]["pid"])
 
 
 def test_given_the_supervisor_killed_then_no_process_is_left_and_a_new_start_works(up: Up) -> None:
@@ -234,3 +256,4 @@ def test_given_the_supervisor_killed_then_no_process_is_left_and_a_new_start_wor
     r = httpx.get(f"{up.api}/v1/parcels", params={"limit": 1}, headers=bearer(manager), timeout=10)
     assert r.status_code == 200, r.text
     assert up.restarts() == dict.fromkeys(up.restarts(), 0)
+    assert up.metric_restarts("postgres") == up.metric_restarts("api") == 0  # a new count
