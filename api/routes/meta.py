@@ -21,8 +21,8 @@ router = APIRouter(tags=["meta"])
 
 # The database is away (down, restarting, in crash recovery, or out of connections).
 _DB_AWAY = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
-            asyncpg.exceptions.InterfaceError, asyncpg.exceptions._base.InternalClientError,
-            OSError, TimeoutError)
+            asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.InterfaceError,
+            asyncpg.exceptions._base.InternalClientError, OSError, TimeoutError)
 
 
 def _supervised_down() -> dict[str, str | None]:
