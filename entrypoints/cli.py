@@ -370,11 +370,12 @@ def cmd_topic(args: argparse.Namespace) -> None:
 
 def cmd_status(args: argparse.Namespace) -> None:
     """What an embedded platform runs, where, and how healthy; exit 1 if any part is down."""
+    import urllib.error
     import urllib.request
 
     import asyncpg
 
-    from entrypoints.platform import pid_running
+    from infra.embedded import parts_down
 
     state_dir, state = _running_platform(args.state_dir)
     env: dict[str, str] = dict(state["env"])
@@ -387,6 +388,8 @@ def cmd_status(args: argparse.Namespace) -> None:
         with urllib.request.urlopen(f"{api}/healthz", timeout=3) as r:
             health = f"/healthz {r.status}"
             healthy &= r.status == 200
+    except urllib.error.HTTPError as exc:  # 503: the database does not answer the API
+        health, healthy = f"/healthz {exc.code}", False
     except OSError as exc:
         health, healthy = f"/healthz failed ({type(exc).__name__})", False
     print(f"  API       {api}  ({health})")
@@ -394,19 +397,28 @@ def cmd_status(args: argparse.Namespace) -> None:
     print(f"  dashboard {api}/dashboard?token="
           + (manager.read_text().strip() if manager.is_file() else "<a manager token>"))
     print(f"  metrics   {api}/metrics\n  county    {state['county_file']}")
+    down = parts_down(state)
+    parts = {"postgres": state["postgres"], "broker": state["broker"], **dict(state["processes"])}
+
+    def since(part: str) -> str:
+        # Down: since when the supervisor noticed (it is restarting it, with backoff).
+        if part not in down:
+            return ""
+        error = dict(parts[part]).get("last_error")  # type: ignore[call-overload]
+        return (f"  DOWN since {down[part]}" if down[part] else "  DOWN (not yet noticed)") + (
+            f" (last restart: {error})" if error else "")
+
+    healthy &= not down
     for part, what in (("postgres", env["DATABASE_URL"]),
                        ("broker", f"{env['KAFKA_BOOTSTRAP_SERVERS']} (Tansu, in memory)")):
         info = dict(state[part])
-        alive = pid_running(info.get("pid"))
-        healthy &= alive
         print(f"  {'database' if part == 'postgres' else part:<9} {what}  pid {info.get('pid')}"
-              f" {'alive' if alive else 'DOWN'}")
+              f" {'DOWN' if part in down else 'alive'}, restarts {info.get('restarts', 0)}"
+              f"{since(part)}")
     print(f"  {'process':<20} {'pid':>8}  {'alive':<5}  restarts  log")
     for name, info in dict(state["processes"]).items():
-        alive = pid_running(info.get("pid"))
-        healthy &= alive
-        print(f"  {name:<20} {info.get('pid') or '-':>8}  {'yes' if alive else 'NO':<5}"
-              f"  {info.get('restarts', 0):>8}  {info.get('log')}")
+        print(f"  {name:<20} {info.get('pid') or '-':>8}  {'NO' if name in down else 'yes':<5}"
+              f"  {info.get('restarts', 0):>8}  {info.get('log')}{since(name)}")
 
     async def relay_lag() -> str:
         conn = await asyncpg.connect(env["DATABASE_URL"], timeout=5)
@@ -553,17 +565,20 @@ def cmd_up(args: argparse.Namespace) -> None:
         print("  status    .venv/bin/gongpei status (and .venv/bin/gongpei token create …: no"
               " settings to export)")
         print("Ctrl-C stops everything.\n", flush=True)
+        if demo is not None:
+            demo.start()  # on its own thread: the demo never holds up the supervision below
         while not stopping:
-            if demo is not None:
-                demo.step()
             for name in platform.supervise_once():
-                print(f"restarted {name} (see {state / 'logs' / (name + '.log')})", flush=True)
-            for _ in range(20):
+                log = state / "pg" / "server.log" if name == "postgres" else state / "logs" / f"{name}.log"
+                print(f"restarted {name} (see {log})", flush=True)
+            for _ in range(10):
                 if stopping:
                     break
                 time.sleep(0.1)
     finally:
         print("stopping…", flush=True)
+        if demo is not None:
+            demo.stop()
         platform.stop()
         print("stopped.", flush=True)
 

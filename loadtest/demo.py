@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,9 @@ SORTED = next(i for i, (action, _) in enumerate(LIFECYCLE) if action == "sorted"
 HELD_HOURS = 10  # a held household's centre scan happened this long ago (its leg allows 12)
 # Numbers ending so get a failed delivery report from the local gateway (its default).
 UNREACHABLE_SUFFIX = "4444"
+# Batches an unreachable API did not take are kept and sent again, in order, up to this many
+# (about five minutes of demo); past it the oldest are dropped with a word on the console.
+MAX_UNSENT_BATCHES = 300
 
 
 def demo_county_file(state: Path, base: Path) -> tuple[Path, str]:
@@ -102,6 +106,29 @@ class DemoTraffic:
         self.consents: list[dict[str, Any]] = []  # sent the step after the manifests
         self.arrived: set[tuple[str, str]] = set()  # (trip, township) a vehicle.arrived went for
         self.hold_for = hold_for
+        # (token, events) not yet taken by the API (it was down or restarting): sent first next
+        # step. Resending is safe: event_id is the idempotency key.
+        self.unsent: list[tuple[str, list[dict[str, Any]]]] = []
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, every: float = 2.0) -> None:
+        """Step every `every` seconds on a thread of its own, so that an API that is slow to
+        answer (the database away, a restart under way) never holds up the supervisor's loop."""
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, args=(every,), name="demo", daemon=True)
+        self._thread.start()
+
+    def _run(self, every: float) -> None:
+        while not self._stopping.is_set():
+            began = time.monotonic()
+            self.step()
+            self._stopping.wait(max(0.0, every - (time.monotonic() - began)))
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(15)
 
     # -- tokens ---------------------------------------------------------------------------
 
@@ -161,6 +188,35 @@ class DemoTraffic:
                                  headers={"Authorization": f"Bearer {token}"})
             r.raise_for_status()
 
+    def _send(self, batches: list[tuple[str, list[dict[str, Any]]]]) -> None:
+        """Send what is still unsent, then `batches`, in order; stop at the first the API does
+        not take (down, restarting, 503, 429) and keep the rest for the next step. A batch it
+        refuses as a whole (another 4xx) is dropped: sending it again would not help."""
+        self.unsent += [(token, events) for token, events in batches if events]
+        while self.unsent:
+            token, events = self.unsent[0]
+            try:
+                self._post(token, events)
+            except httpx.HTTPStatusError as exc:
+                status = exc.response.status_code
+                if status < 500 and status != 429:
+                    print(f"demo: a batch was refused ({status}); dropped", flush=True)
+                    self.unsent.pop(0)
+                    continue
+                self._keep_unsent(f"HTTP {status}")
+                return
+            except httpx.HTTPError as exc:
+                self._keep_unsent(type(exc).__name__)
+                return
+            self.unsent.pop(0)
+
+    def _keep_unsent(self, why: str) -> None:
+        dropped = len(self.unsent) - MAX_UNSENT_BATCHES
+        if dropped > 0:
+            del self.unsent[:dropped]
+        print(f"demo: upload failed ({why}); {len(self.unsent)} batches kept to send again"
+              + (f", {dropped} oldest dropped" if dropped > 0 else ""), flush=True)
+
     def _new_household(self, now: datetime) -> list[dict[str, Any]]:
         """A household's order: one to three parcels, possibly of different brands."""
         n = self.households
@@ -217,6 +273,16 @@ class DemoTraffic:
         return out
 
     def step(self) -> None:
+        """One step of the county day. It never raises: the demo is an auxiliary of `gongpei
+        up`, and nothing it meets (the API killed or restarting, the database away, a bug of
+        its own) may stop the supervisor it runs in."""
+        try:
+            self._step()
+        except Exception as exc:  # noqa: BLE001 - see the docstring; the next step goes on
+            # The type only: a message could quote an event, and events carry phone numbers.
+            print(f"demo: a step failed ({type(exc).__name__}); will go on", flush=True)
+
+    def _step(self) -> None:
         now = county_time(self.county, datetime.now(UTC))
         clock = time.monotonic()
         consents, self.consents = self.consents, []
@@ -250,12 +316,8 @@ class DemoTraffic:
         scans += [e for h in due for p in h.parcels if (e := self.traffic.advance(p, now))]
         scans += self.traffic.departures(scans, now) + self._run_arrivals(scans, now)
         self.traffic.parcels.clear()  # the demo keeps its own lists; this one would only grow
-        try:
-            by_brand: dict[str, list[dict[str, Any]]] = {}
-            for event in registrations + consents:
-                by_brand.setdefault(event["brand"], []).append(event)
-            for brand, events in by_brand.items():
-                self._post(self.tokens[f"{brand}-system"], events)
-            self._post(self.tokens["pda-demo"], scans)
-        except httpx.HTTPError as exc:
-            print(f"demo: upload failed ({type(exc).__name__}); will go on", flush=True)
+        by_brand: dict[str, list[dict[str, Any]]] = {}
+        for event in registrations + consents:
+            by_brand.setdefault(event["brand"], []).append(event)
+        self._send([*((self.tokens[f"{brand}-system"], events) for brand, events in by_brand.items()),
+                    (self.tokens["pda-demo"], scans)])

@@ -73,6 +73,12 @@ SMS_OVERDUE = Gauge(
     "SMS due for over five minutes that no provider has accepted yet (villagers not yet told)",
     multiprocess_mode="livemax",
 )
+PROCESS_RESTARTS = Counter(
+    "gongpei_process_restarts",
+    "Times the embedded supervisor restarted a process that died (postgres, broker, a service or"
+    " gateway); written by the supervisor itself, at 0 from the start for every process",
+    ["process"],
+)
 
 
 PROJECTIONS = ("tracking", "sla", "ledger", "sms")

@@ -3,22 +3,62 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Response
+import asyncpg
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from api.deps import PoolDep
 from api.schema import scan_batch_schema
+from infra.embedded import parts_down, read_state
 
 router = APIRouter(tags=["meta"])
 
 
-@router.get("/healthz", summary="Liveness and database reachability")
-async def healthz(pool: PoolDep) -> dict[str, Any]:
-    async with pool.acquire() as conn:
-        await conn.fetchval("SELECT 1")
-    return {"status": "ok"}
+# The database is away (down, restarting, in crash recovery, or out of connections).
+_DB_AWAY = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError,
+            asyncpg.exceptions.InsufficientResourcesError, asyncpg.exceptions.InterfaceError,
+            asyncpg.exceptions._base.InternalClientError, OSError, TimeoutError)
+
+
+def _supervised_down() -> dict[str, str | None]:
+    """Under the embedded supervisor (our parent, which writes the state file): the parts it
+    shows down and since when. Elsewhere (production, or a stale file): nothing to add."""
+    folder = os.environ.get("GONGPEI_STATE_DIR")
+    state = read_state(Path(folder)) if folder else None
+    if not state or state.get("supervisor_pid") != os.getppid() or state.get("stopped_at"):
+        return {}
+    return parts_down(state)
+
+
+@router.get("/healthz", summary="Liveness, database reachability and which supervised part is"
+            " down since when",
+            responses={503: {"description": "The database does not answer: every write is"
+                                            " refused; retry after `Retry-After` seconds"}})
+async def healthz(request: Request, pool: PoolDep) -> JSONResponse:
+    """200 `{"status": "ok"}`; 200 `degraded` when the database answers but a supervised part
+    is down (the API still takes uploads); 503 `down` when the database does not answer."""
+    down = _supervised_down()
+    try:
+        async with pool.acquire(timeout=3) as conn:
+            await conn.fetchval("SELECT 1", timeout=3)
+        request.app.state.db_away_since = None
+        down.pop("postgres", None)  # it answers us: back, whatever the supervisor last wrote
+    except _DB_AWAY:
+        first = getattr(request.app.state, "db_away_since", None) or datetime.now(UTC).isoformat()
+        request.app.state.db_away_since = first
+        down["postgres"] = down.get("postgres") or first
+    if not down:
+        return JSONResponse({"status": "ok"})
+    body = {"status": "down" if "postgres" in down else "degraded",
+            "down": {name: {"since": since} for name, since in sorted(down.items())}}
+    if "postgres" in down:
+        return JSONResponse(body, 503, headers={"Retry-After": "2"})
+    return JSONResponse(body)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
