@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
 import asyncpg
@@ -49,6 +49,14 @@ def _rate(on_time: int, late: int) -> int | None:
     return None if on_time + late == 0 else on_time * 1000 // (on_time + late)
 
 
+# A leg is late on a day if it ended late that day, or if it has not ended and its time ran out
+# (by "now") that day: every figure below counts late legs with this one predicate.
+# An open leg counts on the county day of its due time, so its due time lies within a day of that
+# day's UTC midnight: the redundant range lets the partial index on open legs' due_at do the work.
+_OVERDUE = ("outcome = 'open' AND due_at < {now} AND due_at >= {first}::date - 1"
+            " AND due_at < {last}::date + 2")
+
+
 async def rates(conn: asyncpg.Connection, first: date, last: date, now: datetime,
                 where: Slice = Slice()) -> list[dict[str, Any]]:
     """Per day and leg: finished on time, late (finished late, or overdue and still open)."""
@@ -56,8 +64,9 @@ async def rates(conn: asyncpg.Connection, first: date, last: date, now: datetime
     rows = await conn.fetch(
         f"WITH done AS (SELECT day, leg, sum(on_time) AS on_time, sum(late) AS late FROM sla_daily"
         f" WHERE day BETWEEN $1 AND $2{cond} GROUP BY day, leg),"
-        f" overdue AS (SELECT day, leg, count(*) AS n FROM sla_legs WHERE outcome = 'open'"
-        f" AND due_at < $3 AND day BETWEEN $1 AND $2{cond} GROUP BY day, leg)"
+        f" overdue AS (SELECT day, leg, count(*) AS n FROM sla_legs WHERE"
+        f" {_OVERDUE.format(now='$3', first='$1', last='$2')} AND day BETWEEN $1 AND $2{cond}"
+        f" GROUP BY day, leg)"
         f" SELECT coalesce(d.day, o.day) AS day, coalesce(d.leg, o.leg) AS leg,"
         f" coalesce(d.on_time, 0)::int AS on_time, coalesce(d.late, 0)::int AS finished_late,"
         f" coalesce(o.n, 0)::int AS overdue FROM done d FULL JOIN overdue o USING (day, leg)"
@@ -65,11 +74,6 @@ async def rates(conn: asyncpg.Connection, first: date, last: date, now: datetime
     return [{"day": str(r["day"]), "leg": r["leg"], "on_time": r["on_time"],
              "late": r["finished_late"] + r["overdue"], "overdue_open": r["overdue"],
              "rate_permille": _rate(r["on_time"], r["finished_late"] + r["overdue"])} for r in rows]
-
-
-# A leg is late on a day if it ended late that day, or if it has not ended and its time ran out
-# (by "now") that day: every figure below counts late legs with this one predicate.
-_OVERDUE = "outcome = 'open' AND due_at < {now}"
 
 
 async def by_area(conn: asyncpg.Connection, day: date, leg: str, level: str, now: datetime,
@@ -82,7 +86,7 @@ async def by_area(conn: asyncpg.Connection, day: date, leg: str, level: str, now
         f"SELECT area, sum(on_time)::int AS on_time, sum(late)::int AS late FROM ("
         f" SELECT {level} AS area, on_time, late FROM sla_daily WHERE day = $1 AND leg = $2{cond}"
         f" UNION ALL SELECT {level}, 0, 1 FROM sla_legs WHERE day = $1 AND leg = $2"
-        f" AND {_OVERDUE.format(now='$3')}{cond}) x"
+        f" AND {_OVERDUE.format(now='$3', first='$1', last='$1')}{cond}) x"
         f" GROUP BY area ORDER BY area", day, leg, now, *params)
     return [{"id": r["area"] or None, "on_time": r["on_time"], "late": r["late"],
              "rate_permille": _rate(r["on_time"], r["late"])} for r in rows]
@@ -95,7 +99,7 @@ async def breaches(conn: asyncpg.Connection, day: date, now: datetime, where: Sl
             " minutes_over, cause, outcome")
     # Two index-backed reads (finished late; overdue and still open) rather than one OR.
     rows = await conn.fetch(
-        f"(SELECT {cols} FROM sla_legs WHERE {_OVERDUE.format(now='$2')} AND day = $1{cond}"
+        f"(SELECT {cols} FROM sla_legs WHERE {_OVERDUE.format(now='$2', first='$1', last='$1')} AND day = $1{cond}"
         f" ORDER BY due_at LIMIT {int(limit)}) UNION ALL"
         f" (SELECT {cols} FROM sla_legs WHERE outcome = 'late' AND day = $1{cond}"
         f" ORDER BY minutes_over DESC LIMIT {int(limit)})", day, now, *params)
@@ -110,10 +114,12 @@ async def causes_by_leg(conn: asyncpg.Connection, day: date, *, now: datetime,
     """Per leg, the day's late legs (ended late, or overdue at "now") by cause."""
     cond, params = where.where(3)
     # A row journalled before open legs carried a cause (or never re-evaluated since) says NULL.
+    # Two index-backed reads (finished late; overdue and still open) rather than one OR.
     rows = await conn.fetch(
-        f"SELECT leg, coalesce(cause, 'not_arrived') AS cause, count(*)::int AS n FROM sla_legs"
-        f" WHERE day = $1 AND (outcome = 'late' OR {_OVERDUE.format(now='$2')}){cond}"
-        f" GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2", day, now, *params)
+        f"SELECT leg, coalesce(cause, 'not_arrived') AS cause, count(*)::int AS n FROM ("
+        f" (SELECT leg, cause FROM sla_legs WHERE outcome = 'late' AND day = $1{cond}) UNION ALL"
+        f" (SELECT leg, cause FROM sla_legs WHERE {_OVERDUE.format(now='$2', first='$1', last='$1')} AND day = $1{cond})"
+        f") x GROUP BY 1, 2 ORDER BY 1, 3 DESC, 2", day, now, *params)
     out: dict[str, dict[str, int]] = {}
     for r in rows:
         out.setdefault(r["leg"], {})[r["cause"]] = r["n"]
@@ -124,7 +130,14 @@ async def causes(conn: asyncpg.Connection, day: date, where: Slice = Slice(), *,
                  now: datetime) -> dict[str, int]:
     """The day's late legs of every leg by cause, most frequent first: they add up to the late
     count of `rates` for that day, overdue legs included."""
-    return sum_causes(await causes_by_leg(conn, day, now=now, where=where))
+    cond, params = where.where(3)
+    # Without the leg, the finished late legs' causes come from their partial index alone.
+    rows = await conn.fetch(
+        f"SELECT coalesce(cause, 'not_arrived') AS cause, count(*)::int AS n FROM ("
+        f" (SELECT cause FROM sla_legs WHERE outcome = 'late' AND day = $1{cond}) UNION ALL"
+        f" (SELECT cause FROM sla_legs WHERE {_OVERDUE.format(now='$2', first='$1', last='$1')}"
+        f" AND day = $1{cond})) x GROUP BY 1", day, now, *params)
+    return sum_causes({"": {r["cause"]: r["n"] for r in rows}})
 
 
 def sum_causes(by_leg: dict[str, dict[str, int]]) -> dict[str, int]:
@@ -144,29 +157,42 @@ _AT_RISK_ENDED = ("outcome <> 'open' AND day >= $2 AND end_at > $1 AND due_at >=
                   " AND at_risk_at <= $1")
 
 
-def _day_floor(now: datetime) -> date:
-    return (now - timedelta(days=1)).date()  # at or before now's date in any UTC offset
+def _day_floor(now: datetime, tz: tzinfo | None) -> date:
+    """The county day of `now` (a leg ending after it counts on that day or later); without the
+    county's zone, a day early, which is at or before it in any zone."""
+    return now.astimezone(tz).date() if tz is not None else (now - timedelta(days=1)).date()
 
 
-async def at_risk(conn: asyncpg.Connection, now: datetime, where: Slice = Slice(),
-                  limit: int = 100) -> list[dict[str, Any]]:
-    """Legs at risk at `now`, the least time left first."""
+async def at_risk_queue(conn: asyncpg.Connection, now: datetime, where: Slice = Slice(),
+                        limit: int = 100, *, tz: tzinfo | None = None
+                        ) -> tuple[list[dict[str, Any]], int]:
+    """Legs at risk at `now`, the least time left first (at most `limit`), and how many in all."""
     cond, params = where.where(3)
     cols = "waybill, leg, brand, route_id, township, village, start_at, due_at, end_at"
     # Two index-backed reads (still open; ended after "now") rather than one OR.
     rows = await conn.fetch(
-        f"SELECT * FROM ((SELECT {cols} FROM sla_legs WHERE {_AT_RISK_OPEN}{cond})"
-        f" UNION ALL (SELECT {cols} FROM sla_legs WHERE {_AT_RISK_ENDED}{cond})) x"
-        f" ORDER BY due_at, waybill, leg LIMIT {int(limit)}", now, _day_floor(now), *params)
-    return [{**_leg(r), "minutes_left": int((r["due_at"] - now).total_seconds() // 60)} for r in rows]
+        f"WITH x AS ((SELECT {cols} FROM sla_legs WHERE {_AT_RISK_OPEN}{cond})"
+        f" UNION ALL (SELECT {cols} FROM sla_legs WHERE {_AT_RISK_ENDED}{cond}))"
+        f" SELECT *, count(*) OVER () AS total FROM x ORDER BY due_at, waybill, leg"
+        f" LIMIT {int(limit)}", now, _day_floor(now, tz), *params)
+    total = rows[0]["total"] if rows else 0
+    return [{**_leg(r), "minutes_left": int((r["due_at"] - now).total_seconds() // 60)}
+            for r in rows], total
 
 
-async def at_risk_count(conn: asyncpg.Connection, now: datetime, where: Slice = Slice()) -> int:
+async def at_risk(conn: asyncpg.Connection, now: datetime, where: Slice = Slice(),
+                  limit: int = 100, *, tz: tzinfo | None = None) -> list[dict[str, Any]]:
+    """Legs at risk at `now`, the least time left first."""
+    return (await at_risk_queue(conn, now, where, limit, tz=tz))[0]
+
+
+async def at_risk_count(conn: asyncpg.Connection, now: datetime, where: Slice = Slice(), *,
+                        tz: tzinfo | None = None) -> int:
     cond, params = where.where(3)
     n: int = await conn.fetchval(
         f"SELECT (SELECT count(*) FROM sla_legs WHERE {_AT_RISK_OPEN}{cond})"
         f" + (SELECT count(*) FROM sla_legs WHERE {_AT_RISK_ENDED}{cond})",
-        now, _day_floor(now), *params)
+        now, _day_floor(now, tz), *params)
     return n
 
 
@@ -213,7 +239,7 @@ async def runs(conn: asyncpg.Connection, day: date, tolerance_minutes: int,
 
 def _unrecorded(county: County, day: date, seen: set[str], now: datetime | None) -> list[dict[str, Any]]:
     """Timetabled runs of the day with no recorded trip: not due yet, or not seen leaving."""
-    tz = timezone(timedelta(minutes=county.utc_offset_minutes))
+    tz = _county_tz(county)
     out: list[dict[str, Any]] = []
     for route in county.routes:
         for run in route.runs:
@@ -241,16 +267,21 @@ async def coverage(conn: asyncpg.Connection, county: County, day: date) -> dict[
             "reached_permille": len(reached) * 1000 // len(villages) if villages else None}
 
 
+def _county_tz(county: County) -> timezone:
+    return timezone(timedelta(minutes=county.utc_offset_minutes))
+
+
 async def export_gauges(conn: asyncpg.Connection, county: County, now: datetime) -> None:
     """Today's on-time ratio and at-risk count per leg, for Prometheus alert rules."""
     async with conn.transaction(readonly=True):
         await conn.execute("SELECT set_config('gongpei.brand_scope', '*', true)")
-        today = now.astimezone(timezone(timedelta(minutes=county.utc_offset_minutes))).date()
+        today = now.astimezone(_county_tz(county)).date()
         for row in await rates(conn, today, today, now):
             if row["rate_permille"] is not None:
                 SLA_ON_TIME.labels(leg=row["leg"]).set(row["rate_permille"] / 1000)
         for leg in county.sla.legs:
-            SLA_AT_RISK.labels(leg=leg.id).set(await at_risk_count(conn, now, Slice(leg=leg.id)))
+            SLA_AT_RISK.labels(leg=leg.id).set(
+                await at_risk_count(conn, now, Slice(leg=leg.id), tz=_county_tz(county)))
 
 
 async def dashboard(conn: asyncpg.Connection, county: County, day: date, now: datetime,
@@ -272,6 +303,7 @@ async def dashboard(conn: asyncpg.Connection, county: County, day: date, now: da
         return [{**a, "name": names.get(a["id"] or "", a["id"] or "目的地未登记")} for a in rows]
 
     villages = areas(await by_area(conn, day, village_leg, "village", now, where))
+    risk, risk_total = await at_risk_queue(conn, now, where, 30, tz=_county_tz(county))
     # Those needing attention first: any late leg, then the lowest rate.
     villages.sort(key=lambda a: (a["late"] == 0, a["rate_permille"] or 0, a["id"] or ""))
     return {
@@ -292,8 +324,8 @@ async def dashboard(conn: asyncpg.Connection, county: County, day: date, now: da
         "causes": [{"cause": c, "label": CAUSE_LABELS.get(c, c), "count": n}
                    for c, n in sum_causes(by_leg).items()],
         "at_risk": [{**a, "village_name": names.get(a["village"] or "", a["village"])}
-                    for a in await at_risk(conn, now, where, limit=30)],
-        "at_risk_total": await at_risk_count(conn, now, where),
+                    for a in risk],
+        "at_risk_total": risk_total,
         "runs": await runs(conn, day, sla.run_tolerance_minutes, county, now),
         "coverage": await coverage(conn, county, day),
     }

@@ -161,7 +161,8 @@ async def at_risk(principal: PrincipalDep, pool: PoolDep, county: CountyDep, whe
     _county_sla(county)
     at = parse_now(now)
     async with q.snapshot(pool, principal.brand_scope) as conn:
-        return county_time({"now": at, "at_risk": await q.at_risk(conn, at, where)}, _tz(county))
+        return county_time({"now": at, "at_risk": await q.at_risk(conn, at, where, tz=_tz(county))},
+                           _tz(county))
 
 
 @router.get("/v1/sla/runs", summary="Fixed-run punctuality and village coverage for a day",

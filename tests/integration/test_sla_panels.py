@@ -274,7 +274,7 @@ def busy_parcels(batch: int, size: int) -> list[dict[str, Any]]:
         elif kind == 2:
             scans += [(3.0, "arrived", "TWN-XILIU")]  # misrouted, still there
         out.append(ev("parcel.registered", (base - timedelta(hours=4)).isoformat(), {
-            "waybill": waybill, "recipient_phone": "13700004444", "destination_village": village,
+            "waybill": waybill, "recipient_phone": "13700005555", "destination_village": village,
             "weight_g": 400}))
         out += [ev("parcel.scanned", (base + timedelta(hours=h)).isoformat(),
                    {"waybill": waybill, "action": a, "node_id": n,
