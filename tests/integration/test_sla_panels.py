@@ -339,3 +339,12 @@ def test_given_traffic_flowing_then_every_dashboard_answer_agrees_with_itself(
     assert {c["cause"]: c["count"] for c in done["causes"]} == {
         "misrouted": 600, "not_arrived": 600, "missing_scan": 600}
     assert answers >= 10, answers
+
+
+def test_the_openapi_document_states_the_time_convention_and_the_400(client: httpx.Client) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ACCEPTS:
+        op = paths[path]["get"]
+        assert "county time" in op["description"] and "400" in op["responses"], path
+        params = {p["name"]: p for p in op["parameters"]}
+        assert "UTC offset" in params["now"]["description"], path
