@@ -31,10 +31,10 @@ from domain.events import (
 )
 
 CAUSES = ("problem", "misrouted", "missing_scan", "run_departed_late", "run_arrived_late",
-          "missed_run", "unknown")
+          "missed_run", "not_arrived", "unknown")
 CAUSE_LABELS = {"problem": "问题件", "misrouted": "错分", "missing_scan": "漏扫",
                 "run_departed_late": "班车晚发", "run_arrived_late": "班车晚到",
-                "missed_run": "未赶上班车", "unknown": "原因不明"}
+                "missed_run": "未赶上班车", "not_arrived": "超时未到", "unknown": "原因不明"}
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class LegOutcome:
     end_at: datetime | None
     outcome: str              # on_time | late | open (open legs become at_risk/late with "now")
     minutes_over: int | None
-    cause: str | None
+    cause: str | None         # late: why; open: why, should "now" pass its due time unended
     day: date                 # county-local day the outcome counts on (end, else due)
     start_event: str
     end_event: str | None
@@ -221,26 +221,33 @@ def evaluate_facts(waybill: str, scans: Iterable[ScanFact], regs: Iterable[Regis
         village = first.node_id
     township = county.nodes[village].parent if village in county.nodes else None
     brand = (regs[-1].brand if regs else first.brand)
-    # Where a leg may end: the parcel's own township or village, once its destination is known.
+    # Where a leg may start and end: the parcel's own centre, township or village, once its
+    # destination is known. A scan at another township (misrouted) starts and ends nothing: the
+    # township → village leg is that of the parcel's own station, filed under it; the detour
+    # shows as the cause of the legs it delays.
     own = dict(zip(("county", "township", "village"), county.planned_chain(village))) \
         if village in county.nodes and not upward else {}
     route = route_for(county, village)
+
+    def ours(s: ScanFact, tier: str) -> bool:
+        return _tier(county, s.node_id) == tier and s.node_id == own.get(tier, s.node_id)
+
     out = []
     for rule in sla.legs:
         if (rule.direction == "up") != upward:
             continue
-        start = next((s for s in scans if _tier(county, s.node_id) == rule.from_tier), None)
+        start = next((s for s in scans if ours(s, rule.from_tier)), None)
         if start is None:
             continue
         end = next((s for s in scans if s.occurred_at >= start.occurred_at
-                    and _tier(county, s.node_id) == rule.to_tier
-                    and s.node_id == own.get(rule.to_tier, s.node_id)
-                    and s.action != "problem"), None)
+                    and ours(s, rule.to_tier) and s.action != "problem"), None)
         due = _due(rule, start.occurred_at, county)
         span = due - start.occurred_at
         at_risk_at = start.occurred_at + span * sla.at_risk_permille / 1000
         if end is None:
-            outcome, over, cause = "open", None, None
+            # Why it would be late if "now" passes its due time: what its scans show so far.
+            outcome, over = "open", None
+            cause = breach_cause(rule, start, None, scans, regs, trips, county, sla)
         elif end.occurred_at <= due:
             outcome, over, cause = "on_time", None, None
         else:
@@ -255,11 +262,15 @@ def evaluate_facts(waybill: str, scans: Iterable[ScanFact], regs: Iterable[Regis
     return out
 
 
-def breach_cause(rule: LegRule, start: ScanFact, end: ScanFact, scans: Sequence[ScanFact],
+def breach_cause(rule: LegRule, start: ScanFact, end: ScanFact | None, scans: Sequence[ScanFact],
                  regs: Sequence[RegistrationFact], trips: Mapping[str, Sequence[MoveFact]],
                  county: County, sla: SlaConfig) -> str:
-    """The first cause the events show, in order of how directly they explain the delay."""
-    window = [s for s in scans if start.occurred_at <= s.occurred_at <= end.occurred_at]
+    """The first cause the events show, in order of how directly they explain the delay.
+
+    `end` is None for a leg that has not ended: its scans so far are read, a scan it has not
+    had yet is not "missing", and if nothing explains it the cause is `not_arrived`."""
+    window = [s for s in scans if start.occurred_at <= s.occurred_at
+              and (end is None or s.occurred_at <= end.occurred_at)]
     if any(s.action == "problem" for s in window):
         return "problem"
     if regs:
@@ -271,7 +282,7 @@ def breach_cause(rule: LegRule, start: ScanFact, end: ScanFact, scans: Sequence[
     actions = {s.action for s in window}
     tiers = {_tier(county, s.node_id) for s in window}
     skipped = rule.from_tier == "county" and rule.to_tier == "village" and "township" not in tiers
-    if skipped or any(a not in actions for a in rule.expect_actions):
+    if end is not None and (skipped or any(a not in actions for a in rule.expect_actions)):
         return "missing_scan"
     tolerance = timedelta(minutes=sla.run_tolerance_minutes)
     trip_id = next((s.trip_id for s in window if s.action == "loaded" and s.trip_id), None)
@@ -286,7 +297,7 @@ def breach_cause(rule: LegRule, start: ScanFact, end: ScanFact, scans: Sequence[
                                               if regs else None), start.occurred_at)
         if expected is not None and departed.scheduled_at > expected + tolerance:
             return "missed_run"
-    return "unknown"
+    return "unknown" if end is not None else "not_arrived"
 
 
 def next_run(county: County, route_id: str | None, after: datetime) -> datetime | None:

@@ -1,4 +1,7 @@
-"""On-time delivery for the county logistics manager (and each brand, for its own parcels)."""
+"""On-time delivery for the county logistics manager (and each brand, for its own parcels).
+
+Every time in these answers is county time (the county's UTC offset, +08:00 for 海城), for the
+people who read them; `now=` and `day=` are ISO 8601 and anything else is 400."""
 
 from __future__ import annotations
 
@@ -13,14 +16,24 @@ from api.auth import Principal
 from api.deps import CountyDep, PoolDep, PrincipalDep, require_role
 from api.errors import ApiError
 from domain.county import County
-from domain.sla import CAUSE_LABELS
-from projections import ledger_queries
 from projections import sla_queries as q
 
 router = APIRouter(tags=["on-time delivery"])
 VIEWERS = ("manager", "admin", "brand")
 DASHBOARD = FsPath(__file__).resolve().parents[1] / "static" / "dashboard.html"
 ID = r"^[A-Za-z0-9._:-]{1,64}$"
+YEARS = range(2000, 2100)  # far enough either way; outside it date arithmetic would overflow
+
+TIMES = "Times in the answer are county time (ISO 8601 with the county's offset, +08:00)."
+NOW_DOC = ("Replay the clock: an ISO 8601 time with its UTC offset, e.g. 2026-11-11T07:00:00+08:00"
+           " (encode '+' as %2B). Default: the present. Anything else is 400 `invalid_time`.")
+DAY_DOC = ("A county-time day, YYYY-MM-DD. Default: today in county time (at `now`)."
+           " Anything else is 400 `invalid_date`.")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "`now`, `day`, `from` or `to` is not an ISO 8601 time or day"
+                         " (`invalid_time`, `invalid_date`)"},
+    404: {"description": "no SLA configuration, or a brand this token may not see"},
+}
 
 
 def _county_sla(county: County) -> Any:
@@ -29,14 +42,54 @@ def _county_sla(county: County) -> Any:
     return county.sla
 
 
-def _now(now: datetime | None) -> datetime:
-    if now is not None and now.tzinfo is None:
-        raise ApiError(422, "naive_timestamp", "'now' needs a UTC offset", "$.now")
-    return now or datetime.now(UTC)
+def _tz(county: County) -> timezone:
+    return timezone(timedelta(minutes=county.utc_offset_minutes))
+
+
+def parse_now(raw: str | None, field: str = "now") -> datetime:
+    """An ISO 8601 time with offset, or 400; never a number read as seconds since 1970."""
+    if raw is None:
+        return datetime.now(UTC)
+    try:
+        at = (datetime.fromisoformat(raw.strip())
+              if len(raw) <= 40 and "-" in raw and ":" in raw else None)
+    except ValueError:
+        at = None
+    if at is None or at.year not in YEARS:
+        hint = " ('+' must be sent as %2B)" if " " in raw.strip() else ""
+        raise ApiError(400, "invalid_time", f"'{field}' must be an ISO 8601 time with its UTC offset,"
+                       f" e.g. 2026-11-11T07:00:00+08:00{hint}", f"$.{field}")
+    if at.tzinfo is None:
+        raise ApiError(400, "invalid_time", f"'{field}' needs a UTC offset, e.g. +08:00", f"$.{field}")
+    return at
+
+
+def parse_day(raw: str | None, field: str = "day") -> date | None:
+    """A YYYY-MM-DD day, or 400."""
+    if raw is None:
+        return None
+    try:
+        day = date.fromisoformat(raw) if len(raw) == 10 else None
+    except ValueError:
+        day = None
+    if day is None or day.year not in YEARS:
+        raise ApiError(400, "invalid_date", f"'{field}' must be a day as YYYY-MM-DD", f"$.{field}")
+    return day
 
 
 def _today(county: County, now: datetime) -> date:
-    return now.astimezone(timezone(timedelta(minutes=county.utc_offset_minutes))).date()
+    return now.astimezone(_tz(county)).date()
+
+
+def county_time(value: Any, tz: timezone) -> Any:
+    """The answer with every datetime in county time, as ISO 8601."""
+    if isinstance(value, datetime):
+        return value.astimezone(tz).isoformat()
+    if isinstance(value, dict):
+        return {k: county_time(v, tz) for k, v in value.items()}
+    if isinstance(value, list):
+        return [county_time(v, tz) for v in value]
+    return value
 
 
 def slice_for(principal: Principal, leg: str | None, route: str | None, township: str | None,
@@ -58,90 +111,92 @@ async def _slice(principal: PrincipalDep, leg: str | None = Query(None, pattern=
 
 
 SliceDep = Annotated[q.Slice, Depends(_slice)]
+NowParam = Annotated[str | None, Query(description=NOW_DOC)]
+DayParam = Annotated[str | None, Query(description=DAY_DOC)]
 
 
-@router.get("/v1/sla/rates", summary="On-time rate per day and leg, in any slice")
+@router.get("/v1/sla/rates", summary="On-time rate per day and leg, in any slice",
+            description="Late counts legs that ended late and legs still open past their due time"
+                        f" (at `now`). {TIMES}", responses=ERRORS)
 async def rates(principal: PrincipalDep, pool: PoolDep, county: CountyDep, where: SliceDep,
-                first: Annotated[date | None, Query(alias="from")] = None,
-                last: Annotated[date | None, Query(alias="to")] = None,
-                now: datetime | None = None) -> dict[str, Any]:
+                first: Annotated[str | None, Query(alias="from", description=DAY_DOC)] = None,
+                last: Annotated[str | None, Query(alias="to", description=DAY_DOC)] = None,
+                now: NowParam = None) -> dict[str, Any]:
     require_role(principal, *VIEWERS)
     _county_sla(county)
-    now = _now(now)
-    last = last or _today(county, now)
-    first = first or last - timedelta(days=13)
-    if (last - first).days > 366 or last < first:
+    at = parse_now(now)
+    last_day = parse_day(last, "to") or _today(county, at)
+    first_day = parse_day(first, "from") or last_day - timedelta(days=13)
+    if (last_day - first_day).days > 366 or last_day < first_day:
         raise ApiError(422, "invalid_value", "'from'..'to' must be a range of at most a year", "$.from")
-    async with ledger_queries.scoped(pool, principal.brand_scope) as conn:
-        return {"from": str(first), "to": str(last), "rates": await q.rates(conn, first, last, now, where)}
+    async with q.snapshot(pool, principal.brand_scope) as conn:
+        return county_time({"from": str(first_day), "to": str(last_day), "now": at,
+                            "rates": await q.rates(conn, first_day, last_day, at, where)},
+                           _tz(county))
 
 
-@router.get("/v1/sla/breaches", summary="Late legs of a day, with their causes")
+@router.get("/v1/sla/breaches", summary="Late legs of a day, with their causes",
+            description="Every late leg (ended late, or open past its due time at `now`) has one"
+                        " cause of docs/sla.md; `causes` adds up to the day's late count."
+                        f" {TIMES}", responses=ERRORS)
 async def breaches(principal: PrincipalDep, pool: PoolDep, county: CountyDep, where: SliceDep,
-                   day: date | None = None, now: datetime | None = None) -> dict[str, Any]:
+                   day: DayParam = None, now: NowParam = None) -> dict[str, Any]:
     require_role(principal, *VIEWERS)
     _county_sla(county)
-    now = _now(now)
-    day = day or _today(county, now)
-    async with ledger_queries.scoped(pool, principal.brand_scope) as conn:
-        return {"day": str(day), "breaches": await q.breaches(conn, day, now, where),
-                "causes": await q.causes(conn, day, where)}
+    at = parse_now(now)
+    the_day = parse_day(day) or _today(county, at)
+    async with q.snapshot(pool, principal.brand_scope) as conn:
+        return county_time({"day": str(the_day), "now": at,
+                            "breaches": await q.breaches(conn, the_day, at, where),
+                            "causes": await q.causes(conn, the_day, where, now=at)}, _tz(county))
 
 
-@router.get("/v1/sla/at-risk", summary="Open legs at risk of breaching, least time left first")
+@router.get("/v1/sla/at-risk", summary="Legs at risk of breaching, least time left first",
+            description="The legs that at `now` had used more than their warning share of their"
+                        " time, were not yet due and had not ended (a past `now` replays the"
+                        f" queue as it was then). {TIMES}", responses=ERRORS)
 async def at_risk(principal: PrincipalDep, pool: PoolDep, county: CountyDep, where: SliceDep,
-                  now: datetime | None = None) -> dict[str, Any]:
+                  now: NowParam = None) -> dict[str, Any]:
     require_role(principal, *VIEWERS)
     _county_sla(county)
-    now = _now(now)
-    async with ledger_queries.scoped(pool, principal.brand_scope) as conn:
-        return {"now": now.isoformat(), "at_risk": await q.at_risk(conn, now, where)}
+    at = parse_now(now)
+    async with q.snapshot(pool, principal.brand_scope) as conn:
+        return county_time({"now": at, "at_risk": await q.at_risk(conn, at, where, tz=_tz(county))},
+                           _tz(county))
 
 
-@router.get("/v1/sla/runs", summary="Fixed-run punctuality and village coverage for a day")
+@router.get("/v1/sla/runs", summary="Fixed-run punctuality and village coverage for a day",
+            description="Every recorded trip of the day (late ones first) and every timetabled run"
+                        f" with no trip recorded, with route names. {TIMES}", responses=ERRORS)
 async def runs(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
-               day: date | None = None) -> dict[str, Any]:
+               day: DayParam = None, now: NowParam = None) -> dict[str, Any]:
     require_role(principal, *VIEWERS)
     sla = _county_sla(county)
-    day = day or _today(county, _now(None))
-    async with ledger_queries.scoped(pool, principal.brand_scope) as conn:
-        return {"day": str(day), **await q.runs(conn, day, sla.run_tolerance_minutes),
-                "coverage": await q.coverage(conn, county, day)}
+    at = parse_now(now)
+    the_day = parse_day(day) or _today(county, at)
+    async with q.snapshot(pool, principal.brand_scope) as conn:
+        return county_time({"day": str(the_day),
+                            **await q.runs(conn, the_day, sla.run_tolerance_minutes, county, at),
+                            "coverage": await q.coverage(conn, county, the_day)}, _tz(county))
 
 
-@router.get("/v1/sla/dashboard", summary="Everything the manager's dashboard shows, in one answer")
+@router.get("/v1/sla/dashboard", summary="Everything the manager's dashboard shows, in one answer",
+            description="All panels are read in one snapshot and count late legs the same way, so"
+                        " the townships, villages and causes add up to the headline per leg."
+                        f" `brand` (or a brand's token) filters every panel. {TIMES}",
+            responses=ERRORS)
 async def dashboard_data(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
-                         where: SliceDep, day: date | None = None,
-                         now: datetime | None = None) -> dict[str, Any]:
+                         where: SliceDep, day: DayParam = None,
+                         now: NowParam = None) -> dict[str, Any]:
     require_role(principal, *VIEWERS)
-    sla = _county_sla(county)
-    now = _now(now)
-    day = day or _today(county, now)
-    names = {n.id: n.name for n in county.nodes.values()}
-    async with ledger_queries.scoped(pool, principal.brand_scope) as conn:
-        trend = await q.rates(conn, day - timedelta(days=13), day, now, where)
-        main_leg = sla.legs[0].id
-        result = {
-            "county": county.name, "day": str(day), "now": now.isoformat(),
-            "target_permille": sla.target_permille,
-            "legs": [{"id": leg.id, "name": leg.name,
-                      **next(({k: r[k] for k in ("on_time", "late", "rate_permille")}
-                              for r in trend if r["leg"] == leg.id and r["day"] == str(day)),
-                             {"on_time": 0, "late": 0, "rate_permille": None})}
-                     for leg in sla.legs],
-            "trend": trend,
-            "townships": [{**a, "name": names.get(a["id"], a["id"])}
-                          for a in await q.by_area(conn, day, main_leg, "township")],
-            "villages": [{**a, "name": names.get(a["id"], a["id"])}
-                         for a in await q.by_area(conn, day, "township_to_village", "village")],
-            "causes": [{"cause": c, "label": CAUSE_LABELS.get(c, c), "count": n}
-                       for c, n in (await q.causes(conn, day, where)).items()],
-            "at_risk": [{**a, "village_name": names.get(a["village"] or "", a["village"])}
-                        for a in await q.at_risk(conn, now, where, limit=30)],
-            "runs": await q.runs(conn, day, sla.run_tolerance_minutes),
-            "coverage": await q.coverage(conn, county, day),
-        }
-    return result
+    _county_sla(county)
+    at = parse_now(now)
+    the_day = parse_day(day) or _today(county, at)
+    async with q.snapshot(pool, principal.brand_scope) as conn:
+        answer = await q.dashboard(conn, county, the_day, at, where)
+    # A brand's token sees only its brands' parcels: the page says so.
+    answer["scope_brands"] = None if principal.brand_scope == "*" else sorted(principal.brands)
+    return county_time(answer, _tz(county))  # type: ignore[no-any-return]
 
 
 @router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)

@@ -117,6 +117,47 @@ def test_given_nothing_explains_the_delay_then_the_cause_is_unknown() -> None:
     assert legs(down(20, 30))["county_to_township"].cause == "unknown"
 
 
+def test_given_a_parcel_misrouted_and_still_at_the_wrong_township_then_its_legs_are_misrouted() -> None:
+    # loaded at 07:30, scanned in at 腾鳌 (not its township) at 10:00, nothing since
+    events = [reg(), scan(6, "received", "CTY-HAICHENG"), scan(7.5, "loaded", "CTY-HAICHENG"),
+              scan(10, "arrived", "TWN-TENGAO")]
+    result = legs(events)
+    # the township → village leg never started: it starts only at the parcel's own station
+    assert set(result) == {"county_to_township", "centre_to_village"}
+    for leg in result.values():
+        assert (leg.outcome, leg.end_at, leg.cause) == ("open", None, "misrouted")
+    assert live_status(result["county_to_township"], at(18.5)) == "late"
+
+
+def test_given_an_unfinished_leg_nothing_explains_then_its_cause_is_not_arrived() -> None:
+    # loaded on a punctual run, never scanned again; another parcel never even loaded
+    rode = legs([reg(), scan(6, "received", "CTY-HAICHENG"),
+                 scan(7.5, "loaded", "CTY-HAICHENG", trip_id="T1")], [run("departed", 8, 8)])
+    sat = legs([reg(), scan(6, "received", "CTY-HAICHENG")])
+    assert rode["county_to_township"].cause == sat["county_to_township"].cause == "not_arrived"
+
+
+def test_given_a_misrouted_parcel_forwarded_then_its_township_leg_starts_at_its_own_station() -> None:
+    # 腾鳌 by mistake at 10:00, its own 西柳 at 20:00, stored in its village at 22:00
+    events = down(20, 22, scan(10, "arrived", "TWN-TENGAO"))
+    result = legs(events)
+    t2v = result["township_to_village"]
+    assert (t2v.start_at, t2v.end_at, t2v.outcome) == (at(20), at(22), "on_time")
+    assert (t2v.township, t2v.village) == ("TWN-XILIU", "VIL-XILIU-01")
+    assert (result["county_to_township"].outcome, result["county_to_township"].cause) == (
+        "late", "misrouted")
+
+
+def test_every_cause_the_rules_give_is_documented_and_labelled() -> None:
+    from pathlib import Path
+
+    from domain.sla import CAUSE_LABELS, CAUSES
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "sla.md").read_text(encoding="utf-8")
+    for cause in CAUSES:
+        assert f"| `{cause}` | {CAUSE_LABELS[cause]} |" in doc, cause
+
+
 def upward(hand_in: datetime, at_county: datetime) -> LegOutcome:
     events = [ev("parcel.scanned", hand_in, waybill=W, action="received", node_id="VIL-XILIU-01"),
               ev("parcel.scanned", at_county, waybill=W, action="arrived", node_id="CTY-HAICHENG")]
@@ -154,6 +195,22 @@ def test_property_shuffled_and_duplicated_events_give_the_same_outcomes(
     rnd.shuffle(events)
     rnd.shuffle(trips)
     assert legs(events, trips) == legs(LIFE, TRIPS)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from([
+    ("received", "CTY-HAICHENG"), ("loaded", "CTY-HAICHENG"), ("problem", "CTY-HAICHENG"),
+    ("arrived", "TWN-XILIU"), ("arrived", "TWN-TENGAO"), ("stored", "VIL-XILIU-01"),
+    ("stored", "VIL-TENGAO-01")]), min_size=1, max_size=6), st.lists(st.floats(0, 60), min_size=6,
+                                                                      max_size=6))
+def test_property_every_leg_not_on_time_has_a_documented_cause(
+        steps: list[tuple[str, str]], hours: list[float]) -> None:
+    from domain.sla import CAUSES
+
+    events = [reg()] + [scan(h, a, n, **({"problem_reason": "damaged"} if a == "problem" else {}))
+                        for (a, n), h in zip(steps, hours)]
+    for leg in legs(events).values():
+        assert (leg.cause in CAUSES) if leg.outcome != "on_time" else leg.cause is None, leg
 
 
 def _envelopes_of(raw_events: list[dict[str, Any]]) -> list[Envelope]:
