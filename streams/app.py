@@ -1,8 +1,9 @@
-"""The Faust app factory and the stream worker's one agent.
+"""The Faust app factory and the stream worker's agents, one per Kafka-fed projection.
 
-The agent is thin: it decodes each message once and hands the batch to the projection runtime
-(projections/runtime.py), which applies it to every Kafka-fed projection (tracking, SLA), each in
-its own PostgreSQL transaction with its offsets. PostgreSQL, not Kafka's committed offsets, is
+Agents are thin: each decodes its batch once (the stored wire form, no re-validation) and hands
+it to the projection runtime (projections/runtime.py), which applies it in one PostgreSQL
+transaction with the projection's offsets. One agent per projection, so that tracking (what
+people look up) never waits behind the heavier SLA. PostgreSQL, not Kafka's committed offsets, is
 where a consumer resumes: Faust acks a `take` buffer even when its body raises, so on every
 assignment the agent seeks each partition back to the lowest offset its projections stored (the
 start, when one of them has stored none)."""
@@ -96,9 +97,7 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
     projections = kafka_projections(county)
     readers = {p.name: topics_of(p) for p in projections}
     topics = sorted({t for names in readers.values() for t in names})
-    behind: dict[tuple[str, int], int] = {}   # the last lag seen per partition
-    stream_topic = app.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw",
-                             value_serializer="raw")
+    behind: dict[tuple[str, int, str], int] = {}   # the last lag seen, per partition and reader
     dead_letter = app.topic(DEAD_LETTER.name, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw")
 
@@ -127,20 +126,15 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
         if ready_file is not None and assigned:
             ready_file.touch()  # the supervisor waits for this before calling the platform ready
 
-    @app.agent(stream_topic)
-    async def project(stream: faust.StreamT[bytes]) -> None:
-        batches = stream.take_events(settings.worker_batch_size, within=0.05)  # type: ignore[attr-defined]
-        async for batch in batches:
-            items = [Stored(e.message.topic, e.message.partition, e.message.offset, None, e.value)
-                     for e in batch]
-            decoded, poison = runtime.decode_batch(runtime.decode_envelope, items)
-            for stored, reason in poison:  # kept where people can look, as well as set aside
-                await _dead_letter(dead_letter, stored, reason)
-            pool = await resources.pool()
-            for projection in projections:
-                await _apply_with_retry(pool, projection, readers[projection.name], items,
-                                        decoded, poison)
-            _report_lag(app, items, projections, readers, behind)
+    # One agent per projection, so that the lighter one (tracking, what people look up) is never
+    # held up behind the heavier (SLA): each decodes its batch once and applies it in one
+    # transaction with its offsets. An undecodable message is dead-lettered once, by the first
+    # projection reading its topic, and set aside by every projection that reads it.
+    first_reader = {t: next(p.name for p in projections if t in readers[p.name]) for t in topics}
+    for projection in projections:
+        _agent(app, settings, resources, projection, readers[projection.name],
+               tuple(t for t, name in first_reader.items() if name == projection.name),
+               dead_letter, behind)
 
     @app.timer(interval=15.0)
     async def sla_gauges() -> None:
@@ -155,6 +149,30 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
             log.warning("sla gauges: database unavailable")
 
     return app
+
+
+def _agent(app: faust.App, settings: Settings, resources: Resources,
+           projection: Projection[Envelope], topics: tuple[str, ...],
+           dead_letters_for: tuple[str, ...], dead_letter: Any,
+           behind: dict[tuple[str, int, str], int]) -> None:
+    source = app.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw",
+                       value_serializer="raw")
+
+    async def project(stream: faust.StreamT[bytes]) -> None:
+        batches = stream.take_events(settings.worker_batch_size, within=0.05)  # type: ignore[attr-defined]
+        async for batch in batches:
+            items = [Stored(e.message.topic, e.message.partition, e.message.offset, None, e.value)
+                     for e in batch]
+            decoded, poison = runtime.decode_batch(projection.decode, items)
+            for stored, reason in poison:  # kept where people can look, as well as set aside
+                if stored.topic in dead_letters_for:
+                    await _dead_letter(dead_letter, stored, reason)
+            await _apply_with_retry(await resources.pool(), projection, topics, items, decoded,
+                                    poison)
+            _report_lag(app, items, projection, topics, behind)
+
+    project.__name__ = project.__qualname__ = f"project_{projection.name}"
+    app.agent(source, name=f"gongpei.project.{projection.name}")(project)
 
 
 async def _dead_letter(dead_letter: Any, stored: Stored, reason: str) -> None:
@@ -198,14 +216,14 @@ async def _apply_with_retry(pool: asyncpg.Pool, projection: Projection[Envelope]
             delay = min(delay * 2, 5.0)
 
 
-def _report_lag(app: faust.App, items: Sequence[Stored], projections: Sequence[Projection[Any]],
-                readers: dict[str, tuple[str, ...]], behind: dict[tuple[str, int], int]) -> None:
+def _report_lag(app: faust.App, items: Sequence[Stored], projection: Projection[Any],
+                topics: Sequence[str], behind: dict[tuple[str, int, str], int]) -> None:
     for s in items:
         high = app.consumer.highwater(TP(s.topic, s.partition))
         if high is not None:
-            behind[(s.topic, s.partition)] = max(0, high - s.position - 1)
-    for (topic, partition), lag in behind.items():
-        CONSUMER_LAG.labels(consumer="worker", topic=topic, partition=str(partition)).set(lag)
-    for p in projections:
-        PROJECTION_LAG.labels(projection=p.name).set(
-            sum(lag for (topic, _), lag in behind.items() if topic in readers[p.name]))
+            behind[(s.topic, s.partition, projection.name)] = max(0, high - s.position - 1)
+    for (topic, partition, name), lag in list(behind.items()):
+        if name == projection.name:
+            CONSUMER_LAG.labels(consumer=name, topic=topic, partition=str(partition)).set(lag)
+    PROJECTION_LAG.labels(projection=projection.name).set(
+        sum(lag for (_, _, name), lag in behind.items() if name == projection.name))
