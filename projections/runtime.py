@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import asyncpg
 import orjson
 
+from domain.county import County
 from domain.envelope import Envelope
 from infra.db import TRANSIENT_DB_ERRORS
 from projections.locks import Lock
@@ -124,6 +125,25 @@ class Base:
 def decode_envelope(seq: int, wire: dict[str, Any]) -> Envelope:
     """What every Kafka-fed projection reads: the envelope, decoded once per message."""
     return Envelope.from_wire(wire)
+
+
+class EnvelopeProjection(Base):
+    """A Kafka-fed projection of a county that reads envelopes and folds them with `fold`."""
+
+    source = Source.KAFKA
+
+    def __init__(self, county: County) -> None:
+        self.county = county
+
+    def decode(self, seq: int, wire: dict[str, Any]) -> Envelope:
+        return decode_envelope(seq, wire)
+
+    async def fold(self, conn: asyncpg.Connection, county: County,
+                   events: Sequence[Envelope]) -> Applied:
+        raise NotImplementedError
+
+    async def apply(self, conn: asyncpg.Connection, items: Sequence[Envelope]) -> Applied:
+        return await self.fold(conn, self.county, items)
 
 
 async def use_all_brands(conn: asyncpg.Connection) -> None:

@@ -29,7 +29,7 @@ from domain.events import (
 )
 from domain.sla import LegOutcome, MoveFact, RegistrationFact, ScanFact, evaluate_facts
 from projections.locks import Lock
-from projections.runtime import Applied, Base, Source, decode_envelope
+from projections.runtime import Applied, EnvelopeProjection
 
 CONSUMER = "sla"
 SLA_LOCK = int(Lock.SLA_BATCH)  # one SLA batch at a time: legs and daily counts move by differences
@@ -83,12 +83,11 @@ _DROP_EMPTY = (f"DELETE FROM sla_daily d USING {_SLICES} WHERE "
                + " AND ".join(f"d.{c} = g.{c}" for c in _DIMS) + " AND d.on_time = 0 AND d.late = 0")
 
 
-class SlaProjection(Base):
+class SlaProjection(EnvelopeProjection):
     """The on-time legs of each parcel, their daily slices and the runs' punctuality, fed from
     Kafka (parcel and vehicle events)."""
 
     name = CONSUMER
-    source = Source.KAFKA
     reads = frozenset(SLA_TYPES)
     lock = Lock.SLA_SWAP
     tables: ClassVar[Mapping[str, str]] = {
@@ -96,14 +95,9 @@ class SlaProjection(Base):
                        " destination_village, scheduled_at"),
         "sla_legs": "*", "sla_daily": "*", "sla_runs": "*"}
 
-    def __init__(self, county: County) -> None:
-        self.county = county
-
-    def decode(self, seq: int, wire: dict[str, Any]) -> Envelope:
-        return decode_envelope(seq, wire)
-
-    async def apply(self, conn: asyncpg.Connection, items: Sequence[Envelope]) -> Applied:
-        return await apply_events(conn, self.county, items)
+    async def fold(self, conn: asyncpg.Connection, county: County,
+                   events: Sequence[Envelope]) -> Applied:
+        return await apply_events(conn, county, events)
 
     async def reset(self, conn: asyncpg.Connection) -> None:
         for table in self.tables:

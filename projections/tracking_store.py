@@ -19,7 +19,7 @@ from domain.envelope import Envelope
 from domain.events import PAYLOADS, SealedPhone
 from domain.tracking import ParcelView, entries_from_view, entry_for, project_entries, view_to_dict
 from projections.locks import Lock
-from projections.runtime import Applied, Base, Source, decode_envelope, use_all_brands
+from projections.runtime import Applied, EnvelopeProjection, use_all_brands
 
 __all__ = ["Applied", "TrackingProjection", "apply_events", "reset", "use_all_brands"]
 
@@ -30,23 +30,17 @@ PARCEL_COLUMNS = ("waybill, brand, status, public_code, destination_village, cur
                   " misrouted, phone_last4, phone_masked, phone_key_id, last_event_at, view")
 
 
-class TrackingProjection(Base):
+class TrackingProjection(EnvelopeProjection):
     """Each parcel's view (status, where it is, its timeline), fed from Kafka."""
 
     name = PROJECTION
-    source = Source.KAFKA
     reads = TRACKING_TYPES
     lock = Lock.TRACKING_SWAP
     tables: ClassVar[Mapping[str, str]] = {"parcels": PARCEL_COLUMNS, "tracking_events": "*"}
 
-    def __init__(self, county: County) -> None:
-        self.county = county
-
-    def decode(self, seq: int, wire: dict[str, Any]) -> Envelope:
-        return decode_envelope(seq, wire)
-
-    async def apply(self, conn: asyncpg.Connection, items: Sequence[Envelope]) -> Applied:
-        return await apply_events(conn, self.county, items)
+    async def fold(self, conn: asyncpg.Connection, county: County,
+                   events: Sequence[Envelope]) -> Applied:
+        return await apply_events(conn, county, events)
 
     async def reset(self, conn: asyncpg.Connection) -> None:
         await reset(conn)
