@@ -49,3 +49,38 @@ def test_given_the_openapi_document_when_schemathesis_runs_every_check_then_noth
     assert run.returncode == 0, (
         f"schemathesis as {who} (seed {SEED}, {EXAMPLES} examples per operation) failed:\n"
         f"{run.stdout[-20000:]}\n{run.stderr[-3000:]}")
+
+
+def test_given_a_method_a_path_does_not_have_when_called_then_405_names_the_allowed_ones(
+        client: httpx.Client, tokens: dict[str, str]) -> None:
+    for method, path, allowed in (("TRACE", "/healthz", {"GET"}),
+                                  ("DELETE", "/v1/parcels/ZT7300012345678", {"GET"}),
+                                  ("GET", "/v1/scan-batches", {"POST"})):
+        r = client.request(method, path, headers={"Authorization": f"Bearer {tokens['manager']}"})
+        assert r.status_code == 405, (method, path, r.status_code)
+        assert {m.strip() for m in r.headers["Allow"].split(",")} == allowed
+        assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_given_a_body_that_is_not_json_when_posted_to_any_json_route_then_400_invalid_json(
+        client: httpx.Client, tokens: dict[str, str]) -> None:
+    headers = {"Authorization": f"Bearer {tokens['manager']}", "Content-Type": "application/json"}
+    for path in ("/v1/public/track", "/v1/conflicts/1/resolve"):
+        r = client.post(path, content=b'{"waybill": ', headers=headers)
+        assert r.status_code == 400, (path, r.status_code, r.text)
+        assert r.json()["error"]["code"] == "invalid_json"
+
+
+def test_given_the_openapi_document_then_every_answer_has_a_schema_and_errors_their_shape(
+        client: httpx.Client) -> None:
+    schema = client.get("/openapi.json").json()
+    for path, ops in schema["paths"].items():
+        if path.startswith("/v1/sla/"):
+            continue  # reworked on another branch (issue 11); joins after the merge
+        for method, op in ops.items():
+            ok = op["responses"]["200"]["content"]
+            assert all(c.get("schema") for c in ok.values()), (method, path)
+            for status, answer in op["responses"].items():
+                if int(status) >= 400:
+                    ref = answer["content"]["application/json"]["schema"]["$ref"]
+                    assert ref.endswith("/ErrorBody"), (method, path, status, ref)
