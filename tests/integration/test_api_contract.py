@@ -135,17 +135,3 @@ def test_given_a_body_that_is_not_json_when_posted_to_any_json_route_then_400_in
         assert r.status_code == 400, (path, r.status_code, r.text)
         assert r.json()["error"]["code"] == "invalid_json"
 
-
-def test_given_the_openapi_document_then_every_answer_has_a_schema_and_errors_their_shape(
-        client: httpx.Client) -> None:
-    schema = client.get("/openapi.json").json()
-    for path, ops in schema["paths"].items():
-        if path.startswith("/v1/sla/"):
-            continue  # reworked on another branch (issue 11); joins after the merge
-        for method, op in ops.items():
-            ok = op["responses"]["200"]["content"]
-            assert all(c.get("schema") for c in ok.values()), (method, path)
-            for status, answer in op["responses"].items():
-                if int(status) >= 400:
-                    ref = answer["content"]["application/json"]["schema"]["$ref"]
-                    assert ref.endswith("/ErrorBody"), (method, path, status, ref)
