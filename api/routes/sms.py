@@ -135,7 +135,7 @@ class NoConsentList(Answer):
 class SmsSummary(Answer):
     day: str
     counts: dict[str, int]
-    overdue: Any
+    overdue: int = Field(description="due more than five minutes ago and still not with a provider")
     call_list_total: int
     call_list: list[CallListEntry]
     no_consent_total: int
