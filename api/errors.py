@@ -83,9 +83,12 @@ def documented(*statuses: int, notes: dict[int, str] | None = None
     return out
 
 
-def token_route(*more: int, notes: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
-    """`documented` for a route behind a token: TOKEN_ROUTE and `more`."""
-    return documented(*TOKEN_ROUTE, *more, notes=notes)
+def token_route(*more: int, notes: dict[int, str] | None = None, parameters: bool = True
+                ) -> dict[int | str, dict[str, Any]]:
+    """`documented` for a route behind a token: TOKEN_ROUTE and `more` (without 422 for a route
+    that takes no parameter and no body: nothing there can fail validation)."""
+    statuses = [s for s in (*TOKEN_ROUTE, *more) if parameters or s != 422]
+    return documented(*statuses, notes=notes)
 
 
 JSON_MEDIA_TYPES = ("application/json",)

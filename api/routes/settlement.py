@@ -171,7 +171,7 @@ def _operator_only(principal: Principal) -> None:
 
 
 @router.get("/v1/ledger/periods", summary="Settlement periods and whether they are closed",
-            response_model=Periods, responses=token_route())
+            response_model=Periods, responses=token_route(parameters=False))
 async def list_periods(principal: PrincipalDep, pool: PoolDep) -> dict[str, Any]:
     require_role(principal, *FINANCE)
     async with q.scoped(pool, principal.brand_scope) as conn:

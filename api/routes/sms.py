@@ -282,7 +282,7 @@ async def sms_stats(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
 
 
 @router.get("/v1/sms/summary", summary="Today's SMS for the dashboard: by state, overdue, call list",
-            response_model=SmsSummary, responses=token_route())
+            response_model=SmsSummary, responses=token_route(parameters=False))
 async def sms_summary(principal: PrincipalDep, pool: PoolDep, county: CountyDep) -> dict[str, Any]:
     require_role(principal, *HISTORY_READERS)
     async with scoped(pool, principal.brand_scope) as conn:
