@@ -99,6 +99,7 @@ def schemathesis(platform: Platform, token: str, report: Path) -> subprocess.Com
          # can break on under threads ("AST constructor recursion depth mismatch").
          "--workers", "1", "--request-timeout", "20", "--suppress-health-check", "all",
          "--report", "junit", "--report-junit-path", str(report)],
+        cwd=report.parent,  # whatever it leaves behind stays out of the checkout
         check=False, capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
 
 
