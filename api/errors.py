@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,6 +32,63 @@ def error_body(code: str, message: str, path: str | None = None) -> dict[str, ob
     if path is not None:
         err["path"] = mask_digit_runs(path)
     return {"error": err}
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable reason", examples=["invalid_request"])
+    message: str = Field(description="for people; phone-like digit runs in it are masked")
+    path: str | None = Field(None, description="JSON path of the offending parameter or field",
+                             examples=["$.limit"])
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx answer has this shape."""
+
+    error: ErrorDetail
+
+
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait, at least 1",
+                                "schema": {"type": "integer", "minimum": 1}}}
+# What each status means on this API, said once; a route names the ones it can really answer.
+ERROR_MEANINGS: dict[int, str] = {
+    400: "The body is not valid JSON (`invalid_json`)",
+    401: "No token, or an unknown, revoked or expired one (`unauthenticated`, `invalid_token`,"
+         " `token_expired`)",
+    403: "The token's role (or brand scope) may not do this (`forbidden_role`)",
+    404: "Not there, or not visible to this token (`not_found`)",
+    409: "In conflict with the current state",
+    413: "The body is over the upload limit (`body_too_large`), whatever the route",
+    415: "The body is not sent as `Content-Type: application/json` (`unsupported_media_type`)",
+    422: "A parameter or body field is not what the schema says (`invalid_request`,"
+         " `invalid_value`, …); `path` names it",
+    429: "Over a rate limit (`rate_limited`, `too_many_concurrent_uploads`,"
+         " `too_many_failed_authentications`, `too_many_attempts`); retry after `Retry-After`",
+    503: "Storage is unavailable (`unavailable`); nothing was changed, retry after `Retry-After`",
+}
+# A route behind a token that reads the database can answer these whatever it does.
+TOKEN_ROUTE = (401, 403, 413, 422, 429, 503)
+
+
+def documented(*statuses: int, notes: dict[int, str] | None = None
+               ) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of the error statuses a route can answer, in ErrorBody's shape;
+    `notes` says what a status means on that route where the general meaning is not enough."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in sorted(set(statuses) | set(notes or {})):
+        entry: dict[str, Any] = {"model": ErrorBody,
+                                 "description": (notes or {}).get(status, ERROR_MEANINGS[status])}
+        if status in (429, 503):
+            entry["headers"] = _RETRY_AFTER
+        out[status] = entry
+    return out
+
+
+def token_route(*more: int, notes: dict[int, str] | None = None, parameters: bool = True
+                ) -> dict[int | str, dict[str, Any]]:
+    """`documented` for a route behind a token: TOKEN_ROUTE and `more` (without 422 for a route
+    that takes no parameter and no body: nothing there can fail validation)."""
+    statuses = [s for s in (*TOKEN_ROUTE, *more) if parameters or s != 422]
+    return documented(*statuses, notes=notes)
 
 
 JSON_MEDIA_TYPES = ("application/json",)
@@ -105,6 +164,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":  # not JSON at all: 400, as at ingest
+            return JSONResponse(error_body("invalid_json", "the body is not valid JSON", "$"), 400)
         return JSONResponse(
             error_body("invalid_request", str(first.get("msg")), _loc_to_path(tuple(first.get("loc", ())))),
             422)
@@ -113,7 +174,9 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed",
                 413: "body_too_large"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code)
+        # A 405 names the methods the path has (RFC 9110): Starlette puts them in `Allow`.
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code,
+                            headers=exc.headers)
 
     @app.exception_handler(asyncpg.exceptions.DataError)
     @app.exception_handler(OverflowError)

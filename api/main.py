@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from api import errors
 from api.access_log import AccessLog, AccessLogMiddleware
-from api.limits import RATE_LIMITED_RESPONSE, Limits, LimitSettings
+from api.limits import Limits, LimitSettings
 from api.routes import access_log, conflicts, ingest, meta, parcels, reports, settlement, sla, sms
 from domain.county import County
 from infra.db import create_pool
@@ -55,6 +55,6 @@ def create_app(settings: Settings, county: County) -> FastAPI:
     errors.install(app)
     for router in (ingest.router, parcels.router, settlement.router, sla.router, sms.router,
                    conflicts.router, access_log.router, reports.router):
-        app.include_router(router, responses=RATE_LIMITED_RESPONSE)
+        app.include_router(router, responses=errors.documented(429))
     app.include_router(meta.router)
     return app

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from api.deps import PoolDep, PrincipalDep, require_role
+from api.errors import token_route
 
 router = APIRouter(tags=["operations"])
 
@@ -29,7 +30,7 @@ class AccessLogPage(BaseModel):
     entries: list[AccessLogEntry]
 
 
-@router.get("/v1/access-log", response_model=AccessLogPage,
+@router.get("/v1/access-log", response_model=AccessLogPage, responses=token_route(),
             summary="The newest access-log entries (admin): token, route template, status, client",
             description="Entries are written in batches about once a second and kept for "
                         "GONGPEI_ACCESS_LOG_RETENTION_DAYS (90 by default). The route is the "

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Body, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import PoolDep, PrincipalDep, require_role
-from api.errors import ApiError
+from api.errors import ApiError, token_route
+from api.models import Answer
 from api.routes.parcels import WAYBILL_PATTERN
 from domain.ownership import Conflict
 from projections import ownership_store
@@ -18,8 +19,36 @@ router = APIRouter(tags=["conflicts"])
 STAFF = ("manager", "admin")
 
 
+class ConflictRow(Answer):
+    id: int
+    kind: Conflict
+    event_id: str
+    event_type: str | None = None
+    waybill: str | None = None
+    owner_brand: str | None = None
+    claimed_brand: str | None = None
+    token_id: int | None = None
+    device_id: str | None = None
+    recorded_at: str
+    body: Any = Field(None, description="the refused event as sent (phones masked)")
+    resolved_at: str | None = None
+    resolved_by: str | None = None
+    resolution: str | None = None
+
+
+class ConflictList(Answer):
+    open_total: int
+    conflicts: list[ConflictRow]
+
+
+class Resolved(Answer):
+    id: int
+    resolved: bool
+
+
 @router.get("/v1/conflicts", summary="Uploads refused for another brand's waybill, and reused"
-            " event ids: what the county manager resolves")
+            " event ids: what the county manager resolves", response_model=ConflictList,
+            responses=token_route())
 async def list_conflicts(
     principal: PrincipalDep, pool: PoolDep,
     status: Annotated[str, Query(pattern=r"^(open|all)$")] = "open",
@@ -43,7 +72,9 @@ class Resolution(BaseModel):
                             examples=["YTO's manifest is right; ZTO's system had a typo"])
 
 
-@router.post("/v1/conflicts/{conflict_id}/resolve", summary="Close a conflict with a note")
+@router.post("/v1/conflicts/{conflict_id}/resolve", summary="Close a conflict with a note",
+             response_model=Resolved,
+             responses=token_route(400, notes={404: "No open conflict with this id"}))
 async def resolve_conflict(principal: PrincipalDep, pool: PoolDep,
                            conflict_id: Annotated[int, Path(ge=1, le=2**62)],
                            body: Annotated[Resolution, Body()]) -> dict[str, Any]:

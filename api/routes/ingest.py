@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, model_validator
 
 from api.deps import CountyDep, PoolDep, PrincipalDep, require_role
-from api.errors import ApiError, require_json
+from api.errors import ApiError, documented, require_json
 from domain.envelope import Envelope
 from domain.ownership import Refusal, Writer
 from domain.redact import mask_mobiles, mask_optional
@@ -119,11 +119,12 @@ def _parse_events(body: bytes, max_events: int) -> list[Any]:
                    "properties": {"events": {"type": "array", "minItems": 1, "maxItems": 500,
                                              "items": {"type": "object"}}}},
         "example": EXAMPLE_BATCH}}}},
-    responses={400: {"description": "Body is not JSON"}, 401: {"description": "No or bad token"},
-               403: {"description": "Role may not upload"}, 413: {"description": "Body over 1 MiB"},
-               415: {"description": "Content-Type is not application/json"},
-               422: {"description": "Body is not a batch, or more than 500 events"},
-               503: {"description": "Storage unavailable; nothing was stored, retry"}},
+    responses=documented(401, 413, 415, 429, notes={
+        400: "The body is not valid JSON (`invalid_json`)",
+        403: "The role may not upload (only scanner and brand-system tokens do)",
+        422: "The body is not a batch, or it holds no or more than 500 events; each event's own "
+             "faults are answered per event in a 200",
+        503: "Storage unavailable; nothing was stored, retry after `Retry-After`"}),
 )
 async def post_scan_batch(request: Request, principal: PrincipalDep, pool: PoolDep,
                           county: CountyDep) -> BatchResult:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, RootModel
 
 from api.deps import PoolDep
+from api.errors import documented
 from api.schema import scan_batch_schema
 from infra.embedded import parts_down, read_state
 
@@ -35,10 +37,28 @@ def _supervised_down() -> dict[str, str | None]:
     return parts_down(state)
 
 
+class PartDown(BaseModel):
+    since: str
+
+
+class Health(BaseModel):
+    """ok; degraded (a supervised part is down, the API still takes uploads); down (the database
+    does not answer)."""
+
+    status: Literal["ok", "degraded", "down"]
+    down: dict[str, PartDown] | None = None
+
+
+class JsonSchemaDocument(RootModel[dict[str, Any]]):
+    """A JSON Schema (draft 2020-12) document."""
+
+
 @router.get("/healthz", summary="Liveness, database reachability and which supervised part is"
-            " down since when",
-            responses={503: {"description": "The database does not answer: every write is"
-                                            " refused; retry after `Retry-After` seconds"}})
+            " down since when", response_model=Health,
+            responses={**documented(413), 503: {
+                "model": Health, "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                "description": "The database does not answer: every write is refused; retry"
+                               " after `Retry-After` seconds"}})
 async def healthz(request: Request, pool: PoolDep) -> JSONResponse:
     """200 `{"status": "ok"}`; 200 `degraded` when the database answers but a supervised part
     is down (the API still takes uploads); 503 `down` when the database does not answer."""
@@ -61,7 +81,12 @@ async def healthz(request: Request, pool: PoolDep) -> JSONResponse:
     return JSONResponse(body)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {
+                "schema": {"type": "string"}}}, "description": "The text exposition format"},
+                **documented(413)})
 async def metrics() -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
@@ -74,6 +99,7 @@ async def metrics() -> Response:
     return Response(data, media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/schema/scan-batch.json", summary="JSON Schema of the ingest contract")
+@router.get("/v1/schema/scan-batch.json", summary="JSON Schema of the ingest contract",
+            response_model=JsonSchemaDocument, responses=documented(413))
 async def scan_batch_json_schema() -> dict[str, Any]:
     return scan_batch_schema()

@@ -9,7 +9,8 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field, field_validator
 
 from api.deps import CountyDep, PoolDep, PrincipalDep, require_role
-from api.errors import ApiError, require_json
+from api.errors import ApiError, documented, require_json, token_route
+from api.models import Answer
 from domain.county import County
 from domain.lookup import POLICY, address_key, normalise_last4
 from domain.tracking import Status
@@ -30,6 +31,63 @@ EXAMPLE_VIEW = {
 }
 
 
+class TimelineEntry(Answer):
+    event_id: str
+    type: str = Field(examples=["parcel.scanned"])
+    occurred_at: str = Field(description="when it happened (ISO-8601 with offset)")
+    recorded_at: str | None = Field(None, description="when the platform heard of it")
+    action: str | None = None
+    node_id: str | None = None
+    node_name: str | None = None
+
+
+class ParcelView(Answer):
+    waybill: str
+    brand: str
+    status: Status
+    public_code: int | None = Field(description="the status code shown to recipients")
+    public_label: str | None = None
+    misrouted: bool
+    destination_village: str | None = None
+    current_node: str | None = None
+    pickup_code: str | None = None
+    phone_masked: str | None = Field(None, examples=["138****5678"])
+    timeline: list[TimelineEntry]
+
+
+class ParcelSummary(Answer):
+    waybill: str
+    brand: str
+    status: Status
+    public_code: int | None = None
+    current_node: str | None = None
+    destination_village: str | None = None
+    misrouted: bool | None = None
+    last_event_at: str | None = None
+
+
+class ParcelList(Answer):
+    parcels: list[ParcelSummary]
+
+
+class PublicTimelineEntry(Answer):
+    occurred_at: str
+    action: str | None = None
+    node_name: str | None = None
+
+
+class PublicParcelView(Answer):
+    waybill: str
+    brand: str
+    status: Status
+    public_code: int | None = None
+    public_label: str | None = None
+    destination: str | None = Field(None, description="the village point's name")
+    pickup_code: str | None = None
+    phone_masked: str | None = None
+    timeline: list[PublicTimelineEntry]
+
+
 async def fetch_parcel(conn: asyncpg.Connection, waybill: str, scope: str) -> asyncpg.Record | None:
     """The parcel row as row-level security lets `scope` see it (None: absent or not yours)."""
     async with conn.transaction(readonly=True):
@@ -43,8 +101,9 @@ def _not_found(waybill: str) -> ApiError:
 
 
 @router.get("/v1/parcels/{waybill}", summary="A parcel's status and timeline",
+            response_model=ParcelView,
             responses={200: {"content": {"application/json": {"example": EXAMPLE_VIEW}}},
-                       404: {"description": "Unknown, or another brand's parcel"}})
+                       **token_route(notes={404: "Unknown, or another brand's parcel"})})
 async def get_parcel(principal: PrincipalDep, pool: PoolDep,
                      waybill: str = Path(pattern=WAYBILL_PATTERN, examples=["ZT7300012345678"])
                      ) -> dict[str, Any]:
@@ -56,7 +115,8 @@ async def get_parcel(principal: PrincipalDep, pool: PoolDep,
     return {**row["view"], "phone_masked": row["phone_masked"]}
 
 
-@router.get("/v1/parcels", summary="Recently moved parcels visible to this token")
+@router.get("/v1/parcels", summary="Recently moved parcels visible to this token",
+            response_model=ParcelList, responses=token_route())
 async def list_parcels(principal: PrincipalDep, pool: PoolDep,
                        status: Status | None = None,
                        limit: int = Query(50, ge=1, le=500)) -> dict[str, Any]:
@@ -75,8 +135,11 @@ async def list_parcels(principal: PrincipalDep, pool: PoolDep,
 
 class PublicLookup(BaseModel):
     waybill: str = Field(pattern=WAYBILL_PATTERN, examples=["ZT7300012345678"])
+    # The validator below is the rule; the pattern tells clients the same (Unicode \d, as
+    # Python's: any script's decimal digits, surrounding spaces ignored).
     phone_last4: str = Field(max_length=32, examples=["5678"],
-                             description="four digits; fullwidth and other scripts' digits count")
+                             description="four digits; fullwidth and other scripts' digits count",
+                             json_schema_extra={"pattern": r"^\s*\d{4}\s*$"})
 
     @field_validator("phone_last4")
     @classmethod
@@ -106,10 +169,11 @@ def public_view(view: dict[str, Any], phone_masked: str | None, county: County) 
              description="Wrong guesses are limited per client address, per address and waybill, "
                          "and per waybill (docs/security/public-lookup.md); a refused try is "
                          "answered 429 with Retry-After in seconds and is not counted.",
-             responses={404: {"description": "No such parcel, or the digits do not match"},
-                        415: {"description": "Content-Type is not application/json"},
-                        422: {"description": "Not a waybill, or not four digits"},
-                        429: {"description": "Too many wrong tries; see Retry-After"}})
+             response_model=PublicParcelView,
+             responses=documented(400, 413, 415, 503, notes={
+                 404: "No such parcel, or the digits do not match",
+                 422: "Not a waybill, or not four digits",
+                 429: "Too many wrong tries (`too_many_attempts`); see Retry-After"}))
 async def public_track(body: PublicLookup, request: Request, pool: PoolDep,
                        county: CountyDep) -> dict[str, Any]:
     address = address_key(request.client.host if request.client else None)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from api.auth import Principal
 from api.deps import CountyDep, PoolDep, PrincipalDep, require_role
-from api.errors import ApiError
+from api.errors import ApiError, documented
 from api.report_xlsx import report_xlsx
 from domain.county import County
 from projections import ledger_queries
@@ -37,24 +37,14 @@ ASSUMPTION = ("Counterfactual: without co-delivery each brand would have run a v
               "are a cost with no saving.")
 
 
-class ErrorDetail(BaseModel):
-    code: str = Field(examples=["invalid_month"])
-    message: str
-    path: str | None = None
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "`month` missing or not YYYY-MM (2000–2099), or "
-          "`now` not an ISO-8601 time with an offset (`invalid_month`, `invalid_now`)"},
-    401: {"model": ErrorBody, "description": "No token, or an unknown, revoked or expired one"},
-    403: {"model": ErrorBody, "description": "Not an operator token: the role is not manager, "
-          "finance, finance-admin or admin, or the token is scoped to brands"},
-    503: {"model": ErrorBody, "description": "Storage unavailable; retry after `Retry-After`"},
-}
+ERRORS = documented(413, notes={
+    400: "`month` missing or not YYYY-MM (2000–2099), or `now` not an ISO-8601 time with an "
+         "offset (`invalid_month`, `invalid_now`)",
+    401: "No token, or an unknown, revoked or expired one",
+    403: "Not an operator token: the role is not manager, finance, finance-admin or admin "
+         "(`forbidden_role`), or the token is scoped to brands (`forbidden_scope`)",
+    503: "Storage unavailable; retry after `Retry-After`",
+})
 
 
 class BrandVolume(BaseModel):

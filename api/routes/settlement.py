@@ -9,11 +9,13 @@ from datetime import timedelta, timezone
 from typing import Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
+from pydantic import Field
 
 from api.auth import Principal
 from api.deps import CountyDep, PoolDep, PrincipalDep, require_role
-from api.errors import ApiError
+from api.errors import ApiError, token_route
 from api.exports import to_csv, to_xlsx
+from api.models import Answer, Money
 from domain.county import County
 from domain.envelope import Envelope
 from domain.events import PeriodClosed
@@ -25,7 +27,130 @@ from projections import ledger_queries as q
 
 router = APIRouter(tags=["settlement"])
 FINANCE = ("finance", "finance-admin", "admin")
-PERIOD = Path(pattern=r"^\d{4}-\d{2}(-\d{2}\.\.\d{4}-\d{2}-\d{2})?$", examples=["2026-11"])
+PERIOD = Path(pattern=r"^\d{4}-\d{2}(-\d{2}\.\.\d{4}-\d{2}-\d{2})?$", examples=["2026-11"],
+              description="A settlement period's key: `YYYY-MM` for a month, or"
+                          " `YYYY-MM-DD..YYYY-MM-DD` where the county's periods are not months."
+                          " A key that is no period of the county is answered 404.")
+NOT_FOUND = {404: "No such period in the county's settlement calendar (or no settlement), or "
+                  "nothing of it visible to this token"}
+
+
+class PeriodRow(Answer):
+    period: str
+    starts: str
+    ends: str
+    closed: bool
+    closed_by: str | None = None
+
+
+class Periods(Answer):
+    periods: list[PeriodRow]
+
+
+class KindTotal(Money):
+    label: str
+
+
+class TripShare(Money):
+    route: str
+    trips: int
+
+
+class Adjustment(Money):
+    entry_id: str
+    adjusts_period: str | None
+    kind: str
+    late_event_id: str | None = None
+
+
+class StatementLine(Answer):
+    entry_id: str
+    posting_date: str
+    kind: str
+    ref: str | None = None
+    amount_fen: int
+    adjusts_period: str | None = None
+    event_ids: list[str]
+
+
+class Statement(Answer):
+    brand: str
+    period: str
+    status: str
+    parcels_by_tier: dict[str, int]
+    totals: dict[str, KindTotal]
+    trip_shares: list[TripShare]
+    adjustments: list[Adjustment]
+    adjustments_total: Money
+    net: Money
+    lines: list[StatementLine]
+
+
+class TripLine(Answer):
+    account: str
+    brand: str | None = None
+    route: str | None = None
+    period: str
+    fen: int
+    event_ids: list[str]
+    adjusts_period: str | None = None
+
+
+class TripScan(Answer):
+    event_id: str
+    type: str
+    brand: str | None = None
+    waybill: str | None = None
+    action: str | None = None
+    node_id: str | None = None
+    occurred_at: str
+
+
+class Trip(Answer):
+    trip_id: str
+    lines: list[TripLine]
+    scans: list[TripScan]
+
+
+class TripMismatch(Answer):
+    trip: str
+    cost: int
+    shares: int
+
+
+class Reconciliation(Answer):
+    period: str
+    trips: int
+    trips_mismatched: list[TripMismatch]
+    entries: int
+    entries_unbalanced: list[str]
+    trial_balance_fen: int = Field(description="the sum of every line: 0 when the books balance")
+    by_account_class_fen: dict[str, int]
+    ok: bool
+
+
+class BrandWhatIf(Answer):
+    brand: str
+    booked_fen: int
+    what_if_fen: int
+    difference_fen: int
+
+
+class WhatIf(Answer):
+    period: str
+    basis: str
+    trips: int
+    books_unchanged: bool
+    brands: list[BrandWhatIf]
+    total_booked_fen: int
+    total_what_if_fen: int
+
+
+class Closing(Answer):
+    period: str
+    status: Literal["closed", "closing"] = Field(
+        description="`closing`: the event is in the journal; the ledger freezes it shortly")
+    event_id: str
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
@@ -34,8 +159,10 @@ def _period(county: County, key: str) -> Period:
         raise ApiError(404, "not_found", "this county has no settlement configuration")
     try:
         return county.settlement.period_by_key(key)
-    except ValueError as exc:
-        raise ApiError(422, "invalid_value", str(exc), "$.period") from None
+    except (ValueError, OverflowError) as exc:
+        # The key has the documented form but names no period of this county (or no day at
+        # all): nothing is there, as for any unknown resource.
+        raise ApiError(404, "not_found", str(exc), "$.period") from None
 
 
 def _operator_only(principal: Principal) -> None:
@@ -43,7 +170,8 @@ def _operator_only(principal: Principal) -> None:
         raise ApiError(403, "forbidden_role", "only the operator's finance sees every brand's books")
 
 
-@router.get("/v1/ledger/periods", summary="Settlement periods and whether they are closed")
+@router.get("/v1/ledger/periods", summary="Settlement periods and whether they are closed",
+            response_model=Periods, responses=token_route(parameters=False))
 async def list_periods(principal: PrincipalDep, pool: PoolDep) -> dict[str, Any]:
     require_role(principal, *FINANCE)
     async with q.scoped(pool, principal.brand_scope) as conn:
@@ -53,7 +181,12 @@ async def list_periods(principal: PrincipalDep, pool: PoolDep) -> dict[str, Any]
 
 
 @router.get("/v1/statements/{period}/{brand}", summary="A brand's statement for a period",
-            responses={200: {"content": {"text/csv": {}, XLSX: {}}}})
+            response_model=Statement,
+            responses={200: {"content": {"text/csv": {"schema": {"type": "string"}},
+                                         XLSX: {"schema": {"type": "string", "format": "binary"}}},
+                             "description": "JSON (the default), CSV or XLSX, as `format` asks"},
+                       **token_route(notes={**NOT_FOUND, 404: NOT_FOUND[404] + "; a brand's "
+                                            "finance token sees its own brand only"})})
 async def statement(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
                     period: str = PERIOD, brand: str = Path(pattern=r"^[A-Z]{2,8}$"),
                     format: Literal["json", "csv", "xlsx"] = "json") -> Any:
@@ -75,7 +208,9 @@ async def statement(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
     return st
 
 
-@router.get("/v1/trips/{trip_id}", summary="A trip's cost, each brand's share, and the scans behind it")
+@router.get("/v1/trips/{trip_id}", summary="A trip's cost, each brand's share, and the scans behind it",
+            response_model=Trip, responses=token_route(notes={404: "No such trip visible to "
+                                                               "this token"}))
 async def trip(principal: PrincipalDep, pool: PoolDep,
                trip_id: str = Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")) -> dict[str, Any]:
     require_role(principal, *FINANCE)
@@ -96,7 +231,8 @@ async def trip(principal: PrincipalDep, pool: PoolDep,
     }
 
 
-@router.get("/v1/reconciliation/{period}", summary="Every trip's shares against its cost; trial balance")
+@router.get("/v1/reconciliation/{period}", summary="Every trip's shares against its cost; trial balance",
+            response_model=Reconciliation, responses=token_route(notes=NOT_FOUND))
 async def reconciliation(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
                          period: str = PERIOD) -> dict[str, Any]:
     require_role(principal, *FINANCE)
@@ -123,7 +259,8 @@ async def reconciliation(principal: PrincipalDep, pool: PoolDep, county: CountyD
             "ok": not mismatched and not unbalanced and sum(r["amount_fen"] for r in lines) == 0}
 
 
-@router.get("/v1/what-if/{period}", summary="The period's trips re-shared under another basis")
+@router.get("/v1/what-if/{period}", summary="The period's trips re-shared under another basis",
+            response_model=WhatIf, responses=token_route(notes=NOT_FOUND))
 async def what_if(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
                   period: str = PERIOD, basis: str = Query(..., pattern="^(" + "|".join(BASES) + ")$")
                   ) -> dict[str, Any]:
@@ -156,7 +293,9 @@ async def what_if(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
 
 
 @router.post("/v1/periods/{period}/close", summary="Close a period (finance-admin); it is an event",
-             responses={409: {"description": "Not ended yet, or closed already"}})
+             response_model=Closing,
+             responses=token_route(notes={**NOT_FOUND, 409: "Not ended yet (`period_not_ended`),"
+                                          " or closed already (`already_closed`)"}))
 async def close_period(principal: PrincipalDep, pool: PoolDep, county: CountyDep,
                        period: str = PERIOD) -> dict[str, Any]:
     require_role(principal, "finance-admin")
