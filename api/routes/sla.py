@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse
 
 from api.auth import Principal
 from api.deps import CountyDep, PoolDep, PrincipalDep, require_role
-from api.errors import ApiError
+from api.errors import ApiError, token_route
 from domain.county import County
 from projections import sla_queries as q
 
@@ -29,11 +29,10 @@ NOW_DOC = ("Replay the clock: an ISO 8601 time with its UTC offset, e.g. 2026-11
            " (encode '+' as %2B). Default: the present. Anything else is 400 `invalid_time`.")
 DAY_DOC = ("A county-time day, YYYY-MM-DD. Default: today in county time (at `now`)."
            " Anything else is 400 `invalid_date`.")
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "`now`, `day`, `from` or `to` is not an ISO 8601 time or day"
-                         " (`invalid_time`, `invalid_date`)"},
-    404: {"description": "no SLA configuration, or a brand this token may not see"},
-}
+ERRORS: dict[int | str, dict[str, Any]] = token_route(400, 404, notes={
+    400: "`now`, `day`, `from` or `to` is not an ISO 8601 time or day (`invalid_time`,"
+         " `invalid_date`), or the range is longer than a year",
+    404: "no SLA configuration, or a brand this token may not see"})
 
 
 def _county_sla(county: County) -> Any:
@@ -111,16 +110,31 @@ async def _slice(principal: PrincipalDep, leg: str | None = Query(None, pattern=
 
 
 SliceDep = Annotated[q.Slice, Depends(_slice)]
-NowParam = Annotated[str | None, Query(description=NOW_DOC)]
-DayParam = Annotated[str | None, Query(description=DAY_DOC)]
+# What the schema can say of a day and a time; the calendar (2026-02-30) and the one-year range
+# are checked by the route (400).
+DAY_PATTERN = r"^20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
+NOW_PATTERN = (r"^20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]"
+               r"(:[0-5][0-9](\.[0-9]{1,6})?)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$")
+# Stated in the schema, checked by the route (parse_now, parse_day): a bad one is this route's
+# own 400 `invalid_time` / `invalid_date`, not the framework's 422.
+NowParam = Annotated[str | None, Query(description=NOW_DOC,
+                                       json_schema_extra={"pattern": NOW_PATTERN})]
+DayParam = Annotated[str | None, Query(description=DAY_DOC,
+                                       json_schema_extra={"pattern": DAY_PATTERN})]
 
 
 @router.get("/v1/sla/rates", summary="On-time rate per day and leg, in any slice",
             description="Late counts legs that ended late and legs still open past their due time"
-                        f" (at `now`). {TIMES}", responses=ERRORS)
+                        " (at `now`). `from`..`to` is at most a year (366 days; default: the 14"
+                        f" days to `to`, which defaults to today); longer is 400 `invalid_range`."
+                        f" {TIMES}", responses=ERRORS)
 async def rates(principal: PrincipalDep, pool: PoolDep, county: CountyDep, where: SliceDep,
-                first: Annotated[str | None, Query(alias="from", description=DAY_DOC)] = None,
-                last: Annotated[str | None, Query(alias="to", description=DAY_DOC)] = None,
+                first: Annotated[str | None, Query(
+                    alias="from", description=DAY_DOC,
+                    json_schema_extra={"pattern": DAY_PATTERN})] = None,
+                last: Annotated[str | None, Query(
+                    alias="to", description=DAY_DOC,
+                    json_schema_extra={"pattern": DAY_PATTERN})] = None,
                 now: NowParam = None) -> dict[str, Any]:
     require_role(principal, *VIEWERS)
     _county_sla(county)
@@ -128,7 +142,8 @@ async def rates(principal: PrincipalDep, pool: PoolDep, county: CountyDep, where
     last_day = parse_day(last, "to") or _today(county, at)
     first_day = parse_day(first, "from") or last_day - timedelta(days=13)
     if (last_day - first_day).days > 366 or last_day < first_day:
-        raise ApiError(422, "invalid_value", "'from'..'to' must be a range of at most a year", "$.from")
+        raise ApiError(400, "invalid_range", "'from'..'to' must be a range of at most a year,"
+                       " 'from' not after 'to'", "$.from")
     async with q.snapshot(pool, principal.brand_scope) as conn:
         return county_time({"from": str(first_day), "to": str(last_day), "now": at,
                             "rates": await q.rates(conn, first_day, last_day, at, where)},
