@@ -192,9 +192,11 @@ def test_given_postgres_killed_and_not_startable_then_503_and_down_since_until_i
     wait_for(uploaded, 45, "the upload taken once PostgreSQL is back")
     assert up.fetch("SELECT count(*) AS n FROM journal WHERE event_id = $1",
                     event["event_id"])[0]["n"] == 1
-    after = up.state()
-    assert after["postgres"]["pid"] != before["postgres"]["pid"]
-    assert after["postgres"]["down_since"] is None
+    # The supervisor writes its state once it has seen PostgreSQL ready, which may be a moment
+    # after the API's pool already reconnected.
+    wait_for(lambda: (st := up.state())["postgres"]["pid"] != before["postgres"]["pid"]
+             and st["postgres"]["down_since"] is None and st, 20,
+             "the supervisor to record the new PostgreSQL")
     assert up.restarts() == {**restarts, "postgres": restarts["postgres"] + 1}  # the rest rode it
     assert up.metric_restarts("postgres") == restarts["postgres"] + 1
     wait_for(lambda: (r := healthz(up)) is not None and r.json() == {"status": "ok"}, 20,
