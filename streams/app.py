@@ -121,6 +121,10 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
         resume = {tp: stored[(tp.topic, tp.partition)] for tp in assigned
                   if (tp.topic, tp.partition) in stored}
         if resume:
+            # Faust's recovery seeks every partition to the group's committed offset after this
+            # signal, and drops messages below its read offset: a seek of ours alone is undone.
+            # So the group's committed offsets are made ours first (a commit may move back).
+            await app.consumer._commit(resume)  # type: ignore[attr-defined]
             await app.consumer.seek_wait(resume)
             log.info("resumed %d partitions at their stored offsets", len(resume))
         if ready_file is not None and assigned:

@@ -229,3 +229,27 @@ def test_given_the_embedded_broker_then_gongpei_topic_shows_keys_offsets_and_eve
     assert parcel.phone not in shown.stdout and "ciphertext" not in shown.stdout
     missing = _gongpei(platform, "topic", "no-such-topic")
     assert missing.returncode != 0 and "no topic 'no-such-topic'" in missing.stderr
+
+
+def test_given_a_reset_projection_when_the_worker_restarts_then_it_replays_from_the_start(
+        platform: Platform, client: httpx.Client, tokens: dict[str, str], county: County) -> None:
+    # The consumer group has committed the topics' ends long ago; a projection with no stored
+    # offset must still be fed from offset 0, not from the group's position.
+    traffic, regs, scans = _lifecycle(county, seed=9037, parcels=2, steps=3)
+    _ingest(client, tokens, regs, scans)
+    wait_for(lambda: _level(platform), 30.0, "tracking and SLA level with the journal")
+    platform.children["worker"].stop()
+    try:
+        # No projection of the worker has a stored offset left (SLA's re-read is deduped).
+        for sql in ("DELETE FROM parcels", "DELETE FROM tracking_events",
+                    "DELETE FROM consumer_offsets WHERE consumer IN ('tracking', 'sla')"):
+            # (as the schema owner, a superuser on the embedded stack: every brand's rows)
+            db_fetch(platform, sql)
+        assert db_fetch(platform, "SELECT count(*) AS n FROM tracking_events")[0]["n"] == 0
+    finally:
+        platform.restart_service("worker")
+        platform.wait_ready(60)
+    wait_for(lambda: _level(platform), 60.0, "tracking re-fed from offset 0")
+    for p in traffic.parcels:
+        wait_for(lambda p=p: (v := _parcel(client, tokens["manager"], p.waybill))
+                 and len(v["timeline"]) == 4, 15.0, "the timeline again")
