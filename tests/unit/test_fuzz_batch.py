@@ -381,6 +381,23 @@ def test_given_any_id_spelling_then_invalid_event_id_or_one_ascii_canonical_id(
         assert out.event_id in (event_id.lower(), event_id.upper())
 
 
+_STAMP = "2026-11-11T09:15:32+08:00"
+SPLICED_STAMPS = st.builds(lambda at, ch: _STAMP[:at] + ch + _STAMP[at:],
+                           st.integers(0, len(_STAMP)), st.sampled_from(ODD) | st.characters())
+
+
+@_fuzz(800)
+@given(stamp=SPLICED_STAMPS | STAMPS)
+@example(stamp="2026-11-11T09:15:32\x00+08:00")
+def test_given_any_occurred_at_spelling_then_accepted_only_as_printable_ascii(stamp: str) -> None:
+    out = check_batch([{**_good(1, "scan"), "occurred_at": stamp}])[0]
+    if isinstance(out, Rejection):
+        assert out.path == "$.events[0].occurred_at"
+        assert out.reason in (Reason.invalid_value, Reason.naive_timestamp, Reason.too_old)
+    else:
+        assert stamp.isascii() and stamp.isprintable(), repr(stamp)
+
+
 def test_given_a_ulid_with_a_kelvin_sign_then_it_is_not_a_second_spelling_of_an_ascii_id() -> None:
     # Found by this fuzz: case-insensitive matching let U+212A (KELVIN SIGN) pass for K, and it
     # stayed in the "canonical" id, so one event could be journalled under two ids.
