@@ -49,8 +49,9 @@ __all__ = ["BRANDS", "Envelope", "content_digest", "normalise_event_id"]
 # Canonical hyphenated UUID only: uuid.UUID() alone would also take braces, "urn:uuid:" and
 # hyphens in any place, and two spellings of one id would defeat idempotency.
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-# Crockford base32 (no I, L, O, U); a first character above 7 would overflow 128 bits.
-_ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$", re.IGNORECASE)
+# Crockford base32 (no I, L, O, U); a first character above 7 would overflow 128 bits. ASCII:
+# Unicode case folding lets the Kelvin sign (U+212A) pass for K and stay in the "canonical" id.
+_ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$", re.IGNORECASE | re.ASCII)
 
 
 def normalise_event_id(value: str) -> str | None:

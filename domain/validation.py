@@ -200,6 +200,10 @@ def _validate(raw: object, base: str, county: County, permitted_brands: frozense
                       f"'{event_type}' has no schema_version {version}; supported: {known}")
     stamp = _typed(raw, "occurred_at", str, base)
     try:
+        # CPython's parser stops at a NUL ("…09:15:32\x00+08:00" parses): a date-time is
+        # printable ASCII, and anything else is refused before it is parsed.
+        if not (stamp.isascii() and stamp.isprintable()):
+            raise ValueError(stamp)
         occurred_at = datetime.fromisoformat(stamp)
     except ValueError:
         raise _Reject(Reason.invalid_value, f"{base}.occurred_at",
