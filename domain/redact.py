@@ -11,6 +11,7 @@ from domain.phone import mask_phone
 # identify someone; waybills and ids echoed in messages are masked too, which costs nothing.
 _DIGIT_RUN = re.compile(r"\d{7,}")
 _MOBILE_INSIDE = re.compile(r"1[3-9][0-9]{9}")
+_MOBILE_ALONE = re.compile(r"(?<![0-9])1[3-9][0-9]{9}(?![0-9])")
 
 
 def mask_digit_runs(text: str) -> str:
@@ -27,3 +28,9 @@ def mask_mobiles(text: str) -> str:
     """`text` with every mainland mobile number inside it masked, other digits kept: for
     canonical identifiers, where 7 digits in a row are common and carry nothing personal."""
     return _MOBILE_INSIDE.sub(lambda m: mask_phone(m.group()), text)
+
+
+def mask_lone_mobiles(text: str) -> str:
+    """`text` with every mainland mobile number that stands alone (no digit either side)
+    masked: for showing events whose waybills and ids must stay readable (`gongpei topic`)."""
+    return _MOBILE_ALONE.sub(lambda m: mask_phone(m.group()), text)

@@ -156,11 +156,8 @@ async def replay_worker(plat: Platform, conn: asyncpg.Connection, goals: dict[st
         sla_tables = [r["tablename"] for r in await conn.fetch(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename LIKE 'sla\\_%'")]
         await conn.execute("TRUNCATE parcels, tracking_events, " + ", ".join(sla_tables))
+        # No stored offset: the worker starts every partition at 0 (streams/app.py).
         await conn.execute("DELETE FROM consumer_offsets WHERE consumer = ANY($1::text[])", list(READERS))
-        partitions = plat.topic_partitions
-        await conn.executemany(
-            "INSERT INTO consumer_offsets (consumer, topic, partition, next_offset) VALUES ($1, $2, $3, 0)",
-            [(c, t, p) for c, topics in READERS.items() for t in topics for p in range(partitions)])
     worker.start()
     deadline = time.monotonic() + 120
     while not ready.exists():

@@ -22,7 +22,6 @@ Lock ids live in projections/locks.py."""
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import orjson
 
 from domain.county import County
 from domain.envelope import Envelope
+from domain.redact import mask_digit_runs
 from infra.db import TRANSIENT_DB_ERRORS
 from projections.locks import Lock
 from projections.metrics import (
@@ -182,19 +182,10 @@ async def apply_decoded(conn: asyncpg.Connection, projection: Projection[T],
         await use_all_brands(conn)
         if projection.source is Source.KAFKA:  # a swap of a rebuilt model waits for this batch
             await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", int(projection.lock))
-        out.applied = await _apply_guarded(conn, projection, decoded, out)
-        if out.set_aside:
-            await _record_set_aside(conn, projection.name, out.set_aside)
+        await _apply_recorded(conn, projection, decoded, out)
         await save_positions(conn, projection.name, positions)
     _count(projection.name, out, time.perf_counter() - started)
     return out
-
-
-async def apply_stored(conn: asyncpg.Connection, projection: Projection[T],
-                       items: Sequence[Stored], positions: Mapping[tuple[str, int], int]) -> Outcome:
-    """`apply_decoded` for stored events this projection decodes itself."""
-    decoded, poison = decode_batch(projection.decode, items)
-    return await apply_decoded(conn, projection, decoded, poison, positions)
 
 
 async def _apply_guarded(conn: asyncpg.Connection, projection: Projection[T],
@@ -222,18 +213,38 @@ async def _apply_guarded(conn: asyncpg.Connection, projection: Projection[T],
     return Applied(first.new + second.new, first.duplicate + second.duplicate)
 
 
-def _and(projection: Projection[Any]) -> str:
-    return f" AND {projection.journal_filter}" if projection.journal_filter else ""
+async def _apply_recorded(conn: asyncpg.Connection, projection: Projection[T],
+                          decoded: Sequence[tuple[Stored, T]], out: Outcome) -> None:
+    """Apply, and record what was set aside (undecodable ones already in `out`)."""
+    out.applied = await _apply_guarded(conn, projection, decoded, out)
+    if out.set_aside:
+        await _record_set_aside(conn, projection.name, out.set_aside)
 
 
-_MOBILE = re.compile(r"(?<![0-9])1[3-9][0-9]{9}(?![0-9])")
+async def _journal_rows(conn: asyncpg.Connection, projection: Projection[Any], next_seq: int,
+                        page: int) -> list[asyncpg.Record]:
+    """A page of the journal events a follower reads, from seq `next_seq` on."""
+    filtered = f" AND {projection.journal_filter}" if projection.journal_filter else ""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT seq, event_id, body FROM journal WHERE seq >= $1 AND type = ANY($2::text[])"
+        + filtered + " ORDER BY seq LIMIT $3", next_seq, sorted(projection.reads), page)
+    return rows
+
+
+async def _apply_rows(conn: asyncpg.Connection, projection: Projection[Any],
+                      rows: Sequence[asyncpg.Record]) -> Outcome:
+    """Decode, apply and set aside a page of journal rows, in the caller's transaction."""
+    items = [Stored(JOURNAL, 0, r["seq"], r["event_id"], r["body"]) for r in rows]
+    decoded, poison = decode_batch(projection.decode, items)
+    out = Outcome(set_aside=poison)
+    await _apply_recorded(conn, projection, decoded, out)
+    return out
 
 
 def _short(exc: BaseException) -> str:
-    """An error's text for the set-aside record: one line, short, any mobile number masked (a
-    reducer that opened a phone may quote it)."""
-    text = str(exc).replace("\n", " ")[:300]
-    return _MOBILE.sub(lambda m: m.group()[:3] + "****" + m.group()[-4:], text)
+    """An error's text for the set-aside record: one line, short, every run of 7+ digits masked
+    as the API masks what it echoes (a reducer that opened a phone may quote it)."""
+    return mask_digit_runs(str(exc).replace("\n", " ")[:300])
 
 
 async def _record_set_aside(conn: asyncpg.Connection, name: str,
@@ -323,7 +334,6 @@ async def catch_up(conn: asyncpg.Connection, projection: Projection[T], page: in
 async def _journal_page(conn: asyncpg.Connection, projection: Projection[T], page: int,
                         lock: Lock) -> tuple[int, bool]:
     started = time.perf_counter()
-    out = Outcome()
     async with conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", int(lock)):
             return 0, False
@@ -331,17 +341,11 @@ async def _journal_page(conn: asyncpg.Connection, projection: Projection[T], pag
         next_seq = await journal_position(conn, projection.name)
         if await projection.prepare(conn, next_seq):
             return 0, True
-        rows = await conn.fetch(
-            "SELECT seq, event_id, body FROM journal WHERE seq >= $1 AND type = ANY($2::text[])"
-            + _and(projection) + " ORDER BY seq LIMIT $3", next_seq, sorted(projection.reads), page)
+        rows = await _journal_rows(conn, projection, next_seq, page)
         if not rows:
             PROJECTION_LAG.labels(projection=projection.name).set(0)
             return 0, False
-        items = [Stored(JOURNAL, 0, r["seq"], r["event_id"], r["body"]) for r in rows]
-        decoded, out.set_aside = decode_batch(projection.decode, items)
-        out.applied = await _apply_guarded(conn, projection, decoded, out)
-        if out.set_aside:
-            await _record_set_aside(conn, projection.name, out.set_aside)
+        out = await _apply_rows(conn, projection, rows)
         await save_positions(conn, projection.name, {(JOURNAL, 0): rows[-1]["seq"] + 1})
         last = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM journal")
     PROJECTION_LAG.labels(projection=projection.name).set(max(0, last - rows[-1]["seq"]))
@@ -419,9 +423,10 @@ class _Replay:
 
     projection: Projection[Any]
     page: int
-    after: int = 0
+    next_seq: int = 1
 
     async def run(self, conn: asyncpg.Connection) -> int:
+        """Every page, each in its own transaction."""
         total = 0
         while True:
             async with conn.transaction():
@@ -431,26 +436,17 @@ class _Replay:
                 return total
 
     async def run_in(self, conn: asyncpg.Connection, one_page: bool = False) -> int:
+        """Pages up to the journal's end (or one), in the caller's transaction."""
         total = 0
-        while True:
-            rows = await conn.fetch(
-                "SELECT seq, event_id, body FROM journal WHERE seq > $1 AND type = ANY($2::text[])"
-                + _and(self.projection) + " ORDER BY seq LIMIT $3", self.after,
-                sorted(self.projection.reads), self.page)
-            if not rows:
-                return total
+        while rows := await _journal_rows(conn, self.projection, self.next_seq, self.page):
             await use_all_brands(conn)
-            items = [Stored(JOURNAL, 0, r["seq"], r["event_id"], r["body"]) for r in rows]
-            decoded, poison = decode_batch(self.projection.decode, items)
-            out = Outcome(set_aside=poison)
-            await _apply_guarded(conn, self.projection, decoded, out)
-            if out.set_aside:
-                await _record_set_aside(conn, self.projection.name, out.set_aside)
-            self.after = rows[-1]["seq"]
-            await save_positions(conn, self.projection.name, {(JOURNAL, 0): self.after + 1})
+            await _apply_rows(conn, self.projection, rows)
+            self.next_seq = rows[-1]["seq"] + 1
+            await save_positions(conn, self.projection.name, {(JOURNAL, 0): self.next_seq})
             total += len(rows)
             if one_page:
-                return total
+                break
+        return total
 
 
 async def _compare(conn: asyncpg.Connection, projection: Projection[Any],

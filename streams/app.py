@@ -41,10 +41,9 @@ APPLY_RETRY_SECONDS = 60.0
 KAFKA_TOPICS: tuple[TopicSpec, ...] = (PARCEL_EVENTS, VEHICLE_EVENTS)
 
 
-def topics_of(projection: Projection[Any]) -> tuple[str, ...]:
-    """The Kafka topics that carry the event types a projection reads."""
-    return tuple(t.name for t in KAFKA_TOPICS
-                 if any(r.startswith(t.families) for r in projection.reads))
+def topics_of(reads: frozenset[str]) -> tuple[str, ...]:
+    """The Kafka topics that carry these event types."""
+    return tuple(t.name for t in KAFKA_TOPICS if any(r.startswith(t.families) for r in reads))
 
 
 def kafka_projections(county: County) -> list[Projection[Envelope]]:
@@ -55,8 +54,8 @@ def kafka_projections(county: County) -> list[Projection[Envelope]]:
     return out
 
 
-# Which topics each projection reads (the load bench starts them from offset 0).
-READERS = {"tracking": (PARCEL_EVENTS.name,), "sla": (PARCEL_EVENTS.name, VEHICLE_EVENTS.name)}
+# Which topics each Kafka-fed projection reads (the load bench resets them).
+READERS = {kind.name: topics_of(kind.reads) for kind in (TrackingProjection, SlaProjection)}
 
 
 class Resources:
@@ -95,9 +94,8 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
     )
     resources = Resources(settings)
     projections = kafka_projections(county)
-    readers = {p.name: topics_of(p) for p in projections}
+    readers = {p.name: topics_of(p.reads) for p in projections}
     topics = sorted({t for names in readers.values() for t in names})
-    behind: dict[tuple[str, int, str], int] = {}   # the last lag seen, per partition and reader
     dead_letter = app.topic(DEAD_LETTER.name, key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw")
 
@@ -138,7 +136,7 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
     for projection in projections:
         _agent(app, settings, resources, projection, readers[projection.name],
                tuple(t for t, name in first_reader.items() if name == projection.name),
-               dead_letter, behind)
+               dead_letter)
 
     @app.timer(interval=15.0)
     async def sla_gauges() -> None:
@@ -157,23 +155,27 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
 
 def _agent(app: faust.App, settings: Settings, resources: Resources,
            projection: Projection[Envelope], topics: tuple[str, ...],
-           dead_letters_for: tuple[str, ...], dead_letter: Any,
-           behind: dict[tuple[str, int, str], int]) -> None:
+           dead_letters_for: tuple[str, ...], dead_letter: Any) -> None:
     source = app.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw",
                        value_serializer="raw")
+    behind: dict[tuple[str, int], int] = {}   # the last lag seen per partition
 
     async def project(stream: faust.StreamT[bytes]) -> None:
         batches = stream.take_events(settings.worker_batch_size, within=0.05)  # type: ignore[attr-defined]
         async for batch in batches:
             items = [Stored(e.message.topic, e.message.partition, e.message.offset, None, e.value)
                      for e in batch]
+            positions: dict[tuple[str, int], int] = {}
+            for s in items:
+                tp = (s.topic, s.partition)
+                positions[tp] = max(positions.get(tp, 0), s.position + 1)
             decoded, poison = runtime.decode_batch(projection.decode, items)
             for stored, reason in poison:  # kept where people can look, as well as set aside
                 if stored.topic in dead_letters_for:
                     await _dead_letter(dead_letter, stored, reason)
-            await _apply_with_retry(await resources.pool(), projection, topics, items, decoded,
-                                    poison)
-            _report_lag(app, items, projection, topics, behind)
+            mine = [(s, e) for s, e in decoded if e.type in projection.reads]
+            await _apply_with_retry(await resources.pool(), projection, mine, poison, positions)
+            _report_lag(app, projection.name, positions, behind)
 
     project.__name__ = project.__qualname__ = f"project_{projection.name}"
     app.agent(source, name=f"gongpei.project.{projection.name}")(project)
@@ -190,27 +192,17 @@ async def _dead_letter(dead_letter: Any, stored: Stored, reason: str) -> None:
 
 
 async def _apply_with_retry(pool: asyncpg.Pool, projection: Projection[Envelope],
-                            topics: Sequence[str], items: Sequence[Stored],
                             decoded: Sequence[tuple[Stored, Envelope]],
-                            poison: Sequence[tuple[Stored, str]]) -> None:
-    """Apply what this projection reads of the batch, with the offsets of its topics; a database
-    outage is retried for a while, then the worker crashes loudly (the supervisor restarts it and
-    it resumes from the stored offsets)."""
-    positions: dict[tuple[str, int], int] = {}
-    for s in items:
-        if s.topic in topics:
-            tp = (s.topic, s.partition)
-            positions[tp] = max(positions.get(tp, 0), s.position + 1)
-    if not positions:
-        return
-    mine = [(s, e) for s, e in decoded if s.topic in topics and e.type in projection.reads]
-    bad = [(s, r) for s, r in poison if s.topic in topics]
+                            poison: Sequence[tuple[Stored, str]],
+                            positions: dict[tuple[str, int], int]) -> None:
+    """Apply a batch with its offsets; a database outage is retried for a while, then the worker
+    crashes loudly (the supervisor restarts it and it resumes from the stored offsets)."""
     deadline = time.monotonic() + APPLY_RETRY_SECONDS
     delay = 0.2
     while True:
         try:
             async with pool.acquire() as conn:
-                await runtime.apply_decoded(conn, projection, mine, bad, positions)
+                await runtime.apply_decoded(conn, projection, decoded, poison, positions)
             return
         except TRANSIENT_DB_ERRORS as exc:
             if time.monotonic() > deadline:
@@ -220,14 +212,13 @@ async def _apply_with_retry(pool: asyncpg.Pool, projection: Projection[Envelope]
             delay = min(delay * 2, 5.0)
 
 
-def _report_lag(app: faust.App, items: Sequence[Stored], projection: Projection[Any],
-                topics: Sequence[str], behind: dict[tuple[str, int, str], int]) -> None:
-    for s in items:
-        high = app.consumer.highwater(TP(s.topic, s.partition))
+def _report_lag(app: faust.App, name: str, positions: dict[tuple[str, int], int],
+                behind: dict[tuple[str, int], int]) -> None:
+    """Messages behind each partition's end, per projection, and their sum."""
+    for (topic, partition), next_offset in positions.items():
+        high = app.consumer.highwater(TP(topic, partition))
         if high is not None:
-            behind[(s.topic, s.partition, projection.name)] = max(0, high - s.position - 1)
-    for (topic, partition, name), lag in list(behind.items()):
-        if name == projection.name:
-            CONSUMER_LAG.labels(consumer=name, topic=topic, partition=str(partition)).set(lag)
-    PROJECTION_LAG.labels(projection=projection.name).set(
-        sum(lag for (_, _, name), lag in behind.items() if name == projection.name))
+            behind[(topic, partition)] = max(0, high - next_offset)
+            CONSUMER_LAG.labels(consumer=name, topic=topic, partition=str(partition)).set(
+                behind[(topic, partition)])
+    PROJECTION_LAG.labels(projection=name).set(sum(behind.values()))

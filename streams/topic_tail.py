@@ -5,16 +5,13 @@ a mobile number is masked too."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from domain.phone import mask_phone as mask
-
-_MOBILE = re.compile(r"(?<![0-9])1[3-9][0-9]{9}(?![0-9])")
+from domain.redact import mask_lone_mobiles
 
 
 def readable(value: bytes | None) -> str:
@@ -24,8 +21,8 @@ def readable(value: bytes | None) -> str:
     try:
         body = orjson.loads(value)
     except orjson.JSONDecodeError:
-        return "(not JSON) " + _MOBILE.sub(lambda m: mask(m.group()), value.decode("utf-8", "replace"))
-    return _MOBILE.sub(lambda m: mask(m.group()), orjson.dumps(_masked(body)).decode())
+        return "(not JSON) " + mask_lone_mobiles(value.decode("utf-8", "replace"))
+    return mask_lone_mobiles(orjson.dumps(_masked(body)).decode())
 
 
 def _masked(node: Any) -> Any:
@@ -62,7 +59,7 @@ async def tail(bootstrap: str, topic: str, last: int, follow: bool,
             records = [r for rs in batch.values() for r in rs]
             for r in sorted(records, key=lambda r: (r.partition, r.offset)):
                 key = r.key.decode("utf-8", "replace") if r.key else "-"
-                emit(f"{r.topic}/{r.partition}@{r.offset} key={_MOBILE.sub(lambda m: mask(m.group()), key)}"
+                emit(f"{r.topic}/{r.partition}@{r.offset} key={mask_lone_mobiles(key)}"
                      f" {readable(r.value)}")
                 printed += 1
             if records:
