@@ -72,6 +72,22 @@ def sms_of(client: httpx.Client, token: str, wb: str) -> dict[str, Any]:
     return r.json()  # type: ignore[no-any-return]
 
 
+def wait_delivered(platform: Platform, client: httpx.Client, token: str, wb: str, what: str) -> None:
+    """Wait until the parcel's first SMS is delivered; on a timeout, say where it stands."""
+    try:
+        wait_for(lambda: (s := sms_of(client, token, wb)["sms"]) and s[0]["state"] == "delivered",
+                 60, what)
+    except AssertionError as e:
+        sms = sms_of(client, token, wb)["sms"]
+        attempts = db_fetch(platform, "SELECT sms_id, attempt, provider, outcome FROM sms_attempts"
+                                      " WHERE sms_id = ANY($1::text[])", [m["sms_id"] for m in sms])
+        ids = {m["sms_id"] for m in sms}
+        sent = [{k: v for k, v in g.items() if k != "phone"}
+                for g in gateway_sent(platform) if g["out_id"] in ids]
+        raise AssertionError(f"{e}; the parcel's SMS: {sms}; attempts: {[tuple(a) for a in attempts]};"
+                             f" the gateways took: {sent}") from e
+
+
 def register(county: County, wb: str, brand: str, mobile: str, at: datetime) -> dict[str, Any]:
     return envelope("parcel.registered", 2, at, brand, "manifest", {
         "waybill": wb, "recipient_phone": mobile, "destination_village": POINT, "weight_g": 800})
@@ -179,8 +195,7 @@ def test_a_provider_that_keeps_failing_is_left_for_the_failover_provider(
     post(client, tokens["SF-system"], [register(county, wb, "SF", mobile, now)])
     post(client, tokens["scanner"], [stored(wb, "SF", now, None)])
     # Three transient failures at the primary (backing off 2, 4, 8 s), then the failover.
-    wait_for(lambda: (s := sms_of(client, tokens["manager"], wb)["sms"])
-             and s[0]["state"] == "delivered", 60, "the SMS delivered through the failover")
+    wait_delivered(platform, client, tokens["manager"], wb, "the SMS delivered through the failover")
     view = sms_of(client, tokens["manager"], wb)["sms"][0]
     assert view["provider"] == "tencent"
     sent = [s for s in gateway_sent(platform) if s["phone"] == mobile]
@@ -211,8 +226,7 @@ def test_repeated_receipts_and_a_rebuild_add_no_sms(
     wb, mobile = waybill("ZTO"), phone()
     post(client, tokens["ZTO-system"], [register(county, wb, "ZTO", mobile, now)])
     post(client, tokens["scanner"], [stored(wb, "ZTO", now, None)])
-    wait_for(lambda: (s := sms_of(client, tokens["manager"], wb)["sms"])
-             and s[0]["state"] == "delivered", 60, "the SMS delivered")
+    wait_delivered(platform, client, tokens["manager"], wb, "the SMS delivered")
     sms_id = sms_of(client, tokens["manager"], wb)["sms"][0]["sms_id"]
     biz = next(s["biz_id"] for s in gateway_sent(platform) if s["out_id"] == sms_id)
 
