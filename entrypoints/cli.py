@@ -723,7 +723,21 @@ def main(argv: list[str] | None = None) -> None:
     pii.set_defaults(func=cmd_pii)
 
     args = parser.parse_args(argv)
+    _serve_metrics(args.command)
     args.func(args)
+
+
+def _serve_metrics(command: str) -> None:
+    """Outside `gongpei up` (whose API serves every process's samples), a service in its own
+    container serves its metrics on GONGPEI_METRICS_PORT for Prometheus to scrape."""
+    port = os.environ.get("GONGPEI_METRICS_PORT", "")
+    if command in ("relay", "worker", "ledger", "sms") and port.isdigit() and \
+            not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import start_http_server
+
+        import projections.metrics  # noqa: F401 - the families, at 0 from the first scrape
+
+        start_http_server(int(port))
 
 
 if __name__ == "__main__":
