@@ -91,6 +91,15 @@ def test_the_compose_stack_has_every_part_healthchecked() -> None:
     assert holders == {"sms"}
 
 
+def test_the_example_settings_name_every_variable_and_hold_no_value() -> None:
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)[:}]", COMPOSE.read_text())) - {"VAR"}
+    lines = (DEPLOY / "gongpei.env.example").read_text().splitlines()
+    given = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    optional = {line[2:].split("=", 1)[0] for line in lines if re.match(r"# [A-Z_]+=", line)}
+    assert set(given) | optional == used, used ^ (set(given) | optional)
+    assert not [k for k, v in given.items() if v], "an example holds no value"
+
+
 @pytest.mark.parametrize("name, doc", _manifests(),
                          ids=[f"{n}:{d['kind']}/{d['metadata']['name']}" for n, d in _manifests()])
 def test_each_kubernetes_manifest_follows_the_api_schema(name: str, doc: dict[str, Any]) -> None:
