@@ -368,6 +368,21 @@ def cmd_topic(args: argparse.Namespace) -> None:
     print(f"({n} messages)", file=sys.stderr)
 
 
+def cmd_topics(args: argparse.Namespace) -> None:
+    """Show how the cluster's topics differ from the registry, then make them match."""
+    from aiokafka.errors import KafkaError
+
+    from streams.topic_admin import topics_apply
+
+    settings = _admin_settings(args.state_dir)
+    try:
+        code = asyncio.run(topics_apply(settings, dry_run=args.dry_run, tiered=args.tiered,
+                                        out=print))
+    except (OSError, KafkaError) as exc:
+        sys.exit(f"gongpei: cannot reach Kafka at {settings.kafka_bootstrap_servers}: {exc}")
+    sys.exit(code)
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     """What an embedded platform runs, where, and how healthy; exit 1 if any part is down."""
     import urllib.error
@@ -678,6 +693,17 @@ def main(argv: list[str] | None = None) -> None:
     topic.add_argument("--state-dir", help="a running embedded platform's state folder")
     topic.set_defaults(func=cmd_topic)
 
+    topics = sub.add_parser("topics", help="declare the registry's topics on a cluster")
+    topics_sub = topics.add_subparsers(dest="action", required=True)
+    tapply = topics_sub.add_parser("apply", help="show how the cluster's topics differ from"
+                                   " streams/topics.py, then create topics, add partitions and"
+                                   " set configs to match (never reduces or deletes)")
+    tapply.add_argument("--dry-run", action="store_true", help="show the diff only")
+    tapply.add_argument("--tiered", action="store_true", help="events move to Kafka's tiered"
+                        " storage after 7 days (the brokers must have it enabled)")
+    tapply.add_argument("--state-dir", help="a running embedded platform's state folder")
+    tapply.set_defaults(func=cmd_topics)
+
     status = sub.add_parser("projections", help="each projection's position and lag, and the"
                             " events set aside (with why)")
     status.add_argument("--limit", type=int, default=20)
@@ -697,7 +723,21 @@ def main(argv: list[str] | None = None) -> None:
     pii.set_defaults(func=cmd_pii)
 
     args = parser.parse_args(argv)
+    _serve_metrics(args.command)
     args.func(args)
+
+
+def _serve_metrics(command: str) -> None:
+    """Outside `gongpei up` (whose API serves every process's samples), a service in its own
+    container serves its metrics on GONGPEI_METRICS_PORT for Prometheus to scrape."""
+    port = os.environ.get("GONGPEI_METRICS_PORT", "")
+    if command in ("relay", "worker", "ledger", "sms") and port.isdigit() and \
+            not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import start_http_server
+
+        import projections.metrics  # noqa: F401 - the families, at 0 from the first scrape
+
+        start_http_server(int(port))
 
 
 if __name__ == "__main__":

@@ -14,15 +14,15 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 
 from infra.db import TRANSIENT_DB_ERRORS, discard
 from infra.settings import Settings
 from projections import journal
 from projections.locks import Lock
 from projections.metrics import RELAY_LAG, RELAY_PUBLISHED, RELAY_REPUBLISHES
-from streams.topics import ALL_TOPICS, topic_for
+from streams.topic_admin import ensure_topics
+from streams.topics import topic_for
 
 log = logging.getLogger("gongpei.relay")
 CURSOR = "kafka"
@@ -41,24 +41,6 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
         max_batch_size=256 * 1024, request_timeout_ms=15000, retry_backoff_ms=200,
         compression_type=None,
     )
-
-
-async def ensure_topics(settings: Settings) -> None:
-    """Create every registry topic with the configured partition count, if missing."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
-    await admin.start()
-    try:
-        self_rf = settings.topic_replication
-        existing = set(await admin.list_topics())
-        wanted = [NewTopic(t.name, num_partitions=settings.topic_partitions, replication_factor=self_rf)
-                  for t in ALL_TOPICS if t.name not in existing]
-        if wanted:
-            try:
-                await admin.create_topics(wanted)
-            except TopicAlreadyExistsError:
-                pass
-    finally:
-        await admin.close()
 
 
 class BrokerLostData(Exception):
