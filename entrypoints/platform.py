@@ -336,7 +336,7 @@ class Platform:
         self.restart_counter = RestartCounter(metrics_dir, [*self.watches, *self.children])
         self.capacity = CapacityWatch(metrics_dir, CapacityLimits(
             self.settings.disk_warn_free_mb, self.settings.broker_memory_warn_percent))
-        self._check_capacity()
+        self.check_capacity()
         for child in self.children.values():
             child.start()
         self.wait_ready(timeout)
@@ -458,7 +458,7 @@ class Platform:
             if self.restart_counter is not None:
                 self.restart_counter.set(name, watch.restarts)
             restarted.append(name)
-        if self._check_capacity() or restarted:
+        if self.check_capacity() or restarted:
             self._write_state_quietly()
         if "postgres" not in restarted and time.monotonic() - self._retention_at > RETENTION_EVERY:
             try:
@@ -468,13 +468,18 @@ class Platform:
                 log.warning("retention not applied this hour: %s", type(exc).__name__)
         return restarted
 
-    def _check_capacity(self) -> bool:
-        """Sample disk and memory when due; True if the state file should say it anew."""
-        if self.capacity is None or self.pg is None or not self.capacity.due(time.monotonic()):
+    def check_capacity(self, now: bool = False) -> bool:
+        """Sample disk and memory when due (or `now`); True if the state file should say it
+        anew (when `now`, it is written here)."""
+        if self.capacity is None or self.pg is None or not (
+                now or self.capacity.due(time.monotonic())):
             return False
         broker = self.broker.proc.pid if self.broker and self.broker.alive() and \
             self.broker.proc else None
-        return self.capacity.check(self.pg.data_dir, broker)
+        changed = self.capacity.check(self.pg.data_dir, broker)
+        if now:
+            self._write_state_quietly()
+        return changed
 
     def _parts(self) -> list[tuple[str, Watch, Callable[[], bool], Callable[[], None]]]:
         """What is supervised, in the order to restart it: PostgreSQL and the broker before the

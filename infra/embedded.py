@@ -195,11 +195,11 @@ def read_state(state_dir: Path) -> dict[str, object] | None:
 
 def write_state(state_dir: Path, state: Mapping[str, object]) -> None:
     """Write STATE_FILE (owner-only) whole and at once: a new file renamed over the old one.
-    The JSON is padded with spaces to whole 4 KiB blocks, so that when the disk is full (no
-    room for the new file) the same number of blocks can still be overwritten in place: the
+    The JSON is padded with spaces to whole 4 KiB blocks and one more, so that when the disk is
+    full (no room for a new file) the blocks the file has can still be overwritten in place: the
     operator's commands then see the full disk said, not a stale state."""
     text = json.dumps(state, indent=1).encode()
-    text += b" " * (-len(text) % 4096)
+    text += b" " * (-len(text) % 4096 + 4096)  # and a block to spare, for longer figures
     path = state_dir / STATE_FILE
     tmp = path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)

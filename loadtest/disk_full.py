@@ -137,7 +137,7 @@ def run(plat: Platform, args: argparse.Namespace) -> dict[str, object]:
             else:
                 time.sleep(0.2)
         full_at = time.monotonic()
-        plat.supervise_once()  # the supervisor's sample of the full disk
+        plat.check_capacity(now=True)  # the supervisor's sample of the full disk
         try:
             health = client.get("/healthz")
             healthz_when_full = f"{health.status_code} {health.text}"
@@ -167,6 +167,11 @@ def run(plat: Platform, args: argparse.Namespace) -> dict[str, object]:
         finally:
             await conn.close()
 
+    said: list[str] = []  # what PostgreSQL logged about it, each message once
+    for line in (plat.state_dir / "pg" / "server.log").read_text(errors="replace").splitlines():
+        for level in ("PANIC:", "FATAL:", "ERROR:"):
+            if level in line and (msg := line.split(level, 1)[1].strip()[:120]) not in said:
+                said.append(msg)
     missing = sorted(tally.acknowledged - asyncio.run(in_journal()))
     return {
         "filesystem_mb": args.size_mb,
@@ -185,6 +190,7 @@ def run(plat: Platform, args: argparse.Namespace) -> dict[str, object]:
         "healthz_when_full": healthz_when_full,
         "restarts": {name: w.restarts for name, w in plat.watches.items()}
         | {name: c.restarts for name, c in plat.children.items() if c.restarts},
+        "postgres_said": said[:6],
         "lost": len(missing),
         "lost_ids": missing[:5],
     }
