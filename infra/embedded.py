@@ -198,8 +198,8 @@ def write_state(state_dir: Path, state: Mapping[str, object]) -> None:
     The JSON is padded with spaces to whole 4 KiB blocks and one more, so that when the disk is
     full (no room for a new file) the blocks the file has can still be overwritten in place: the
     operator's commands then see the full disk said, not a stale state."""
-    text = json.dumps(state, indent=1).encode()
-    text += b" " * (-len(text) % 4096 + 4096)  # and a block to spare, for longer figures
+    raw = json.dumps(state, indent=1).encode()
+    text = raw + b" " * (-len(raw) % 4096 + 4096)  # and a block to spare, for longer figures
     path = state_dir / STATE_FILE
     tmp = path.with_suffix(".tmp")
     tmp.unlink(missing_ok=True)
@@ -210,12 +210,12 @@ def write_state(state_dir: Path, state: Mapping[str, object]) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        if exc.errno != errno.ENOSPC or not path.exists() or path.stat().st_size < len(text):
+        if exc.errno != errno.ENOSPC or not path.exists() or path.stat().st_size < len(raw):
             raise
         # No room for a second copy: overwrite the blocks the file already has (a reader in
         # the same instant may see a mix and take it for no state; the next write mends it).
         with open(path, "r+b") as out:
-            out.write(text + b" " * (path.stat().st_size - len(text)))
+            out.write(raw + b" " * (path.stat().st_size - len(raw)))
 
 
 def parts_down(state: dict[str, object]) -> dict[str, str | None]:

@@ -119,6 +119,9 @@ def test_the_state_file_is_rewritten_in_place_when_there_is_no_room_for_a_new_on
     assert read_state(tmp_path) == {"supervisor_pid": 1,
                                     "capacity": {"warnings": ["disk 100% full"]}}
     assert json.loads((tmp_path / STATE_FILE).read_text())["supervisor_pid"] == 1
+    longer = {"supervisor_pid": 1, "capacity": {"warnings": ["x" * 3000]}}  # into the spare block
+    write_state(tmp_path, longer)
+    assert read_state(tmp_path) == longer
     with pytest.raises(OSError):  # other errors are not swallowed
         monkeypatch.setattr(os, "open", lambda *a, **k: (_ for _ in ()).throw(OSError(13, "no")))
         write_state(tmp_path, {"supervisor_pid": 1})
