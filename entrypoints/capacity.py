@@ -17,6 +17,7 @@ from infra.capacity import CapacityLimits, CapacitySample, capacity_warnings, sa
 log = logging.getLogger("gongpei.platform")
 CAPACITY_EVERY = 10.0  # seconds between two samples
 STATE_EVERY = 60.0     # the state file is rewritten at least this often while nothing changes
+LOG_STEP = 5.0         # a warning is logged again when its figure has grown by this many points
 
 
 class CapacityGauges:
@@ -60,6 +61,7 @@ class CapacityWatch:
         self.warnings: list[str] = []
         self._due = float("-inf")     # monotonic time of the next sample
         self._stated = float("-inf")  # monotonic time the state file last had our figures
+        self._logged: dict[str, float] = {}  # "disk", "broker": the % full last logged
 
     def due(self, now: float) -> bool:
         return now >= self._due
@@ -77,13 +79,7 @@ class CapacityWatch:
         self.last = s
         warnings = capacity_warnings(s, self.limits)
         changed = warnings != self.warnings
-        said = {w.split()[0] for w in self.warnings}  # "disk", "broker": once each, not
-        for line in warnings:                          # again at every new figure
-            if line.split()[0] not in said:
-                log.warning("capacity: %s", line)
-        if self.warnings and not warnings:
-            log.warning("capacity: back within limits (disk %.0f%% full, broker %s)",
-                        s.disk_used_percent, f"{s.broker_memory_percent:.0f}% of memory")
+        self._log(s, warnings)
         self.warnings = warnings
         if self.gauges is not None:
             self.gauges.write(s)
@@ -91,6 +87,21 @@ class CapacityWatch:
             self._stated = now
             return True
         return False
+
+    def _log(self, s: CapacitySample, warnings: list[str]) -> None:
+        """Each warning once, and again only when it got LOG_STEP points worse (or full): the
+        log tells the story without a line every 10 s; and when it clears."""
+        figure = {"disk": s.disk_used_percent, "broker": s.broker_memory_percent}
+        for line in warnings:
+            kind = line.split()[0]
+            last = self._logged.get(kind)
+            if last is None or figure[kind] >= last + LOG_STEP or (
+                    figure[kind] >= 99.5 > last):
+                log.warning("capacity: %s", line)
+                self._logged[kind] = figure[kind]
+        for kind in set(self._logged) - {line.split()[0] for line in warnings}:
+            log.warning("capacity: %s back within its limit (%.0f%%)", kind, figure[kind])
+            del self._logged[kind]
 
     def as_state(self) -> dict[str, object]:
         """What the state file holds for `gongpei status` and /healthz."""

@@ -89,9 +89,19 @@ def test_the_watch_logs_a_warning_once_and_asks_for_the_state_file_when_it_chang
     assert state["warnings"] == watch.warnings and state["disk_path"] == str(tmp_path)
     watch.limits = CapacityLimits(disk_warn_free_mb=0.001)
     assert watch.check(tmp_path, os.getpid()) and watch.warnings == []  # cleared: written
-    assert any("back within limits" in r.message for r in caplog.records)
+    assert any("capacity: disk back within its limit" in r.message for r in caplog.records)
     watch.close()
     assert list(tmp_path.glob("gauge_mostrecent_supervisor-*.db"))
+
+
+def test_a_warning_is_logged_again_only_when_it_got_five_points_worse_or_full(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    watch = CapacityWatch(None, CapacityLimits(disk_warn_free_mb=4096))
+    for free in (3.0, 2.9, 2.0, 1.9, 0.0009, 0.0008):  # GiB free of 16: 81, 82, 88, 88, 100, 100 %
+        watch._log(given(free=int(free * GIB)), capacity_warnings(
+            given(free=int(free * GIB)), watch.limits))
+    logged = [r.message.split()[2] for r in caplog.records if r.message.startswith("capacity")]
+    assert logged == ["81%", "88%", "100%"]
 
 
 def test_status_prints_the_figures_and_each_warning() -> None:
