@@ -115,6 +115,34 @@ async def publish(broker: EmbeddedBroker, total: int, every: int,
     return curve, value_bytes, time.monotonic() - started
 
 
+async def read_all(bootstrap: str, pid: int) -> tuple[int, int]:
+    """Read every topic from the start, as a worker's replay does; (messages read, the broker's
+    highest RSS meanwhile)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        parts = [TopicPartition(t, p) for t in await consumer.topics()
+                 for p in consumer.partitions_for_topic(t) or ()]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        read, peak, deadline = 0, 0, time.monotonic() + 600
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in parts])
+
+        while await behind() and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            read += sum(len(v) for v in batch.values())
+            peak = max(peak, rss_bytes(pid) or 0)
+        return read, peak
+    finally:
+        await consumer.stop()
+
+
 def slope(curve: list[tuple[int, int]]) -> float:
     """Least-squares bytes of RSS per event over the curve."""
     n = len(curve)
@@ -130,6 +158,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=50_000, help="events between two samples")
     parser.add_argument("--parcels", type=int, default=5_000,
                         help="parcels in the pool of events cycled (each about 8 events)")
+    parser.add_argument("--read", action="store_true",
+                        help="then read everything back from the start, as a worker's replay")
     parser.add_argument("--limit-mb", type=int, default=0,
                         help="cap the broker's address space (RLIMIT_AS) to see what it does at"
                              " its limit (0: no cap)")
@@ -148,6 +178,12 @@ def main() -> None:
         curve, value_bytes, seconds = asyncio.run(publish(broker, args.events, args.every, pool))
         time.sleep(2)
         settled = rss_bytes(broker.proc.pid) or 0
+        if args.read and broker.alive():
+            began = time.monotonic()
+            read, peak = asyncio.run(read_all(broker.bootstrap, broker.proc.pid))
+            print(f"read_back: {read} messages in {time.monotonic() - began:.1f} s; broker RSS"
+                  f" peak {peak / MIB:.1f} MiB while read, {(rss_bytes(broker.proc.pid) or 0) / MIB:.1f}"
+                  " MiB after")
         if not broker.alive():
             print(f"broker_exit_code: {broker.proc.returncode}")
             print("broker_log_tail: " + " | ".join(
