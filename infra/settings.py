@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from infra.capacity import CapacityLimits
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEMO_COUNTY = Path(__file__).parent / "counties" / "haicheng.toml"
 # Each service connects to PostgreSQL as its own role, with only the privileges it needs
@@ -103,8 +105,8 @@ class Settings:
     access_log_retention_days: int = 90
     # When the embedded supervisor warns (infra/capacity.py, docs/runtime.md): less than this
     # free on PostgreSQL's disk; the in-memory broker holding this share of the machine's memory.
-    disk_warn_free_mb: float = 1024.0
-    broker_memory_warn_percent: float = 50.0
+    disk_warn_free_mb: float = CapacityLimits.disk_warn_free_mb
+    broker_memory_warn_percent: float = CapacityLimits.broker_memory_warn_percent
 
     def role_password(self, service: str) -> str:
         """The password of `service`'s database role: its own setting, else derived."""
