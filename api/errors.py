@@ -63,7 +63,8 @@ ERROR_MEANINGS: dict[int, str] = {
          " `invalid_value`, …); `path` names it",
     429: "Over a rate limit (`rate_limited`, `too_many_concurrent_uploads`,"
          " `too_many_failed_authentications`, `too_many_attempts`); retry after `Retry-After`",
-    503: "Storage is unavailable (`unavailable`); nothing was changed, retry after `Retry-After`",
+    503: "Storage is unavailable (`unavailable`), or its disk is full (`storage_full`); nothing"
+         " was changed, retry after `Retry-After`",
 }
 # A route behind a token that reads the database can answer these whatever it does.
 TOKEN_ROUTE = (401, 403, 413, 422, 429, 503)
@@ -92,6 +93,9 @@ def token_route(*more: int, notes: dict[int, str] | None = None, parameters: boo
 
 
 JSON_MEDIA_TYPES = ("application/json",)
+# A full disk needs an operator: devices are asked to come back in half a minute, not in two
+# seconds (they keep their batches; nothing was saved).
+STORAGE_FULL_RETRY_AFTER = 30
 
 
 def require_json(request: Request) -> None:
@@ -196,3 +200,17 @@ def install(app: FastAPI) -> None:
         log.warning("database unavailable: %s", type(exc).__name__)
         return JSONResponse(error_body("unavailable", "storage is unavailable; retry shortly"),
                               503, headers={"Retry-After": "2"})
+
+    @app.exception_handler(asyncpg.exceptions.InsufficientResourcesError)
+    async def _no_room(_: Request, exc: Exception) -> JSONResponse:
+        # PostgreSQL's class 53: its disk is full (it could not extend a table or write its log),
+        # or it is out of memory or connections. The transaction was rolled back, so nothing of
+        # the request was kept: a 503 the device retries, never a 500 (docs/reliability.md).
+        if isinstance(exc, asyncpg.exceptions.DiskFullError):
+            log.warning("database disk full: the request was refused, nothing kept")
+            return JSONResponse(error_body("storage_full", "the platform's storage is full; nothing"
+                                           " was saved, retry later"), 503,
+                                headers={"Retry-After": str(STORAGE_FULL_RETRY_AFTER)})
+        log.warning("database out of resources: %s", type(exc).__name__)
+        return JSONResponse(error_body("unavailable", "storage is unavailable; retry shortly"),
+                            503, headers={"Retry-After": "2"})

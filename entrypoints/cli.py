@@ -430,6 +430,10 @@ def cmd_status(args: argparse.Namespace) -> None:
         print(f"  {'database' if part == 'postgres' else part:<9} {what}  pid {info.get('pid')}"
               f" {'DOWN' if part in down else 'alive'}, restarts {info.get('restarts', 0)}"
               f"{since(part)}")
+    from entrypoints.capacity import status_lines
+
+    for line in status_lines(state.get("capacity")):  # disk and memory, with any WARNING
+        print(line)
     print(f"  {'process':<20} {'pid':>8}  {'alive':<5}  restarts  log")
     for name, info in dict(state["processes"]).items():
         print(f"  {name:<20} {info.get('pid') or '-':>8}  {'NO' if name in down else 'yes':<5}"

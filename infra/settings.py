@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from infra.capacity import CapacityLimits
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEMO_COUNTY = Path(__file__).parent / "counties" / "haicheng.toml"
 # Each service connects to PostgreSQL as its own role, with only the privileges it needs
@@ -101,6 +103,10 @@ class Settings:
     auth_failure_burst: int = 20     # unknown/expired tokens per client address, then 429
     auth_failures_per_minute: float = 2.0
     access_log_retention_days: int = 90
+    # When the embedded supervisor warns (infra/capacity.py, docs/runtime.md): less than this
+    # free on PostgreSQL's disk; the in-memory broker holding this share of the machine's memory.
+    disk_warn_free_mb: float = CapacityLimits.disk_warn_free_mb
+    broker_memory_warn_percent: float = CapacityLimits.broker_memory_warn_percent
 
     def role_password(self, service: str) -> str:
         """The password of `service`'s database role: its own setting, else derived."""
@@ -281,7 +287,13 @@ def _key32(name: str, value: str) -> bytes:
     return raw
 
 
-# Settings field -> (environment variable, type) for the rate limits and the access log.
+# The capacity warnings' thresholds (infra/capacity.py): parsed like the limits below.
+_CAPACITY_ENV: dict[str, tuple[str, type]] = {
+    "disk_warn_free_mb": ("GONGPEI_DISK_WARN_FREE_MB", float),
+    "broker_memory_warn_percent": ("GONGPEI_BROKER_MEMORY_WARN_PERCENT", float),
+}
+# Settings field -> (environment variable, type) for the rate limits, the access log and the
+# capacity warnings.
 _LIMIT_ENV: dict[str, tuple[str, type]] = {
     "upload_burst": ("GONGPEI_UPLOAD_BURST", int),
     "upload_per_minute": ("GONGPEI_UPLOAD_PER_MINUTE", float),
@@ -293,12 +305,20 @@ _LIMIT_ENV: dict[str, tuple[str, type]] = {
     "auth_failure_burst": ("GONGPEI_AUTH_FAILURE_BURST", int),
     "auth_failures_per_minute": ("GONGPEI_AUTH_FAILURES_PER_MINUTE", float),
     "access_log_retention_days": ("GONGPEI_ACCESS_LOG_RETENTION_DAYS", int),
+    **_CAPACITY_ENV,
 }
 
 
-def _limits_from_env(env: dict[str, str]) -> dict[str, Any]:
+def capacity_from_env(env: dict[str, str]) -> dict[str, Any]:
+    """The capacity warning thresholds set in `env` (the embedded supervisor builds its other
+    settings itself, but takes these from the operator's environment)."""
+    return _limits_from_env(env, _CAPACITY_ENV)
+
+
+def _limits_from_env(env: dict[str, str],
+                     table: dict[str, tuple[str, type]] = _LIMIT_ENV) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, (var, kind) in _LIMIT_ENV.items():
+    for name, (var, kind) in table.items():
         if env.get(var, "").strip() == "":
             continue
         try:

@@ -84,6 +84,27 @@ PROCESS_RESTARTS = Counter(
 PROJECTIONS = ("tracking", "sla", "ledger", "sms")
 
 
+# Disk and memory, sampled by the embedded supervisor every 10 s (entrypoints/capacity.py) and
+# written into the folder /metrics serves; absent outside it (watch the hosts there instead).
+DISK_FREE = Gauge(
+    "gongpei_disk_free_bytes", "Bytes still free for PostgreSQL on the disk of its data folder",
+    ["disk"], multiprocess_mode="mostrecent",
+)
+DISK_SIZE = Gauge(
+    "gongpei_disk_size_bytes", "Size of the disk of PostgreSQL's data folder (used + free)",
+    ["disk"], multiprocess_mode="mostrecent",
+)
+PROCESS_MEMORY = Gauge(
+    "gongpei_process_resident_bytes",
+    "Resident memory of a supervised process (the in-memory broker keeps every event)",
+    ["process"], multiprocess_mode="mostrecent",
+)
+MACHINE_MEMORY = Gauge(
+    "gongpei_machine_memory_bytes", "The machine's memory: total, and available (MemAvailable)",
+    ["kind"], multiprocess_mode="mostrecent",
+)
+
+
 def _from_the_start() -> None:
     """Every labelled counter an alert reads exists at 0 from the first scrape: a series that
     first appears at 5 hides its first burst from `increase()`."""

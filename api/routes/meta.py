@@ -27,14 +27,21 @@ _DB_AWAY = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterven
             asyncpg.exceptions._base.InternalClientError, OSError, TimeoutError)
 
 
-def _supervised_down() -> dict[str, str | None]:
-    """Under the embedded supervisor (our parent, which writes the state file): the parts it
-    shows down and since when. Elsewhere (production, or a stale file): nothing to add."""
+def _supervisor_state() -> dict[str, object] | None:
+    """What the embedded supervisor (our parent) last wrote; None elsewhere (production, or a
+    stale file)."""
     folder = os.environ.get("GONGPEI_STATE_DIR")
     state = read_state(Path(folder)) if folder else None
     if not state or state.get("supervisor_pid") != os.getppid() or state.get("stopped_at"):
-        return {}
-    return parts_down(state)
+        return None
+    return state
+
+
+def _capacity_warnings(state: dict[str, object] | None) -> list[str]:
+    """The supervisor's disk and memory warnings ("disk 92% full: …"), if any."""
+    capacity = state.get("capacity") if state else None
+    warnings = capacity.get("warnings") if isinstance(capacity, dict) else None
+    return [str(w) for w in warnings] if isinstance(warnings, list) else []
 
 
 class PartDown(BaseModel):
@@ -42,11 +49,12 @@ class PartDown(BaseModel):
 
 
 class Health(BaseModel):
-    """ok; degraded (a supervised part is down, the API still takes uploads); down (the database
-    does not answer)."""
+    """ok; degraded (a supervised part is down, or disk or memory is running out: the API still
+    takes uploads); down (the database does not answer)."""
 
     status: Literal["ok", "degraded", "down"]
     down: dict[str, PartDown] | None = None
+    warnings: list[str] | None = None
 
 
 class JsonSchemaDocument(RootModel[dict[str, Any]]):
@@ -61,8 +69,11 @@ class JsonSchemaDocument(RootModel[dict[str, Any]]):
                                " after `Retry-After` seconds"}})
 async def healthz(request: Request, pool: PoolDep) -> JSONResponse:
     """200 `{"status": "ok"}`; 200 `degraded` when the database answers but a supervised part
-    is down (the API still takes uploads); 503 `down` when the database does not answer."""
-    down = _supervised_down()
+    is down or disk or memory runs out (`warnings`; the API still takes uploads); 503 `down`
+    when the database does not answer."""
+    state = _supervisor_state()
+    down = parts_down(state) if state else {}
+    warnings = _capacity_warnings(state)
     try:
         async with pool.acquire(timeout=3) as conn:
             await conn.fetchval("SELECT 1", timeout=3)
@@ -72,10 +83,13 @@ async def healthz(request: Request, pool: PoolDep) -> JSONResponse:
         first = getattr(request.app.state, "db_away_since", None) or datetime.now(UTC).isoformat()
         request.app.state.db_away_since = first
         down["postgres"] = down.get("postgres") or first
-    if not down:
+    if not down and not warnings:
         return JSONResponse({"status": "ok"})
-    body = {"status": "down" if "postgres" in down else "degraded",
-            "down": {name: {"since": since} for name, since in sorted(down.items())}}
+    body: dict[str, object] = {"status": "down" if "postgres" in down else "degraded"}
+    if down:
+        body["down"] = {name: {"since": since} for name, since in sorted(down.items())}
+    if warnings:
+        body["warnings"] = warnings
     if "postgres" in down:
         return JSONResponse(body, 503, headers={"Retry-After": "2"})
     return JSONResponse(body)
