@@ -10,7 +10,6 @@ from domain.phone import mask_phone
 # Arabic-Indic digits, and masking errs wide. Seven is where a partial mobile number starts to
 # identify someone; waybills and ids echoed in messages are masked too, which costs nothing.
 _DIGIT_RUN = re.compile(r"\d{7,}")
-_MOBILE_INSIDE = re.compile(r"1[3-9][0-9]{9}")
 _MOBILE_ALONE = re.compile(r"(?<![0-9])1[3-9][0-9]{9}(?![0-9])")
 
 
@@ -22,12 +21,6 @@ def mask_digit_runs(text: str) -> str:
 def mask_optional(text: str | None) -> str | None:
     """`mask_digit_runs` for optional fields (None stays None)."""
     return None if text is None else mask_digit_runs(text)
-
-
-def mask_mobiles(text: str) -> str:
-    """`text` with every mainland mobile number inside it masked, other digits kept: for
-    canonical identifiers, where 7 digits in a row are common and carry nothing personal."""
-    return _MOBILE_INSIDE.sub(lambda m: mask_phone(m.group()), text)
 
 
 def mask_lone_mobiles(text: str) -> str:
