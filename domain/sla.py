@@ -15,6 +15,7 @@ from domain.county import County, CountyConfigError
 from domain.envelope import Envelope
 from domain.events import (
     ConsentRecorded,
+    ParcelHandedIn,
     ParcelRegistered,
     ParcelRegisteredUpload,
     ParcelScanned,
@@ -163,6 +164,8 @@ def parcel_facts(events: Iterable[Envelope]) -> tuple[list[ScanFact], list[Regis
             case ParcelRegistered() | ParcelRegisteredUpload():
                 regs.append(RegistrationFact(e.event_id, e.occurred_at, e.brand,
                                              p.destination_village))
+            case ParcelHandedIn():
+                pass  # read by handin_facts
             case (ParcelSorted() | PickupAssigned() | ConsentRecorded() | VehicleDeparted()
                   | VehicleArrived() | SmsRequested() | SmsSubmitted() | SmsDelivered()
                   | SmsFailed() | PeriodClosed()):
