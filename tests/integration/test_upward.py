@@ -42,7 +42,7 @@ def at(day: int, hh: int, mm: int = 0) -> datetime:
 
 BRAND = {"P1": "ZTO", "P2": "ZTO", "P3": "SF", "P4": "SF"}
 # (leg, outcome, cause, minutes_over, county day it counts on), per parcel
-EXPECTED = {
+EXPECTED: dict[str, set[tuple[Any, ...]]] = {
     "P1": {("village_to_county", "on_time", None, None, DAY),
            ("up_cold_store", "on_time", None, None, DAY),
            ("cold_chain", "on_time", None, None, DAY),
@@ -236,3 +236,30 @@ def test_another_brand_may_not_hand_in_or_scan_a_handed_in_waybill_and_no_phone_
     assert reasons == [("rejected", "waybill_owned_by_other_brand")] * 2 + [
         ("rejected", "invalid_value")]
     assert "13812345678" not in str(result)
+
+
+def test_the_demos_upward_produce_is_accepted_and_judged_on_time(
+        platform: Platform, client: httpx.Client, tmp_path: Any) -> None:
+    from loadtest.demo import UPWARD_EVERY, DemoTraffic, county_time
+
+    demo = DemoTraffic(platform, tmp_path, seed=7013)  # no other test's seed
+    demo.prepare()
+    sent: list[dict[str, Any]] = []
+    for _ in range(3 * UPWARD_EVERY + 5):   # four hand-ins, each walked to the plane
+        now = county_time(demo.county, datetime.now(TZ))
+        events = demo._upward(now)
+        demo.steps += 1
+        result = post(client, demo.tokens["pda-demo"], events)
+        assert result["accepted"] == len(events), result
+        sent += events
+    hand_ins = [e["payload"]["waybill"] for e in sent if e["type"] == "parcel.handed_in"]
+    assert len(hand_ins) == 4 and all(e["payload"]["perishable"] == "plum" for e in sent
+                                      if e["type"] == "parcel.handed_in")
+    assert any(e["payload"].get("action") == "cold_out" for e in sent)
+
+    def judged() -> list[Any] | None:
+        rows = db_fetch(platform, "SELECT leg, outcome FROM sla_legs WHERE waybill = ANY($1)",
+                        hand_ins)
+        return rows if len(rows) == 16 and all(r["outcome"] == "on_time" for r in rows) else None
+
+    wait_for(judged, 60.0, "the demo's hand-ins judged, every clock on time")
