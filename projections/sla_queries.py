@@ -382,4 +382,5 @@ async def dashboard(conn: asyncpg.Connection, county: County, day: date, now: da
         "runs": await runs(conn, day, sla.run_tolerance_minutes, county, now),
         "coverage": await coverage(conn, county, day),
         "upward": await upward_panel(conn, county, day, trend, where),
+        "leg_names": {**{leg.id: leg.name for leg in sla.legs}, **UPWARD_LEGS},
     }
