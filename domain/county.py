@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import date
 from functools import cached_property
 from typing import Any, Literal
 
@@ -55,6 +56,66 @@ class Route:
 
 
 @dataclass(frozen=True)
+class PerishableClass:
+    """A class of perishable produce ([perishables.<id>]): its cold-store clock from the village
+    hand-in, the outside-cold minutes it may spend after its first `cold_in`, and whether it
+    flies from the county (产地直飞)."""
+
+    id: str
+    name: str
+    cold_store_within_hours: int
+    max_outside_cold_minutes: int
+    air: bool
+
+
+@dataclass(frozen=True)
+class AirRule:
+    """[air]: an air parcel must be `air_loaded` at the centre by `cutoff` (county time, "HH:MM")
+    of the county day of its first `cold_in` (the next day's, if that came after the cut-off)."""
+
+    cutoff: str
+
+
+@dataclass(frozen=True)
+class UpwardTariff:
+    """[upward_tariff]: what a brand pays per handed-in parcel, once per waybill, in fen."""
+
+    handling_fen: int       # per parcel
+    per_kg_fen: int         # per started kg
+    cold_chain_fen: int     # per perishable parcel (any class)
+
+    def charge_fen(self, weight_g: int, perishable: bool) -> int:
+        """The whole charge of one hand-in: handling, per started kg, cold chain if perishable."""
+        started_kg = -(-weight_g // 1000)
+        return (self.handling_fen + self.per_kg_fen * started_kg
+                + (self.cold_chain_fen if perishable else 0))
+
+
+@dataclass(frozen=True)
+class BusLine:
+    """A passenger bus line that carries parcels (城乡客运 / 客货邮): a trip whose id starts with
+    `<id>-` is a run of it; its cost per trip is shared among the brands carried."""
+
+    id: str
+    name: str
+    stops: tuple[str, ...]
+    departures: tuple[str, ...]   # "HH:MM", county time, from the first stop
+    cost_per_trip_fen: int
+
+
+@dataclass(frozen=True)
+class Season:
+    """[season]: the harvest window, "MM-DD" to "MM-DD" inclusive (may wrap the year end)."""
+
+    harvest: tuple[str, str]
+
+    def in_harvest(self, day: date) -> bool:
+        md = day.strftime("%m-%d")
+        start, end = self.harvest
+        return start <= md <= end if start <= end else (md >= start or md <= end)
+
+
+@dataclass(frozen=True)
 class County:
     """One county's network, as loaded from its TOML file."""
 
@@ -71,6 +132,12 @@ class County:
     waybill_patterns: dict[str, re.Pattern[str]] = field(default_factory=dict)
     # [privacy]: after this many days a month's phone numbers are destroyed (crypto-shredding).
     phone_retention_days: int = 180
+    # Upward produce (农产品上行), each from its own table of the county file (domain.county_config).
+    perishables: dict[str, PerishableClass] = field(default_factory=dict)
+    air: AirRule | None = None
+    upward_tariff: UpwardTariff | None = None
+    bus_lines: tuple[BusLine, ...] = ()
+    season: Season | None = None
 
     @cached_property
     def centre(self) -> Node:
@@ -96,6 +163,15 @@ class County:
     def route(self, route_id: str) -> Route | None:
         """The route with this id, if the county runs one."""
         return next((r for r in self.routes if r.id == route_id), None)
+
+    def bus_line_of(self, trip_id: str) -> BusLine | None:
+        """The bus line a trip is a run of: its id starts with the line's id and a `-`."""
+        return max((b for b in self.bus_lines if trip_id.startswith(b.id + "-")),
+                   key=lambda b: len(b.id), default=None)
+
+    def in_harvest(self, day: date) -> bool:
+        """Whether the county day falls in the harvest season of its [season] table."""
+        return self.season is not None and self.season.in_harvest(day)
 
     def planned_chain(self, destination_village: str) -> tuple[str, str, str]:
         """The nodes a parcel for this village should pass: centre, its township, the village."""

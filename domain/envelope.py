@@ -25,6 +25,7 @@ from domain.events import (
     UNSEALED,
     UPLOADS,
     ConsentRecorded,
+    ParcelHandedIn,
     ParcelRegistered,
     ParcelRegisteredUpload,
     ParcelRegisteredV1,
@@ -131,7 +132,7 @@ class Envelope(BaseModel):
             case (ParcelRegistered(waybill=key) | ParcelRegisteredUpload(waybill=key)
                   | ParcelScanned(waybill=key)
                   | ParcelSorted(waybill=key) | PickupAssigned(waybill=key)
-                  | ConsentRecorded(waybill=key)):
+                  | ConsentRecorded(waybill=key) | ParcelHandedIn(waybill=key)):
                 return key
             case VehicleDeparted(trip_id=key) | VehicleArrived(trip_id=key):
                 return key

@@ -3,6 +3,7 @@ string, never a class path. Old versions stay here so their uploads validate and
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -37,6 +38,21 @@ def _mobile(v: str) -> str:
 
 Mobile = Annotated[StrictStr, AfterValidator(_mobile)]
 
+# Seven digits in a row is where a (partial) phone number starts: a shipper id never holds one.
+_DIGIT_RUN = re.compile(r"[0-9]{7,}")
+
+
+def _not_phone_like(v: str) -> str:
+    if _DIGIT_RUN.search(v):
+        raise ValueError("must be a co-op or farmer id, not a phone number (7 or more digits in"
+                         " a row are refused: no personal data in clear)")
+    return v
+
+
+# A co-op's or farmer's id (e.g. COOP-WUSHAN-017), never a personal phone number.
+ShipperId = Annotated[StrictStr, Field(pattern=r"^[A-Z][A-Z0-9-]{2,31}$"),
+                      AfterValidator(_not_phone_like)]
+
 
 class ScanAction(StrEnum):
     """What a handheld scan says happened (到件, 分拣, 装车, 卸车, 入库, 派件, 签收, 问题件, 退回)."""
@@ -51,6 +67,11 @@ class ScanAction(StrEnum):
     delivered = "delivered"
     problem = "problem"
     returned = "returned"
+    # The cold chain of upward produce (农产品上行): into a cold store or reefer, out of it, and
+    # handed to the airline at the county centre (产地直飞).
+    cold_in = "cold_in"
+    cold_out = "cold_out"
+    air_loaded = "air_loaded"
 
 
 class ProblemReason(StrEnum):
@@ -116,6 +137,19 @@ class ParcelRegistered(Payload):
     length_mm: Millimetres | None = None
     width_mm: Millimetres | None = None
     height_mm: Millimetres | None = None
+
+
+class ParcelHandedIn(Payload):
+    """Produce handed in at a village point by a co-op or farmer (收寄, upward): the brand's own
+    waybill, who sent it (an id, never a phone), where, how heavy, and its perishable class from
+    the county's [perishables] (None: not perishable). The brand owns the waybill as by a
+    manifest. No recipient phone: an upward parcel gets no SMS."""
+
+    waybill: Waybill
+    shipper_id: ShipperId
+    origin_village: Ident
+    weight_g: Annotated[StrictInt, Field(ge=1, le=70_000)]
+    perishable: Ident | None = None
 
 
 class ParcelScanned(Payload):
@@ -239,7 +273,7 @@ class PeriodClosed(Payload):
 # The closed unions reducers match on. A reducer ends its `match` with `assert_never`, so a class
 # added here and not handled there is a mypy error, not a silently ignored event.
 ParcelEvent: TypeAlias = (ParcelRegistered | ParcelScanned | ParcelSorted | PickupAssigned
-                          | ConsentRecorded)
+                          | ConsentRecorded | ParcelHandedIn)
 VehicleEvent: TypeAlias = VehicleDeparted | VehicleArrived
 SmsEvent: TypeAlias = SmsRequested | SmsSubmitted | SmsDelivered | SmsFailed
 LedgerEvent: TypeAlias = PeriodClosed
@@ -281,6 +315,7 @@ REGISTRY: tuple[EventType, ...] = (
     EventType("sms.failed", 1, SmsFailed),
     EventType("consent.recorded", 1, ConsentRecorded),
     EventType("period.closed", 1, PeriodClosed),
+    EventType("parcel.handed_in", 1, ParcelHandedIn),
 )
 
 # The model of each (type, version) as read back (stored form; old versions are upcast first).
@@ -323,7 +358,7 @@ def waybill_of(payload: Payload) -> str | None:
     match p:
         case (ParcelRegistered(waybill=w) | ParcelRegisteredUpload(waybill=w)
               | ParcelScanned(waybill=w) | ParcelSorted(waybill=w) | PickupAssigned(waybill=w)
-              | ConsentRecorded(waybill=w)):
+              | ConsentRecorded(waybill=w) | ParcelHandedIn(waybill=w)):
             return w
         case (VehicleDeparted() | VehicleArrived() | SmsRequested() | SmsSubmitted()
               | SmsDelivered() | SmsFailed() | PeriodClosed()):
@@ -334,7 +369,7 @@ def waybill_of(payload: Payload) -> str | None:
 
 # Payload fields that name a node, and the tier that node must have (None: any tier).
 NODE_FIELDS: dict[str, str | None] = {"node_id": None, "destination_village": "village",
-                                      "village": "village"}
+                                      "village": "village", "origin_village": "village"}
 
 __all__ = [
     "CURRENT_VERSION",

@@ -6,7 +6,8 @@ handle every brand's parcels, so a scanner token may carry several brands; what 
 write an event under one brand into another brand's parcel. Rules, decided per event in journal
 order, in the same transaction as the append:
 
-- A manifest for an unknown waybill makes its brand the owner.
+- A manifest for an unknown waybill makes its brand the owner. An upward hand-in
+  (`parcel.handed_in`) is a manifest here: first claim wins, exactly alike.
 - A scan (or sort) that comes before any manifest is accepted and makes its brand the *claimant*;
   the claimant's manifest then confirms it. A manifest from another brand after such scans is a
   conflict for the county manager, never a takeover.
@@ -30,6 +31,7 @@ from domain.events import (
     CURRENT_VERSION,
     PAYLOADS,
     ConsentRecorded,
+    ParcelHandedIn,
     ParcelRegistered,
     ParcelScanned,
     ParcelSorted,
@@ -40,7 +42,10 @@ from domain.validation import Reason
 
 # The events that write into a waybill, and so are ownership's business.
 OWNED: tuple[type[Payload], ...] = (ParcelRegistered, ParcelScanned, ParcelSorted,
-                                    ConsentRecorded)
+                                    ConsentRecorded, ParcelHandedIn)
+# The events that claim a waybill as a manifest does: a brand's manifest line, and an upward
+# parcel's hand-in at a village point (the brand's own waybill, on the brand's own label).
+MANIFESTS: tuple[type[Payload], ...] = (ParcelRegistered, ParcelHandedIn)
 OWNED_TYPES = frozenset(type_name(kind) for kind in OWNED)
 
 
@@ -118,13 +123,15 @@ def decide(event_type: str, brand: str, waybill: str, destination_village: str |
            owner: Owner | None, writer: Writer) -> Decision:
     """Whether an event of `brand` may write into `waybill`, and the owner afterwards."""
     kind = PAYLOADS[(event_type, CURRENT_VERSION[event_type])]
-    if kind is ParcelRegistered:
+    if kind in MANIFESTS:
         if owner is None:
             return Decision(Owner(waybill, brand, True, destination_village))
         if owner.brand != brand:
             conflict = (Conflict.registration_by_other_brand if owner.registered
                         else Conflict.manifest_after_other_brand_scans)
             return Decision(owner, _not_yours(owner, brand, writer, conflict))
+        if kind is ParcelHandedIn:  # names no destination: the manifest's (if any) stands
+            return Decision(replace(owner, registered=True))
         return Decision(replace(owner, registered=True, destination_village=destination_village))
     if kind is ConsentRecorded:
         if owner is None or not owner.registered:

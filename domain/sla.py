@@ -15,6 +15,7 @@ from domain.county import County, CountyConfigError
 from domain.envelope import Envelope
 from domain.events import (
     ConsentRecorded,
+    ParcelHandedIn,
     ParcelRegistered,
     ParcelRegisteredUpload,
     ParcelScanned,
@@ -31,10 +32,19 @@ from domain.events import (
 )
 
 CAUSES = ("problem", "misrouted", "missing_scan", "run_departed_late", "run_arrived_late",
-          "missed_run", "not_arrived", "unknown")
+          "missed_run", "not_arrived", "unknown",
+          "late_to_cold_store", "cold_chain_broken", "missed_air_cutoff")
 CAUSE_LABELS = {"problem": "问题件", "misrouted": "错分", "missing_scan": "漏扫",
                 "run_departed_late": "班车晚发", "run_arrived_late": "班车晚到",
-                "missed_run": "未赶上班车", "not_arrived": "超时未到", "unknown": "原因不明"}
+                "missed_run": "未赶上班车", "not_arrived": "超时未到", "unknown": "原因不明",
+                "late_to_cold_store": "入冷库超时", "cold_chain_broken": "冷链中断超时",
+                "missed_air_cutoff": "未赶上航班截载"}
+# The perishable clocks of upward produce: not in [sla.legs], but ruled by the county's
+# [perishables.*] and [air] (docs/sla.md, "Upward produce"). Each has one cause of its own.
+UP_COLD_STORE, COLD_CHAIN, AIR_CUTOFF = "up_cold_store", "cold_chain", "air_cutoff"
+UPWARD_LEGS = {UP_COLD_STORE: "村收寄→县冷库", COLD_CHAIN: "冷链脱冷时长", AIR_CUTOFF: "航空截载"}
+UPWARD_CAUSES = {UP_COLD_STORE: "late_to_cold_store", COLD_CHAIN: "cold_chain_broken",
+                 AIR_CUTOFF: "missed_air_cutoff"}
 
 
 @dataclass(frozen=True)
@@ -141,6 +151,18 @@ class RegistrationFact:
 
 
 @dataclass(frozen=True)
+class HandInFact:
+    """What the SLA clocks read of an upward hand-in: when, where, and its perishable class."""
+
+    event_id: str
+    occurred_at: datetime
+    brand: str
+    origin_village: str
+    perishable: str | None
+    weight_g: int
+
+
+@dataclass(frozen=True)
 class MoveFact:
     """One fixed run's departure or arrival (kind "departed" or "arrived") against its timetable."""
 
@@ -163,6 +185,8 @@ def parcel_facts(events: Iterable[Envelope]) -> tuple[list[ScanFact], list[Regis
             case ParcelRegistered() | ParcelRegisteredUpload():
                 regs.append(RegistrationFact(e.event_id, e.occurred_at, e.brand,
                                              p.destination_village))
+            case ParcelHandedIn():
+                pass  # read by handin_facts
             case (ParcelSorted() | PickupAssigned() | ConsentRecorded() | VehicleDeparted()
                   | VehicleArrived() | SmsRequested() | SmsSubmitted() | SmsDelivered()
                   | SmsFailed() | PeriodClosed()):
@@ -170,6 +194,13 @@ def parcel_facts(events: Iterable[Envelope]) -> tuple[list[ScanFact], list[Regis
             case _:
                 assert_never(p)
     return scans, regs
+
+
+def handin_facts(events: Iterable[Envelope]) -> list[HandInFact]:
+    """The hand-ins among a parcel's events (any order, any duplicates)."""
+    return [HandInFact(e.event_id, e.occurred_at, e.brand, e.payload.origin_village,
+                       e.payload.perishable, e.payload.weight_g)
+            for e in events if isinstance(e.payload, ParcelHandedIn)]
 
 
 def move_fact(e: Envelope) -> MoveFact:
@@ -200,27 +231,34 @@ def evaluate_parcel(waybill: str, events: Iterable[Envelope],
                     trips: Mapping[str, Sequence[Envelope]], county: County,
                     sla: SlaConfig) -> list[LegOutcome]:
     """Every SLA leg this parcel has started, with its outcome and, if late, why."""
-    scans, regs = parcel_facts(events)
+    evs = list(events)
+    scans, regs = parcel_facts(evs)
     moves = {trip: [move_fact(m) for m in ms] for trip, ms in trips.items()}
-    return evaluate_facts(waybill, scans, regs, moves, county, sla)
+    return evaluate_facts(waybill, scans, regs, moves, county, sla, handin_facts(evs))
 
 
 def evaluate_facts(waybill: str, scans: Iterable[ScanFact], regs: Iterable[RegistrationFact],
                    trips: Mapping[str, Sequence[MoveFact]], county: County,
-                   sla: SlaConfig) -> list[LegOutcome]:
+                   sla: SlaConfig, handins: Iterable[HandInFact] = ()) -> list[LegOutcome]:
     """The whole rule, over the facts a store keeps (any order, any duplicates): every SLA leg
     this parcel has started, with its outcome and, if late, why."""
     scans = _ordered(scans)
-    if not scans:
+    hands = _ordered(handins)
+    if not scans and not hands:
         return []
     regs = _ordered(regs)
     village = regs[-1].destination_village if regs else None
-    first = scans[0]
-    upward = _tier(county, first.node_id) == "village" and first.action == "received"
+    # A hand-in makes the parcel upward and starts its clocks; without one, a first scan
+    # `received` at a village point does (the older way to say it).
+    hand = hands[0] if hands else None
+    first = (ScanFact(hand.event_id, hand.occurred_at, hand.brand, hand.origin_village,
+                      "handed_in") if hand else scans[0])
+    upward = _tier(county, first.node_id) == "village" and first.action in ("received",
+                                                                              "handed_in")
     if upward:
         village = first.node_id
     township = county.nodes[village].parent if village in county.nodes else None
-    brand = (regs[-1].brand if regs else first.brand)
+    brand = (hand.brand if hand else regs[-1].brand if regs else first.brand)
     # Where a leg may start and end: the parcel's own centre, township or village, once its
     # destination is known. A scan at another township (misrouted) starts and ends nothing: the
     # township → village leg is that of the parcel's own station, filed under it; the detour
@@ -236,11 +274,16 @@ def evaluate_facts(waybill: str, scans: Iterable[ScanFact], regs: Iterable[Regis
     for rule in sla.legs:
         if (rule.direction == "up") != upward:
             continue
-        start = next((s for s in scans if ours(s, rule.from_tier)), None)
+        if hand is not None:
+            # A hand-in's upward leg starts at the hand-in and ends at `received` at the centre.
+            start = first if rule.from_tier == "village" else None
+        else:
+            start = next((s for s in scans if ours(s, rule.from_tier)), None)
         if start is None:
             continue
         end = next((s for s in scans if s.occurred_at >= start.occurred_at
-                    and ours(s, rule.to_tier) and s.action != "problem"), None)
+                    and ours(s, rule.to_tier) and s.action != "problem"
+                    and (hand is None or s.action == "received")), None)
         due = _due(rule, start.occurred_at, county)
         span = due - start.occurred_at
         at_risk_at = start.occurred_at + span * sla.at_risk_permille / 1000
@@ -259,7 +302,99 @@ def evaluate_facts(waybill: str, scans: Iterable[ScanFact], regs: Iterable[Regis
                               village, start.occurred_at, due, at_risk_at,
                               end.occurred_at if end else None, outcome, over, cause, counted,
                               start.event_id, end.event_id if end else None))
+    if hand is not None:
+        out += perishable_legs(waybill, hand, scans, county, sla.at_risk_permille,
+                               (route, township, village))
     return out
+
+
+def _leg(waybill: str, brand: str, leg: str, where: tuple[str | None, str | None, str | None],
+         start: ScanFact, due: datetime, end: ScanFact | None, late: bool, minutes_over: int | None,
+         permille: int, county: County) -> LegOutcome:
+    """One upward perishable leg: open (no end), on time or late, its fixed cause if not on time."""
+    outcome = "open" if end is None else "late" if late else "on_time"
+    at_risk_at = start.occurred_at + (due - start.occurred_at) * permille / 1000
+    counted = (end.occurred_at if end else due).astimezone(_tz(county)).date()
+    return LegOutcome(waybill, brand, leg, *where, start.occurred_at, due, at_risk_at,
+                      end.occurred_at if end else None, outcome,
+                      minutes_over if outcome == "late" else None,
+                      None if outcome == "on_time" else UPWARD_CAUSES[leg], counted,
+                      start.event_id, end.event_id if end else None)
+
+
+def perishable_legs(waybill: str, hand: HandInFact, scans: Sequence[ScanFact], county: County,
+                    permille: int, where: tuple[str | None, str | None, str | None]
+                    ) -> list[LegOutcome]:
+    """The clocks of a perishable hand-in (docs/sla.md, "Upward produce"): to the cold store,
+    outside the cold chain, and the air cut-off for classes that fly. `scans` in order."""
+    cls = county.perishables.get(hand.perishable or "")
+    if cls is None:
+        return []
+    out = []
+    brand, centre = hand.brand, county.centre.id
+    start = ScanFact(hand.event_id, hand.occurred_at, hand.brand, hand.origin_village, "handed_in")
+    due = hand.occurred_at + timedelta(hours=cls.cold_store_within_hours)
+    end = next((s for s in scans if s.action == "cold_in" and s.node_id == centre
+                and s.occurred_at >= hand.occurred_at), None)
+    out.append(_leg(waybill, brand, UP_COLD_STORE, where, start, due, end,
+                    end is not None and end.occurred_at > due,
+                    _over(end.occurred_at, due) if end else None, permille, county))
+    first_cold = next((s for s in scans if s.action == "cold_in"
+                       and s.occurred_at >= hand.occurred_at), None)
+    if first_cold is None:
+        return out
+    out.append(_cold_chain(waybill, brand, where, first_cold, scans, cls.max_outside_cold_minutes,
+                           permille, county))
+    if cls.air and county.air is not None:
+        cutoff = time.fromisoformat(county.air.cutoff)
+        local = first_cold.occurred_at.astimezone(_tz(county))
+        day = local.date() if local.time() <= cutoff else local.date() + timedelta(days=1)
+        due = datetime.combine(day, cutoff, _tz(county))
+        end = next((s for s in scans if s.action == "air_loaded" and s.node_id == centre
+                    and s.occurred_at >= first_cold.occurred_at), None)
+        out.append(_leg(waybill, brand, AIR_CUTOFF, where, first_cold, due, end,
+                        end is not None and end.occurred_at > due,
+                        _over(end.occurred_at, due) if end else None, permille, county))
+    return out
+
+
+def _over(end: datetime, due: datetime) -> int:
+    return int((end - due).total_seconds() // 60)
+
+
+def _cold_chain(waybill: str, brand: str, where: tuple[str | None, str | None, str | None],
+                first_cold: ScanFact, scans: Sequence[ScanFact], max_minutes: int, permille: int,
+                county: County) -> LegOutcome:
+    """Time outside the cold chain from the first `cold_in`: each `cold_out` to the next `cold_in`
+    or `air_loaded` (the airline takes it: the chain ends there). Over budget: late, counted when
+    the spell that broke it closed; out now within budget: open, due when the budget runs out;
+    else on time, counted at its last return to the cold (or its first cold_in)."""
+    budget = timedelta(minutes=max_minutes)
+    used = timedelta()
+    out_since: ScanFact | None = None
+    closed = first_cold          # the latest scan that put it (back) in the cold
+    breach: tuple[datetime, ScanFact] | None = None   # when the budget ran out, the closing scan
+    for s in scans:
+        if s.occurred_at < first_cold.occurred_at or s is first_cold:
+            continue
+        if s.action == "cold_out" and out_since is None:
+            out_since = s
+        elif s.action in ("cold_in", "air_loaded") and out_since is not None:
+            spell = s.occurred_at - out_since.occurred_at
+            if breach is None and used + spell > budget:
+                breach = (out_since.occurred_at + (budget - used), s)
+            used += spell
+            out_since, closed = None, s
+        if s.action == "air_loaded":
+            break
+    if breach is not None:
+        return _leg(waybill, brand, COLD_CHAIN, where, first_cold, breach[0], breach[1], True,
+                    int((used - budget).total_seconds() // 60), permille, county)
+    if out_since is not None:
+        return _leg(waybill, brand, COLD_CHAIN, where, first_cold,
+                    out_since.occurred_at + (budget - used), None, False, None, permille, county)
+    return _leg(waybill, brand, COLD_CHAIN, where, first_cold, closed.occurred_at + (budget - used),
+                closed, False, None, permille, county)
 
 
 def breach_cause(rule: LegRule, start: ScanFact, end: ScanFact | None, scans: Sequence[ScanFact],

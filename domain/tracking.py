@@ -15,6 +15,7 @@ from domain.county import County
 from domain.envelope import Envelope
 from domain.events import (
     ConsentRecorded,
+    ParcelHandedIn,
     ParcelRegistered,
     ParcelRegisteredUpload,
     ParcelScanned,
@@ -94,14 +95,18 @@ ACTION_STATUS: dict[ScanAction, Status] = {
     ScanAction.delivered: Status.delivered,
     ScanAction.problem: Status.problem,
     ScanAction.returned: Status.returned,
+    ScanAction.cold_in: Status.in_transit,
+    ScanAction.cold_out: Status.in_transit,
+    ScanAction.air_loaded: Status.in_transit,
 }
 # Where an action sits in the chain: breaks ties between scans stamped in the same second.
 ACTION_RANK: dict[str, int] = {a: i for i, a in enumerate((
     "received", "arrived", "unloaded", "sorted", "loaded", "out_for_delivery", "stored", "problem",
-    "delivered", "returned"))}
+    "delivered", "returned", "cold_in", "cold_out", "air_loaded"))}
 # The timeline keeps each entry's wire type (it is stored in the view and served as it is).
 REGISTERED, CONSENT, PICKUP_ASSIGNED = (type_name(ParcelRegistered), type_name(ConsentRecorded),
                                         type_name(PickupAssigned))
+HANDED_IN = type_name(ParcelHandedIn)
 SCAN_TYPES = (type_name(ParcelScanned), type_name(ParcelSorted))
 
 
@@ -153,6 +158,8 @@ def _action_and_node(e: Envelope) -> tuple[str | None, str | None]:
             return str(ScanAction.sorted), node
         case (PickupAssigned(node_id=node) | VehicleDeparted(node_id=node)
               | VehicleArrived(node_id=node) | SmsRequested(node_id=node)):
+            return None, node
+        case ParcelHandedIn(origin_village=node):
             return None, node
         case (ParcelRegistered() | ParcelRegisteredUpload() | ConsentRecorded() | SmsSubmitted() | SmsDelivered()
               | SmsFailed() | PeriodClosed()):
@@ -251,9 +258,9 @@ def project_entries(entries: Iterable[TimelineEntry], county: County, waybill: s
 
 
 def owner_brand(history: list[TimelineEntry]) -> str:
-    """The brand a parcel belongs to: its first manifest's (by when the platform heard of it),
-    else, before any manifest, the brand of its first scan."""
-    registrations = [t for t in history if t.type == REGISTERED]
+    """The brand a parcel belongs to: its first manifest's or hand-in's (by when the platform
+    heard of it), else, before any, the brand of its first scan."""
+    registrations = [t for t in history if t.type in (REGISTERED, HANDED_IN)]
     if registrations:
         return min(registrations, key=lambda t: (t.recorded_at, t.event_id)).brand
     return min(history, key=lambda t: (t.recorded_at, t.event_id)).brand

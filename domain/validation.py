@@ -13,7 +13,14 @@ from pydantic import BaseModel, ValidationError
 from domain.brands import BRANDS
 from domain.county import County
 from domain.envelope import Envelope, normalise_event_id
-from domain.events import CURRENT_VERSION, NODE_FIELDS, UPLOADS, ParcelScanned, ScanAction
+from domain.events import (
+    CURRENT_VERSION,
+    NODE_FIELDS,
+    UPLOADS,
+    ParcelHandedIn,
+    ParcelScanned,
+    ScanAction,
+)
 from domain.redact import mask_digit_runs
 from domain.upcasting import upcast
 
@@ -233,6 +240,12 @@ def _validate(raw: object, base: str, county: County, permitted_brands: frozense
     _check_nodes(payload, county, pbase)
     if isinstance(parsed, ParcelScanned):
         _check_scan(parsed, pbase)
+    if isinstance(parsed, ParcelHandedIn) and parsed.perishable is not None \
+            and parsed.perishable not in county.perishables:
+        classes = ", ".join(county.perishables) or "none"
+        raise _Reject(Reason.invalid_value, f"{pbase}.perishable",
+                      f"'perishable' {_quote(parsed.perishable, 32)!r} is not a class of this"
+                      f" county's [perishables] (known: {classes}); send null if not perishable")
     current, lifted = upcast(event_type, version, payload)
     return Envelope(
         event_id=event_id, type=event_type, schema_version=current, occurred_at=occurred_at,

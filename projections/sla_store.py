@@ -20,6 +20,7 @@ import asyncpg
 from domain.county import County
 from domain.envelope import Envelope
 from domain.events import (
+    ParcelHandedIn,
     ParcelRegistered,
     ParcelRegisteredUpload,
     ParcelScanned,
@@ -27,13 +28,22 @@ from domain.events import (
     VehicleDeparted,
     waybill_of,
 )
-from domain.sla import LegOutcome, MoveFact, RegistrationFact, ScanFact, evaluate_facts
+from domain.sla import (
+    HandInFact,
+    LegOutcome,
+    MoveFact,
+    RegistrationFact,
+    ScanFact,
+    evaluate_facts,
+    route_for,
+)
 from projections.locks import Lock
 from projections.runtime import Applied, EnvelopeProjection
 
 CONSUMER = "sla"
 SLA_LOCK = int(Lock.SLA_BATCH)  # one SLA batch at a time: legs and daily counts move by differences
-SLA_TYPES = ("parcel.registered", "parcel.scanned", "vehicle.departed", "vehicle.arrived")
+SLA_TYPES = ("parcel.registered", "parcel.scanned", "vehicle.departed", "vehicle.arrived",
+             "parcel.handed_in")
 _DIMS = ("day", "leg", "route_id", "township", "village", "brand")
 _LEG_COLUMNS = ("waybill", "leg", "brand", "route_id", "township", "village", "start_at", "due_at",
                 "at_risk_at", "end_at", "outcome", "minutes_over", "cause", "day", "start_event",
@@ -43,9 +53,10 @@ _LEG_TYPES = ("text", "text", "text", "text", "text", "text", "timestamptz", "ti
 
 _INSERT_EVENTS = """
 INSERT INTO sla_events (event_id, type, brand, waybill, trip_id, occurred_at, node_id, action,
-                        destination_village, scheduled_at)
+                        destination_village, scheduled_at, perishable, weight_g)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                     $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::timestamptz[])
+                     $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
+                     $11::text[], $12::int[])
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id
 """
@@ -57,10 +68,10 @@ WITH parcel AS (
         SELECT waybill FROM sla_events WHERE trip_id = ANY($2::text[]) AND waybill IS NOT NULL))
 )
 SELECT event_id, type, brand, waybill, trip_id, occurred_at, node_id, action,
-       destination_village, scheduled_at FROM parcel
+       destination_village, scheduled_at, perishable, weight_g FROM parcel
 UNION ALL
 SELECT event_id, type, brand, waybill, trip_id, occurred_at, node_id, action,
-       destination_village, scheduled_at FROM sla_events
+       destination_village, scheduled_at, perishable, weight_g FROM sla_events
  WHERE waybill IS NULL
    AND trip_id = ANY(ARRAY(SELECT DISTINCT trip_id FROM parcel WHERE trip_id IS NOT NULL))
 """
@@ -92,8 +103,8 @@ class SlaProjection(EnvelopeProjection):
     lock = Lock.SLA_SWAP
     tables: ClassVar[Mapping[str, str]] = {
         "sla_events": ("event_id, type, brand, waybill, trip_id, occurred_at, node_id, action,"
-                       " destination_village, scheduled_at"),
-        "sla_legs": "*", "sla_daily": "*", "sla_runs": "*"}
+                       " destination_village, scheduled_at, perishable, weight_g"),
+        "sla_legs": "*", "sla_daily": "*", "sla_runs": "*", "sla_handins": "*"}
 
     async def fold(self, conn: asyncpg.Connection, county: County,
                    events: Sequence[Envelope]) -> Applied:
@@ -116,6 +127,9 @@ async def apply_events(conn: asyncpg.Connection, county: County,
     moves = [e for e in new if isinstance(e.payload, VehicleDeparted | VehicleArrived)]
     if moves:
         await _record_runs(conn, county, moves)
+    hand_ins = [e for e in new if isinstance(e.payload, ParcelHandedIn)]
+    if hand_ins:
+        await _record_handins(conn, county, hand_ins)
     touched = sorted({w for e in new if (w := waybill_of(e.payload)) is not None})
     trips = sorted({m.payload.trip_id for m in moves
                     if isinstance(m.payload, VehicleDeparted | VehicleArrived)})
@@ -141,13 +155,16 @@ def _facts_row(e: Envelope) -> tuple[Any, ...]:
     p = e.payload
     if isinstance(p, ParcelScanned):
         return (e.event_id, e.type, e.brand, p.waybill, p.trip_id, e.occurred_at, p.node_id,
-                str(p.action), None, None)
+                str(p.action), None, None, None, None)
     if isinstance(p, ParcelRegistered | ParcelRegisteredUpload):
         return (e.event_id, e.type, e.brand, p.waybill, None, e.occurred_at, None, None,
-                p.destination_village, None)
+                p.destination_village, None, None, None)
     if isinstance(p, VehicleDeparted | VehicleArrived):
         return (e.event_id, e.type, e.brand, None, p.trip_id, e.occurred_at, p.node_id, None,
-                None, p.scheduled_at)
+                None, p.scheduled_at, None, None)
+    if isinstance(p, ParcelHandedIn):
+        return (e.event_id, e.type, e.brand, p.waybill, None, e.occurred_at, p.origin_village,
+                None, None, None, p.perishable, p.weight_g)
     raise TypeError(f"the SLA reads no {type(p).__name__}")
 
 
@@ -165,10 +182,46 @@ async def _record_runs(conn: asyncpg.Connection, county: County, moves: Sequence
         [int((m.occurred_at - p.scheduled_at).total_seconds() // 60) for m, p in zip(moves, ps)])
 
 
+async def _record_handins(conn: asyncpg.Connection, county: County,
+                          hand_ins: Sequence[Envelope]) -> None:
+    """Each handed-in parcel once: its earliest hand-in (event time, then id) stands."""
+    tz = timezone(timedelta(minutes=county.utc_offset_minutes))
+    earliest: dict[str, Envelope] = {}
+    for e in hand_ins:
+        w = waybill_of(e.payload) or ""
+        if w not in earliest or (e.occurred_at, e.event_id) < (earliest[w].occurred_at,
+                                                                earliest[w].event_id):
+            earliest[w] = e
+    es = [earliest[w] for w in sorted(earliest)]  # rows locked in one order
+    ps: list[Any] = [e.payload for e in es]
+    await conn.execute(
+        "INSERT INTO sla_handins (waybill, brand, event_id, occurred_at, day, route_id, township,"
+        " village, perishable, weight_g) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
+        " $4::timestamptz[], $5::date[], $6::text[], $7::text[], $8::text[], $9::text[],"
+        " $10::int[])"
+        " ON CONFLICT (waybill) DO UPDATE SET brand = EXCLUDED.brand, event_id = EXCLUDED.event_id,"
+        " occurred_at = EXCLUDED.occurred_at, day = EXCLUDED.day, route_id = EXCLUDED.route_id,"
+        " township = EXCLUDED.township, village = EXCLUDED.village,"
+        " perishable = EXCLUDED.perishable, weight_g = EXCLUDED.weight_g"
+        " WHERE (EXCLUDED.occurred_at, EXCLUDED.event_id)"
+        " < (sla_handins.occurred_at, sla_handins.event_id)",
+        [p.waybill for p in ps], [e.brand for e in es], [e.event_id for e in es],
+        [e.occurred_at for e in es], [e.occurred_at.astimezone(tz).date() for e in es],
+        [route_for(county, p.origin_village) or "" for p in ps],
+        [_parent(county, p.origin_village) for p in ps],
+        [p.origin_village for p in ps], [p.perishable for p in ps], [p.weight_g for p in ps])
+
+
+def _parent(county: County, node_id: str) -> str:
+    node = county.nodes.get(node_id)  # a node dropped from the county file since: no township
+    return (node.parent or "") if node else ""
+
+
 async def _reevaluate(conn: asyncpg.Connection, county: County, touched: list[str],
                       trips: list[str]) -> None:
     scans: dict[str, list[ScanFact]] = defaultdict(list)
     regs: dict[str, list[RegistrationFact]] = defaultdict(list)
+    hands: dict[str, list[HandInFact]] = defaultdict(list)
     runs: dict[str, list[MoveFact]] = defaultdict(list)
     for r in await conn.fetch(_FACTS, touched, trips):
         if r["waybill"] is None:
@@ -177,12 +230,15 @@ async def _reevaluate(conn: asyncpg.Connection, county: County, touched: list[st
         elif r["type"] == "parcel.scanned":
             scans[r["waybill"]].append(ScanFact(r["event_id"], r["occurred_at"], r["brand"],
                                                 r["node_id"], r["action"], r["trip_id"]))
+        elif r["type"] == "parcel.handed_in":
+            hands[r["waybill"]].append(HandInFact(r["event_id"], r["occurred_at"], r["brand"],
+                                                  r["node_id"], r["perishable"], r["weight_g"]))
         else:
             regs[r["waybill"]].append(RegistrationFact(r["event_id"], r["occurred_at"], r["brand"],
                                                        r["destination_village"]))
-    waybills = sorted(scans.keys() | regs.keys())
+    waybills = sorted(scans.keys() | regs.keys() | hands.keys())
     new = {(o.waybill, o.leg): _leg_row(o) for w in waybills
-           for o in evaluate_facts(w, scans[w], regs[w], runs, county, county.sla)}
+           for o in evaluate_facts(w, scans[w], regs[w], runs, county, county.sla, hands[w])}
     old = {(r["waybill"], r["leg"]): tuple(r) for r in await conn.fetch(
         f"SELECT {', '.join(_LEG_COLUMNS)} FROM sla_legs WHERE waybill = ANY($1::text[])", waybills)}
     changed = [row for key, row in new.items() if old.get(key) != row]

@@ -24,8 +24,8 @@ router = APIRouter(tags=["ingest"])
 # Which event families each role may emit; sms.* are written by the platform itself.
 EMITTABLE = {
     "scanner": frozenset({"parcel.scanned", "parcel.sorted", "vehicle.departed", "vehicle.arrived",
-                          "consent.recorded"}),
-    "brand-system": frozenset({"parcel.registered", "consent.recorded"}),
+                          "consent.recorded", "parcel.handed_in"}),
+    "brand-system": frozenset({"parcel.registered", "consent.recorded", "parcel.handed_in"}),
 }
 
 

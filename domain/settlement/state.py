@@ -23,6 +23,7 @@ from domain.events import (
     CURRENT_VERSION,
     PAYLOADS,
     ConsentRecorded,
+    ParcelHandedIn,
     ParcelRegistered,
     ParcelRegisteredUpload,
     ParcelScanned,
@@ -107,6 +108,8 @@ def fact_from_envelope(seq: int, e: Envelope) -> Fact:
             return Fact(*head, waybill=p.waybill, node_id=p.node_id, kind=kind)
         case ConsentRecorded():
             return Fact(*head, waybill=p.waybill, kind=kind)
+        case ParcelHandedIn():
+            return Fact(*head, waybill=p.waybill, weight_g=p.weight_g, kind=kind)
         case VehicleDeparted() | VehicleArrived():
             return Fact(*head, trip_id=p.trip_id, node_id=p.node_id, route_id=p.route_id,
                         kind=kind)

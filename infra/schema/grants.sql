@@ -47,6 +47,7 @@ GRANT SELECT ON parcels TO gongpei_api;                      -- RLS by brand (ma
 GRANT SELECT ON ledger_lines, settlement_events TO gongpei_api;          -- RLS by brand
 GRANT SELECT ON ledger_periods TO gongpei_api;               -- no brand: a period is everyone's
 GRANT SELECT ON sla_legs, sla_daily TO gongpei_api;          -- RLS by brand
+GRANT SELECT ON sla_handins TO gongpei_api;                  -- RLS by brand (upward parcels)
 GRANT SELECT ON sla_runs TO gongpei_api;                     -- no brand: fixed runs are shared
 GRANT SELECT ON sms_message_parcels, sms_arrivals TO gongpei_api;        -- RLS by brand
 GRANT SELECT (sms_id, kind, stage, node_id, phone_masked, text, template_code, params, segments,
@@ -89,6 +90,7 @@ GRANT SELECT, INSERT, UPDATE ON consumer_offsets TO gongpei_worker;          -- 
 GRANT SELECT, INSERT ON projection_set_aside TO gongpei_worker;     -- set aside what it cannot apply
 GRANT SELECT, INSERT ON sla_events TO gongpei_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON sla_legs, sla_daily, sla_runs TO gongpei_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON sla_handins TO gongpei_worker;
 -- Whether a registration's data key still exists: an erased number's masked form is not shown
 -- again by a rebuild. The key material itself it cannot read.
 GRANT SELECT (key_id) ON pii_keys TO gongpei_worker;
