@@ -39,6 +39,10 @@ ASSUMPTION_ZH = ("共配降本假设：若不共配，每个品牌在其搭乘�
                  "（县配置 [settlement] trip_cost：每班 {fixed} 分 + 线路每公里 {per_km} 分）。"
                  "节省 = 各自派车成本 − 共配实际成本；空载班次只有成本、没有节省。")
 NO_PERIOD_ZH = "本县结算期不是自然月（或未配置结算），共配降本留空。"
+# Upward produce (农产品上行): a sheet of its own, in a month that had any (hand-ins, or figures of
+# the perishable clocks); the JSON answer always has the section.
+PRODUCE_SHEET = "上行农产品"
+PRODUCE_HEADER = ["项目", "分类", "件数", "重量（克）", "重量（千克）"]
 SAVING_HEADER = ["品牌", "共配车次", "分摊费用（分）", "分摊费用（元）", "自行派车成本（分）",
                  "节省（分）", "节省（元）"]
 
@@ -56,6 +60,8 @@ def report_xlsx(report: dict[str, Any]) -> bytes:
     _on_time(_sheet(wb, SHEETS[4], ON_TIME_HEADER), report["on_time"])
     _problems(_sheet(wb, SHEETS[5], PROBLEM_HEADER), report["problems"])
     _saving(_sheet(wb, SHEETS[6], SAVING_HEADER), report["cost_saving"])
+    if has_upward_produce(report):
+        _produce(_sheet(wb, PRODUCE_SHEET, PRODUCE_HEADER), report["upward"])
     buf = io.BytesIO()
     wb.save(buf)
     return buf.getvalue()
@@ -168,3 +174,29 @@ def _saving(ws: Worksheet, s: dict[str, Any]) -> None:
                          ("以前期间调整（分，不计入节省）", s["adjustments_fen"]),
                          ("假设", s["assumption"])):
         ws.append([label, value])
+
+
+def has_upward_produce(report: dict[str, Any]) -> bool:
+    """Whether the month had upward produce: hand-ins, or a perishable clock with a figure."""
+    u = report["upward"]
+    return bool(u["parcels"] or any(u[k]["on_time"] + u[k]["late"]
+                                    for k in ("cold_store", "cold_chain"))
+                or u["air_cutoff"]["made"] + u["air_cutoff"]["missed"])
+
+
+def _produce(ws: Worksheet, u: dict[str, Any]) -> None:
+    for row in u["by_class"]:
+        ws.append(["按品类", row["name"] or ("非生鲜" if row["class"] is None else row["class"]),
+                   row["parcels"], row["weight_g"], round(row["weight_g"] / 1000, 1)])
+    for row in u["by_brand"]:
+        ws.append(["按品牌", row["brand"], row["parcels"], row["weight_g"],
+                   round(row["weight_g"] / 1000, 1)])
+    ws.append([TOTAL, f"其中生鲜 {u['perishable']} 件", u["parcels"], u["weight_g"], u["kg"]])
+    _bold_last(ws)
+    ws.append([])
+    ws.append(["时效", "", "准时", "超时（含未完成已超时）", "准时率（‰）"])
+    _bold_last(ws)
+    for label, leg in (("村收寄→县冷库", u["cold_store"]), ("冷链合规（脱冷时长）", u["cold_chain"])):
+        ws.append([label, "", leg["on_time"], leg["late"], leg["rate_permille"]])
+    air = u["air_cutoff"]
+    ws.append(["航空截载", "赶上 / 未赶上", air["made"], air["missed"], air["rate_permille"]])

@@ -39,6 +39,12 @@ SORTED = next(i for i, (action, _) in enumerate(LIFECYCLE) if action == "sorted"
 HELD_HOURS = 10  # a held household's centre scan happened this long ago (its leg allows 12)
 # Numbers ending so get a failed delivery report from the local gateway (its default).
 UNREACHABLE_SUFFIX = "4444"
+# Upward produce (农产品上行): every this many steps a co-op hands a box in at a village point; it
+# then moves one scan a step — received at the centre, into the cold store, (one in three) out of
+# it and back, and onto the plane — so the dashboard's upward panel shows true, on-time figures.
+UPWARD_EVERY = 5
+UPWARD_PATH = ("received", "cold_in", "air_loaded")
+UPWARD_SPELL = ("received", "cold_in", "cold_out", "cold_in", "air_loaded")
 # Batches an unreachable API did not take are kept and sent again, in order, up to this many
 # (about five minutes of demo); past it the oldest are dropped with a word on the console.
 MAX_UNSENT_BATCHES = 300
@@ -106,6 +112,8 @@ class DemoTraffic:
         self.consents: list[dict[str, Any]] = []  # sent the step after the manifests
         self.arrived: set[tuple[str, str]] = set()  # (trip, township) a vehicle.arrived went for
         self.hold_for = hold_for
+        self.steps = 0
+        self.upward: list[tuple[str, str, list[str]]] = []   # (brand, waybill, scans to come)
         # (token, events) not yet taken by the API (it was down or restarting): sent first next
         # step. Resending is safe: event_id is the idempotency key.
         self.unsent: list[tuple[str, list[dict[str, Any]]]] = []
@@ -272,6 +280,35 @@ class DemoTraffic:
                 "scheduled_at": (now - timedelta(minutes=late)).isoformat()}))
         return out
 
+    def _upward(self, now: datetime) -> list[dict[str, Any]]:
+        """A hand-in every UPWARD_EVERY steps (plums where the county has them), and each box
+        in hand one scan further at the centre."""
+        out = []
+        still = []
+        for brand, waybill, path in self.upward:
+            out.append(envelope("parcel.scanned", 1, now, brand, "op-centre", {
+                "waybill": waybill, "action": path[0], "node_id": self.county.centre.id}))
+            if path[1:]:
+                still.append((brand, waybill, path[1:]))
+        self.upward = still
+        if self.steps % UPWARD_EVERY == 0 and self.traffic.villages:
+            n = self.steps // UPWARD_EVERY
+            brand = self.rng.choice(self.county.brands)
+            waybill = self.traffic.waybill(brand)
+            perishable = next((c for c in ("plum", "produce") if c in self.county.perishables),
+                              None)
+            out.append(envelope("parcel.handed_in", 1, now, brand, "op-village", {
+                "waybill": waybill, "shipper_id": f"COOP-DEMO-{n % 40:03d}",
+                "origin_village": self.rng.choice(self.traffic.villages),
+                "weight_g": self.rng.randrange(2000, 15001),
+                "perishable": perishable}))
+            if perishable is not None:
+                self.upward.append((brand, waybill,
+                                    list(UPWARD_SPELL if n % 3 == 0 else UPWARD_PATH)))
+            else:
+                self.upward.append((brand, waybill, ["received"]))
+        return out
+
     def step(self) -> None:
         """One step of the county day. It never raises: the demo is an auxiliary of `gongpei
         up`, and nothing it meets (the API killed or restarting, the database away, a bug of
@@ -315,6 +352,8 @@ class DemoTraffic:
         self.waiting = [h for h in self.waiting if h not in due]
         scans += [e for h in due for p in h.parcels if (e := self.traffic.advance(p, now))]
         scans += self.traffic.departures(scans, now) + self._run_arrivals(scans, now)
+        self.steps += 1
+        scans += self._upward(now)
         self.traffic.parcels.clear()  # the demo keeps its own lists; this one would only grow
         by_brand: dict[str, list[dict[str, Any]]] = {}
         for event in registrations + consents:

@@ -18,9 +18,12 @@ from typing import Any
 import asyncpg
 
 from domain.county import County
+from domain.sla import AIR_CUTOFF, COLD_CHAIN, UP_COLD_STORE, UPWARD_LEGS
 from projections import ledger_queries, sla_queries
 
 SCAN_TYPES = ["parcel.scanned", "parcel.sorted"]
+# What counts a parcel as handled at a node in the month: a scan, or an upward hand-in.
+HANDLED_TYPES = [*SCAN_TYPES, "parcel.handed_in"]
 
 
 @asynccontextmanager
@@ -61,8 +64,9 @@ class Month:
 
 
 # Each timeline entry in the month of each parcel that moved since the month began, with the
-# parcel's direction: upward (农产品上行) when its first scan is a hand-in (`received`) at a village
-# point, the rule domain/sla.py uses for the village → county leg. The timeline is stored sorted
+# parcel's direction: upward (农产品上行) when it was handed in (`parcel.handed_in`) or its first
+# scan is a hand-in (`received`) at a village point, the rule domain/sla.py uses for the
+# village → county leg. The timeline is stored sorted
 # by event time (domain/tracking.py) and a JSON path visits an array in order, so the first
 # match is the first scan: no sort (measured: half the time of a DISTINCT ON over the entries).
 _VOLUMES = """
@@ -71,7 +75,7 @@ WITH m AS (
          e.value->>'node_id' AS node, p.upward
   FROM (SELECT waybill, brand, view->'timeline' AS tl,
                coalesce(f->>'action' = 'received' AND f->>'node_id' = ANY($3::text[]), false)
-                 AS upward
+                 OR view->'timeline' @> '[{"type": "parcel.handed_in"}]' AS upward
         FROM parcels,
              jsonb_path_query_first(view->'timeline', '$[*] ? (@.type == "parcel.scanned")') AS f
         WHERE last_event_at >= $1) p
@@ -114,7 +118,7 @@ FROM latest l LEFT JOIN closed c USING (waybill) GROUP BY l.reason ORDER BY 2 DE
 async def volumes(conn: asyncpg.Connection, county: County, month: Month) -> dict[str, Any]:
     """Parcels per brand and per node in the month, downward and upward (distinct parcels)."""
     villages = [v.id for v in county.villages]
-    rows = await conn.fetch(_VOLUMES, month.starts, month.ends, villages, SCAN_TYPES,
+    rows = await conn.fetch(_VOLUMES, month.starts, month.ends, villages, HANDLED_TYPES,
                             county.centre.id)
     cols = ("registered", "down", "to_village", "delivered", "up", "up_to_county")
     by_brand = {r["brand"]: {c: r[c] for c in cols} for r in rows if r["brand"] is not None}
@@ -190,7 +194,9 @@ async def on_time(conn: asyncpg.Connection, county: County, month: Month,
     legs = [{"leg": leg.id, "name": leg.name, "direction": leg.direction,
              **_sum(d for d in days if d["leg"] == leg.id)} for leg in county.sla.legs]
     known = {leg.id for leg in county.sla.legs}
-    legs += [{"leg": leg, "name": leg, "direction": "down", **_sum(d for d in days if d["leg"] == leg)}
+    legs += [{"leg": leg, "name": UPWARD_LEGS.get(leg, leg),
+              "direction": "up" if leg in UPWARD_LEGS else "down",
+              **_sum(d for d in days if d["leg"] == leg)}
              for leg in sorted({d["leg"] for d in days} - known)]
     tolerance = county.sla.run_tolerance_minutes
     moves = punctual = 0
@@ -200,6 +206,40 @@ async def on_time(conn: asyncpg.Connection, county: County, month: Month,
     return {"legs": legs, "runs": {"moves": moves, "punctual": punctual,
                                    "rate_permille": punctual * 1000 // moves if moves else None,
                                    "tolerance_minutes": tolerance}}
+
+
+async def upward(conn: asyncpg.Connection, county: County, month: Month,
+                 now: datetime) -> dict[str, Any]:
+    """Upward produce (农产品上行) in the month: parcels handed in (county day of the hand-in) and
+    their weight, per perishable class and brand; the perishable clocks' figures as the SLA API
+    counts them (cold store, cold chain, air cut-off: made on time, or missed)."""
+    query = ("SELECT {key} AS key, count(*)::int AS parcels, sum(weight_g)::bigint AS weight_g"
+             " FROM sla_handins WHERE day BETWEEN $1 AND $2 GROUP BY {key}")
+    by_brand = {r["key"]: r for r in await conn.fetch(query.format(key="brand"), month.first,
+                                                         month.last)}
+    by_class = await conn.fetch(query.format(key="perishable"), month.first, month.last)
+    days = [d for d in await sla_queries.rates(conn, month.first, month.last, now)
+            if d["leg"] in UPWARD_LEGS]
+    air = _sum(d for d in days if d["leg"] == AIR_CUTOFF)
+    weight = sum(int(r["weight_g"]) for r in by_class)
+    return {
+        "parcels": sum(r["parcels"] for r in by_class), "weight_g": weight,
+        "kg": round(weight / 1000, 1),
+        "perishable": sum(r["parcels"] for r in by_class if r["key"] is not None),
+        "by_class": [{"class": r["key"],
+                      "name": (county.perishables[r["key"]].name
+                               if r["key"] in county.perishables else None),
+                      "parcels": r["parcels"], "weight_g": int(r["weight_g"])}
+                     for r in sorted(by_class, key=lambda r: (r["key"] is None, r["key"] or ""))],
+        "by_brand": [{"brand": b, "parcels": by_brand[b]["parcels"],
+                      "weight_g": int(by_brand[b]["weight_g"])}
+                     for b in [*county.brands, *sorted(set(by_brand) - set(county.brands))]
+                     if b in by_brand],
+        "cold_store": _sum(d for d in days if d["leg"] == UP_COLD_STORE),
+        "cold_chain": _sum(d for d in days if d["leg"] == COLD_CHAIN),
+        "air_cutoff": {"made": air["on_time"], "missed": air["late"],
+                       "overdue_open": air["overdue_open"], "rate_permille": air["rate_permille"]},
+    }
 
 
 def _sum(days: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

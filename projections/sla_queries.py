@@ -3,16 +3,16 @@ run punctuality and village coverage. "now" is always an argument."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from typing import Any
 
 import asyncpg
 
 from domain.county import County
-from domain.sla import CAUSE_LABELS
+from domain.sla import AIR_CUTOFF, CAUSE_LABELS, COLD_CHAIN, UP_COLD_STORE, UPWARD_LEGS
 from projections.metrics import SLA_AT_RISK, SLA_ON_TIME
 
 
@@ -288,6 +288,55 @@ async def export_gauges(conn: asyncpg.Connection, county: County, now: datetime)
                 await at_risk_count(conn, now, Slice(leg=leg.id), tz=_county_tz(county)))
 
 
+async def handins(conn: asyncpg.Connection, first: date, last: date,
+                  where: Slice = Slice()) -> list[dict[str, Any]]:
+    """Handed-in parcels per county day: parcels, grams, perishable ones (any leg filter aside:
+    a hand-in is no leg; route, township, village and brand narrow it like the legs)."""
+    cond, params = replace(where, leg=None).where(3)
+    rows = await conn.fetch(
+        "SELECT day, count(*)::int AS parcels, coalesce(sum(weight_g), 0)::bigint AS weight_g,"
+        " count(*) FILTER (WHERE perishable IS NOT NULL)::int AS perishable FROM sla_handins"
+        f" WHERE day BETWEEN $1 AND $2{cond} GROUP BY day ORDER BY day", first, last, *params)
+    return [{"day": str(r["day"]), "parcels": r["parcels"], "weight_g": int(r["weight_g"]),
+             "perishable": r["perishable"]} for r in rows]
+
+
+def upward_days(first: date, last: date, volumes: Iterable[Mapping[str, Any]],
+                trend: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each day's upward figures (pure): hand-ins, cold-store and cold-chain compliance, air
+    cut-off hits (made: loaded by the cut-off; missed: late, overdue open ones included)."""
+    by_day = {v["day"]: v for v in volumes}
+    legs = {(t["day"], t["leg"]): t for t in trend if t["leg"] in UPWARD_LEGS}
+    out = []
+    for i in range((last - first).days + 1):
+        day = str(first + timedelta(days=i))
+        v = by_day.get(day, {})
+
+        def leg(leg_id: str, day: str = day) -> dict[str, Any]:
+            t = legs.get((day, leg_id), {})
+            on, late = t.get("on_time", 0), t.get("late", 0)
+            return {"on_time": on, "late": late, "rate_permille": _rate(on, late)}
+        air = leg(AIR_CUTOFF)
+        out.append({"day": day, "parcels": v.get("parcels", 0), "weight_g": v.get("weight_g", 0),
+                    "perishable": v.get("perishable", 0), "cold_store": leg(UP_COLD_STORE),
+                    "cold_chain": leg(COLD_CHAIN),
+                    "air_cutoff": {"made": air["on_time"], "missed": air["late"],
+                                   "rate_permille": air["rate_permille"]}})
+    return out
+
+
+async def upward_panel(conn: asyncpg.Connection, county: County, day: date,
+                       trend: list[dict[str, Any]], where: Slice = Slice()) -> dict[str, Any]:
+    """The dashboard's upward panel over the 14 days the trend shows: shown in the harvest season
+    of the county file, or when those days had upward traffic."""
+    first = day - timedelta(days=13)
+    days = upward_days(first, day, await handins(conn, first, day, where), trend)
+    traffic = any(d["parcels"] or any(d[k]["on_time"] + d[k]["late"]
+                                      for k in ("cold_store", "cold_chain")) for d in days)
+    return {"shown": county.in_harvest(day) or traffic, "harvest": county.in_harvest(day),
+            "today": days[-1], "days": days}
+
+
 async def dashboard(conn: asyncpg.Connection, county: County, day: date, now: datetime,
                     where: Slice = Slice()) -> dict[str, Any]:
     """Everything the manager's dashboard shows, read in the caller's one snapshot: the headline
@@ -318,7 +367,11 @@ async def dashboard(conn: asyncpg.Connection, county: County, day: date, now: da
                   **{k: today.get(leg.id, {}).get(k, 0) for k in ("on_time", "late")},
                   "rate_permille": today.get(leg.id, {}).get("rate_permille"),
                   "causes": by_leg.get(leg.id, {})}
-                 for leg in sla.legs],
+                 for leg in sla.legs]
+        # The upward produce clocks, on a day they have figures: the causes still add up.
+        + [{"id": leg, "name": name, "on_time": today[leg]["on_time"], "late": today[leg]["late"],
+            "rate_permille": today[leg]["rate_permille"], "causes": by_leg.get(leg, {})}
+           for leg, name in UPWARD_LEGS.items() if leg in today],
         "trend": trend,
         "township_leg": main_leg,
         "townships": areas(await by_area(conn, day, main_leg, "township", now, where)),
@@ -332,4 +385,6 @@ async def dashboard(conn: asyncpg.Connection, county: County, day: date, now: da
         "at_risk_total": risk_total,
         "runs": await runs(conn, day, sla.run_tolerance_minutes, county, now),
         "coverage": await coverage(conn, county, day),
+        "upward": await upward_panel(conn, county, day, trend, where),
+        "leg_names": {**{leg.id: leg.name for leg in sla.legs}, **UPWARD_LEGS},
     }

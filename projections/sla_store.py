@@ -35,6 +35,7 @@ from domain.sla import (
     RegistrationFact,
     ScanFact,
     evaluate_facts,
+    route_for,
 )
 from projections.locks import Lock
 from projections.runtime import Applied, EnvelopeProjection
@@ -194,17 +195,26 @@ async def _record_handins(conn: asyncpg.Connection, county: County,
     es = [earliest[w] for w in sorted(earliest)]  # rows locked in one order
     ps: list[Any] = [e.payload for e in es]
     await conn.execute(
-        "INSERT INTO sla_handins (waybill, brand, event_id, occurred_at, day, village, perishable,"
-        " weight_g) SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[],"
-        " $5::date[], $6::text[], $7::text[], $8::int[])"
+        "INSERT INTO sla_handins (waybill, brand, event_id, occurred_at, day, route_id, township,"
+        " village, perishable, weight_g) SELECT * FROM unnest($1::text[], $2::text[], $3::text[],"
+        " $4::timestamptz[], $5::date[], $6::text[], $7::text[], $8::text[], $9::text[],"
+        " $10::int[])"
         " ON CONFLICT (waybill) DO UPDATE SET brand = EXCLUDED.brand, event_id = EXCLUDED.event_id,"
-        " occurred_at = EXCLUDED.occurred_at, day = EXCLUDED.day, village = EXCLUDED.village,"
+        " occurred_at = EXCLUDED.occurred_at, day = EXCLUDED.day, route_id = EXCLUDED.route_id,"
+        " township = EXCLUDED.township, village = EXCLUDED.village,"
         " perishable = EXCLUDED.perishable, weight_g = EXCLUDED.weight_g"
         " WHERE (EXCLUDED.occurred_at, EXCLUDED.event_id)"
         " < (sla_handins.occurred_at, sla_handins.event_id)",
         [p.waybill for p in ps], [e.brand for e in es], [e.event_id for e in es],
         [e.occurred_at for e in es], [e.occurred_at.astimezone(tz).date() for e in es],
+        [route_for(county, p.origin_village) or "" for p in ps],
+        [_parent(county, p.origin_village) for p in ps],
         [p.origin_village for p in ps], [p.perishable for p in ps], [p.weight_g for p in ps])
+
+
+def _parent(county: County, node_id: str) -> str:
+    node = county.nodes.get(node_id)  # a node dropped from the county file since: no township
+    return (node.parent or "") if node else ""
 
 
 async def _reevaluate(conn: asyncpg.Connection, county: County, touched: list[str],

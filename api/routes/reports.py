@@ -21,9 +21,13 @@ router = APIRouter(tags=["statistics report"])
 READERS = ("manager", "finance", "finance-admin", "admin")
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
-UPWARD_NOTE = ("Upward (农产品上行) parcels are those whose first scan is a hand-in (`received`) at a "
-               "village point, the rule of the SLA's village → county leg; every other parcel is "
-               "downward.")
+UPWARD_NOTE = ("Upward (农产品上行) parcels are those handed in at a village point "
+               "(`parcel.handed_in`) or whose first scan is a hand-in (`received`) there, the rule "
+               "of the SLA's village → county leg; every other parcel is downward.")
+PRODUCE_NOTE = ("Upward produce: parcels handed in (`parcel.handed_in`) on a county day of the "
+                "month, each once, with their weight; cold store, cold chain and air cut-off are "
+                "the SLA's up_cold_store, cold_chain and air_cutoff legs counted as /v1/sla/rates "
+                "counts them (late includes legs still open past due at `as_of`).")
 NODE_NOTE = ("Per node: distinct parcels scanned there in the month; a parcel scanned at several "
              "nodes counts at each, so node rows do not add up to the brand totals.")
 COVERAGE_NOTE = ("run_covered: village points on a route one of whose fixed runs departed in the "
@@ -124,6 +128,46 @@ class OnTime(BaseModel):
     runs: RunPunctuality
 
 
+class ProduceClass(BaseModel):
+    class_: str | None = Field(alias="class", description="the [perishables] class; null: none")
+    name: str | None
+    parcels: int
+    weight_g: int
+
+
+class ProduceBrand(BaseModel):
+    brand: str
+    parcels: int
+    weight_g: int
+
+
+class LegFigures(BaseModel):
+    on_time: int
+    late: int = Field(description="finished late, or still open past due at `as_of`")
+    overdue_open: int
+    rate_permille: int | None
+
+
+class AirCutoff(BaseModel):
+    made: int = Field(description="air_loaded at the centre by the cut-off")
+    missed: int = Field(description="missed the cut-off (waits a day), or still open past it")
+    overdue_open: int
+    rate_permille: int | None
+
+
+class UpwardProduce(BaseModel):
+    parcels: int = Field(description="parcels handed in at village points in the month")
+    weight_g: int
+    kg: float = Field(description="weight_g in kg, to one decimal")
+    perishable: int = Field(description="of them, of a perishable class")
+    by_class: list[ProduceClass]
+    by_brand: list[ProduceBrand]
+    cold_store: LegFigures = Field(description="hand-in → first cold_in at the centre in time")
+    cold_chain: LegFigures = Field(description="cold-chain compliance: time out of the cold within budget")
+    air_cutoff: AirCutoff
+    note: str
+
+
 class ProblemReason(BaseModel):
     reason: str
     label: str
@@ -181,6 +225,7 @@ class MonthlyReport(BaseModel):
     coverage: Coverage
     on_time: OnTime
     problems: Problems
+    upward: UpwardProduce
     cost_saving: CostSaving
     notes: list[str]
 
@@ -239,10 +284,11 @@ async def build_report(pool: Any, county: County, month: q.Month, now: datetime)
                    else {"legs": [], "runs": {"moves": 0, "punctual": 0, "rate_permille": None,
                                               "tolerance_minutes": 0}})
         problems = await q.problems(conn, month, now)
+        upward = await q.upward(conn, county, month, now)
         lines = await q.trip_lines(conn, period) if period else []
         status = await ledger_queries.period_status(conn, period) if period else None
     rule = settlement.version_on(month.first).trip_cost if settlement is not None else None
-    notes = [UPWARD_NOTE, NODE_NOTE, COVERAGE_NOTE]
+    notes = [UPWARD_NOTE, NODE_NOTE, COVERAGE_NOTE, PRODUCE_NOTE]
     if period is None:
         notes.append("The county's settlement periods are not calendar months (or it has no "
                       "settlement): the cost saving is left empty.")
@@ -260,6 +306,7 @@ async def build_report(pool: Any, county: County, month: q.Month, now: datetime)
                                    for p in problems],
                      "total": sum(p["parcels"] for p in problems),
                      "closed": sum(p["closed"] for p in problems)},
+        "upward": {**upward, "note": PRODUCE_NOTE},
         "cost_saving": {
             "period": period, "status": status, **q.co_delivery_saving(lines),
             "trip_cost": ({"fixed_fen": rule.fixed_fen, "per_km_fen": rule.per_km_fen,

@@ -13,6 +13,8 @@ CREATE TABLE sla_handins (
     event_id    text NOT NULL,
     occurred_at timestamptz NOT NULL,
     day         date NOT NULL,
+    route_id    text NOT NULL,   -- the slices of sla_legs, so one filter narrows both
+    township    text NOT NULL,
     village     text NOT NULL,
     perishable  text,
     weight_g    integer NOT NULL

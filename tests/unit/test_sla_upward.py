@@ -136,3 +136,36 @@ def test_the_order_and_duplicates_of_events_change_nothing() -> None:
 def test_the_new_causes_are_labelled() -> None:
     for cause in ("late_to_cold_store", "cold_chain_broken", "missed_air_cutoff"):
         assert CAUSE_LABELS[cause]
+
+
+def test_the_panel_days_add_hand_ins_and_the_perishable_legs_per_day() -> None:
+    from datetime import date
+
+    from projections.sla_queries import upward_days
+
+    volumes = [{"day": "2026-07-15", "parcels": 3, "weight_g": 7000, "perishable": 2}]
+    trend = [{"day": "2026-07-15", "leg": "cold_chain", "on_time": 3, "late": 1},
+             {"day": "2026-07-15", "leg": "air_cutoff", "on_time": 2, "late": 1},
+             {"day": "2026-07-14", "leg": "up_cold_store", "on_time": 0, "late": 2},
+             {"day": "2026-07-15", "leg": "village_to_county", "on_time": 9, "late": 9}]
+    days = upward_days(date(2026, 7, 14), date(2026, 7, 15), volumes, trend)
+    assert [d["day"] for d in days] == ["2026-07-14", "2026-07-15"]
+    first, second = days
+    assert (first["parcels"], first["weight_g"]) == (0, 0)
+    assert first["cold_store"] == {"on_time": 0, "late": 2, "rate_permille": 0}
+    assert first["cold_chain"] == {"on_time": 0, "late": 0, "rate_permille": None}
+    assert (second["parcels"], second["weight_g"], second["perishable"]) == (3, 7000, 2)
+    assert second["cold_chain"] == {"on_time": 3, "late": 1, "rate_permille": 750}
+    assert second["air_cutoff"] == {"made": 2, "missed": 1, "rate_permille": 666}
+
+
+def test_the_xlsx_has_an_upward_sheet_only_in_a_month_with_upward_produce() -> None:
+    from api.report_xlsx import has_upward_produce
+
+    none = {"on_time": 0, "late": 0}
+    quiet = {"upward": {"parcels": 0, "cold_store": none, "cold_chain": none,
+                        "air_cutoff": {"made": 0, "missed": 0}}}
+    assert not has_upward_produce(quiet)
+    late_flight = {"upward": {**quiet["upward"], "air_cutoff": {"made": 0, "missed": 1}}}
+    assert has_upward_produce(late_flight)
+    assert has_upward_produce({"upward": {**quiet["upward"], "parcels": 1}})
