@@ -22,6 +22,7 @@ SF 428."""
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import time
 from datetime import datetime, timedelta, timezone
@@ -29,8 +30,10 @@ from typing import Any
 
 import httpx
 import pytest
+from openpyxl import load_workbook
 
 from domain.county import County, UpwardTariff
+from domain.settlement.upward import UPWARD_KINDS
 from entrypoints.platform import Platform
 from loadtest.traffic import envelope, waybill_for
 from tests.conftest import bearer, wait_for
@@ -140,6 +143,17 @@ def test_a_brand_sees_its_own_upward_lines_and_the_exports_carry_the_new_kinds(
     for kind in ("upward_handling", "upward_weight", "upward_cold_chain"):
         assert f"total,{kind},," in csv
     assert f"upward_cold_chain:{booked['C']},{DAY},upward_cold_chain,produce,50," in csv
+    r = client.get(f"/v1/statements/{PERIOD}/SF", params={"format": "xlsx"},
+                   headers=bearer(tokens["finance"]))
+    st = statement(client, tokens["finance"], "SF")
+    rows = list(load_workbook(io.BytesIO(r.content))["Statement"].iter_rows(values_only=True))
+    totals = {row[1]: row[3] for row in rows if row[0] == "total"}
+    assert {k: totals[k] for k in UPWARD_KINDS} == {k: st["totals"][k]["fen"] for k in UPWARD_KINDS}
+    [upward] = [row for row in rows if row[0] == "upward"]
+    assert upward[2:4] == (st["upward"]["parcels"], st["upward"]["fen"])
+    lines = list(load_workbook(io.BytesIO(r.content))["Lines"].iter_rows(values_only=True))
+    assert (f"upward_weight:{booked['C']}", DAY, "upward_weight", "6", 120) in {
+        tuple(row[:5]) for row in lines}
 
 
 def test_the_bus_run_drills_down_to_its_line_and_reconciles_to_its_cost(
