@@ -17,6 +17,10 @@ def summary_rows(st: dict[str, Any]) -> list[list[Any]]:
     rows += [["parcels", tier, n, "", ""] for tier, n in st["parcels_by_tier"].items()]
     rows += [["total", kind, "", v["fen"], v["yuan"]] for kind, v in st["totals"].items()]
     rows += [["trip share", t["route"], t["trips"], t["fen"], t["yuan"]] for t in st["trip_shares"]]
+    up = st["upward"]
+    if up["parcels"] or up["fen"]:
+        what = f"{up['parcels']} parcels, {up['kg']} kg, {up['cold_chain_parcels']} cold chain"
+        rows.append(["upward", what, up["parcels"], up["fen"], up["yuan"]])
     rows += [["adjustment", f"{a['kind']} for {a['adjusts_period']}", "", a["fen"], a["yuan"]]
              for a in st["adjustments"]]
     rows.append(["net", "owed to the operator", "", st["net"]["fen"], st["net"]["yuan"]])

@@ -428,8 +428,15 @@ def breach_cause(rule: LegRule, start: ScanFact, end: ScanFact | None, scans: Se
     if any(m.kind == "arrived" and m.occurred_at - m.scheduled_at > tolerance for m in moves):
         return "run_arrived_late"
     if departed is not None:
-        expected = next_run(county, route_for(county, regs[-1].destination_village
-                                              if regs else None), start.occurred_at)
+        bus = county.bus_line_of(trip_id) if trip_id else None
+        if bus is not None:
+            # A bus line's run: its plan is the line's timetable, which gives departures from
+            # its first stop only (a leg that starts elsewhere has no plan to have missed).
+            expected = (next_departure(county, bus.departures, start.occurred_at)
+                        if start.node_id == bus.stops[0] else None)
+        else:
+            expected = next_run(county, route_for(county, regs[-1].destination_village
+                                                  if regs else None), start.occurred_at)
         if expected is not None and departed.scheduled_at > expected + tolerance:
             return "missed_run"
     return "unknown" if end is not None else "not_arrived"
@@ -440,11 +447,17 @@ def next_run(county: County, route_id: str | None, after: datetime) -> datetime 
     route = county.route(route_id) if route_id else None
     if route is None:
         return None
-    local = after.astimezone(_tz(county))
+    return next_departure(county, [run.departs for run in route.runs], after)
+
+
+def next_departure(county: County, departs: Iterable[str], after: datetime) -> datetime | None:
+    """The first of these timetabled departures ("HH:MM", county time) at or after `after`
+    (today or tomorrow)."""
+    local, times = after.astimezone(_tz(county)), sorted(departs)
     for offset in (0, 1):
         day = local.date() + timedelta(days=offset)
-        for run in sorted(route.runs, key=lambda r: r.departs):
-            at = datetime.combine(day, time.fromisoformat(run.departs), _tz(county))
+        for hhmm in times:
+            at = datetime.combine(day, time.fromisoformat(hhmm), _tz(county))
             if at >= local:
                 return at
     return None

@@ -45,7 +45,8 @@ from projections import runtime
 from projections.locks import Lock
 from projections.runtime import Applied, Base, Source
 
-LEDGER_TYPES = ("parcel.registered", "parcel.scanned", "vehicle.departed", "period.closed")
+LEDGER_TYPES = ("parcel.registered", "parcel.handed_in", "parcel.scanned", "vehicle.departed",
+                "period.closed")
 LEDGER_LOCK = Lock.LEDGER
 LEDGER_REBUILD_LOCK = Lock.LEDGER_REBUILD
 LINE_COLUMNS = ("entry_id, line_no, period, posting_date, unit, kind, account, brand, ref,"

@@ -207,7 +207,8 @@ def _leg(r: asyncpg.Record) -> dict[str, Any]:
 async def runs(conn: asyncpg.Connection, day: date, tolerance_minutes: int,
                county: County | None = None, now: datetime | None = None) -> dict[str, Any]:
     """The day's runs: every recorded trip (late ones first) and, given the county, every
-    timetabled run no trip was recorded for, each with its route's name."""
+    timetabled run no trip was recorded for, each with its route's name (a bus line's run: its
+    line's; a bus departure that carried no parcel is no missed run, so it is not listed)."""
     rows = await conn.fetch("SELECT trip_id, kind, node_id, route_id, run_id, scheduled_at,"
                             " delay_minutes FROM sla_runs WHERE day = $1"
                             " ORDER BY route_id, run_id, trip_id, kind, scheduled_at", day)
@@ -215,9 +216,12 @@ async def runs(conn: asyncpg.Connection, day: date, tolerance_minutes: int,
     by_run: dict[str, dict[str, Any]] = {}
     for r in rows:
         route = routes.get(r["route_id"])
+        # A bus line's run is named after its line, whatever route its departure named.
+        bus = county.bus_line_of(r["trip_id"]) if county else None
         item = by_run.setdefault(r["trip_id"], {
-            "trip_id": r["trip_id"], "route_id": r["route_id"],
-            "route_name": route.name if route else r["route_id"], "run_id": r["run_id"],
+            "trip_id": r["trip_id"], "route_id": bus.id if bus else r["route_id"],
+            "route_name": bus.name if bus else route.name if route else r["route_id"],
+            "run_id": r["run_id"],
             "scheduled_at": None, "departed": None, "arrivals": [], "status": "punctual"})
         if r["kind"] == "departed":
             item["departed"], item["scheduled_at"] = r["delay_minutes"], r["scheduled_at"]

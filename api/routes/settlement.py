@@ -56,6 +56,12 @@ class TripShare(Money):
     trips: int
 
 
+class UpwardSummary(Money):
+    parcels: int = Field(description="parcels handed in and charged the upward handling fee")
+    kg: int = Field(description="started kilograms charged")
+    cold_chain_parcels: int = Field(description="perishable parcels charged the cold-chain fee")
+
+
 class Adjustment(Money):
     entry_id: str
     adjusts_period: str | None
@@ -79,7 +85,9 @@ class Statement(Answer):
     status: str
     parcels_by_tier: dict[str, int]
     totals: dict[str, KindTotal]
-    trip_shares: list[TripShare]
+    trip_shares: list[TripShare] = Field(description="shared runs per route, and per bus line"
+                                                     " for the runs of a bus line")
+    upward: UpwardSummary = Field(description="the upward tariff's charges (农产品上行)")
     adjustments: list[Adjustment]
     adjustments_total: Money
     net: Money

@@ -2,8 +2,9 @@
 (domain/settlement/state.py), lines out; `parcel_lines` and `trip_lines` fold events first.
 
 Accounts: `brand:B` (what brand B owes the operator), `revenue:*` (the operator's), `station:NODE`
-(what the network owes a station), `carrier:ROUTE` (what it owes for the run), and
-`operator:unallocated` (a run that carried nothing). Every entry's lines sum to zero."""
+(what the network owes a station), `carrier:ROUTE` (what it owes for the run; `carrier:LINE` for
+a bus line's run), and `operator:unallocated` (a run that carried nothing). Every entry's lines
+sum to zero."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from domain.settlement.config import SettlementVersion, TripCost
 from domain.settlement.state import (
     STATION_TIERS,
     Fact,
+    HandIn,
     Load,
     ParcelState,
     Registration,
@@ -30,6 +32,7 @@ from domain.settlement.state import (
     registration_of,
     station_tier,
 )
+from domain.settlement.upward import upward_charges
 
 __all__ = ["STATION_TIERS", "Line", "TripManifest", "parcel_lines", "parcel_pricing_key",
            "parcel_state_lines",
@@ -84,18 +87,20 @@ def parcel_pricing_key(state: ParcelState) -> tuple[object, ...]:
     (The trips it rode are not priced here; the first scan only stands in for a missing
     registration.)"""
     first = state.first_scan if state.registration is None else state.first_scan is not None
-    return (state.registration, first, tuple(state.stored), tuple(state.delivered))
+    return (state.registration, first, tuple(state.stored), tuple(state.delivered),
+            state.handed_in)
 
 
 def parcel_state_lines(state: ParcelState, county: County) -> list[Line]:
-    """Delivery fee (+ weight surcharge) when the parcel reaches a station or is delivered;
-    station commissions when it is stored at a point and when it is picked up from there."""
+    """The upward tariff once the parcel is handed in at a village point; delivery fee (+ weight
+    surcharge) when it reaches a station or is delivered; station commissions when it is stored
+    at a point and when it is picked up from there."""
+    lines = _upward_lines(state.waybill, state.handed_in, county)
     if state.first_scan is None:
-        return []
+        return lines
     waybill, registration = state.waybill, state.registration
-    brand = (registration or state.first_scan).brand
+    brand = (registration or state.handed_in or state.first_scan).brand
     unit = f"parcel:{waybill}"
-    lines: list[Line] = []
     stored = next((s for s in state.stored if station_tier(county, s.node)), None)
     delivered = [s for s in state.delivered if station_tier(county, s.node)]
     candidates = ([stored] if stored else []) + delivered[:1]
@@ -121,6 +126,22 @@ def parcel_state_lines(state: ParcelState, county: County) -> list[Line]:
                        if s.node == stored.node and s.at >= stored.at), None)
         if picked is not None:
             lines += _commission(county, waybill, brand, picked, "commission_picked_up")
+    return lines
+
+
+def _upward_lines(waybill: str, hand_in: HandIn | None, county: County) -> list[Line]:
+    """The upward tariff (农产品上行), charged to the brand that handed the parcel in, once, on the
+    county day of its first hand-in: one entry per fee kind, each owed to the operator's revenue."""
+    tariff = county.upward_tariff
+    if hand_in is None or tariff is None:
+        return []
+    day = _local(hand_in.at, county)
+    brand, ids = hand_in.brand, (hand_in.event_id,)
+    lines: list[Line] = []
+    for kind, ref, fen in upward_charges(tariff, hand_in.weight_g, hand_in.perishable,
+                                         hand_in.origin):
+        lines += _entry(county, f"{kind}:{waybill}", f"parcel:{waybill}", kind, day, [
+            (f"brand:{brand}", brand, ref, fen, ids), (f"revenue:{kind}", brand, ref, -fen, ids)])
     return lines
 
 
@@ -202,10 +223,17 @@ def trip_state_lines(trip: TripState, county: County, basis: str | None = None) 
         return []
     day = _local(dep.at, county)
     version: SettlementVersion = county.settlement.version_on(day)
-    route_id = dep.route_id
-    cost_rule = version.cost_for(route_id)
+    bus = county.bus_line_of(trip.trip_id)
+    if bus is not None:
+        # A bus line's run (城乡客运 / 客货邮): the line's price per trip, shared by the county's
+        # sharing rule, booked to the line whatever route the departure named.
+        route_id, cost_rule = bus.id, version.trip_cost
+        cost = Fen(bus.cost_per_trip_fen)
+    else:
+        route_id = dep.route_id
+        cost_rule = version.cost_for(route_id)
+        cost = trip_cost(county, cost_rule, route_id)
     basis = basis or cost_rule.basis
-    cost = trip_cost(county, cost_rule, route_id)
     weights = brand_weights(trip, basis)
     unit = f"trip:{trip.trip_id}"
     legs: list[tuple[str, str | None, str | None, Fen, tuple[str, ...]]] = [

@@ -70,6 +70,8 @@ class Fact:
     # The registry's payload class for this event (None: a type this code does not know); the
     # folds dispatch on it, never on the type string.
     kind: PayloadClass | None = None
+    origin: str | None = None        # a hand-in's village point
+    perishable: str | None = None    # a hand-in's perishable class (None: not perishable)
 
     @property
     def key(self) -> tuple[datetime, str]:
@@ -87,7 +89,8 @@ def fact_from_wire(seq: int, d: dict[str, Any]) -> Fact:
                 d["brand"], d.get("operator_id", ""), p.get("waybill"), p.get("trip_id"),
                 p.get("action"), p.get("node_id"), p.get("route_id"), p.get("weight_g", 0),
                 p.get("length_mm"), p.get("width_mm"), p.get("height_mm"),
-                p.get("destination_village"), p.get("period"), PAYLOADS.get((event_type, version)))
+                p.get("destination_village"), p.get("period"), PAYLOADS.get((event_type, version)),
+                p.get("origin_village"), p.get("perishable"))
 
 
 def fact_from_envelope(seq: int, e: Envelope) -> Fact:
@@ -104,12 +107,13 @@ def fact_from_envelope(seq: int, e: Envelope) -> Fact:
         case ParcelScanned():
             return Fact(*head, waybill=p.waybill, trip_id=p.trip_id, action=str(p.action),
                         node_id=p.node_id, kind=kind)
+        case ParcelHandedIn():
+            return Fact(*head, waybill=p.waybill, weight_g=p.weight_g, origin=p.origin_village,
+                        perishable=p.perishable, kind=kind)
         case ParcelSorted() | PickupAssigned():
             return Fact(*head, waybill=p.waybill, node_id=p.node_id, kind=kind)
         case ConsentRecorded():
             return Fact(*head, waybill=p.waybill, kind=kind)
-        case ParcelHandedIn():
-            return Fact(*head, waybill=p.waybill, weight_g=p.weight_g, kind=kind)
         case VehicleDeparted() | VehicleArrived():
             return Fact(*head, trip_id=p.trip_id, node_id=p.node_id, route_id=p.route_id,
                         kind=kind)
@@ -154,12 +158,30 @@ class Registration:
         return (self.at, self.event_id)
 
 
+@dataclass(frozen=True, slots=True)
+class HandIn:
+    """A parcel handed in at a village point for the upward flow (`parcel.handed_in`): what the
+    upward tariff prices."""
+
+    at: datetime
+    event_id: str
+    brand: str
+    weight_g: int
+    origin: str
+    perishable: str | None
+
+    @property
+    def key(self) -> tuple[datetime, str]:
+        return (self.at, self.event_id)
+
+
 @dataclass(slots=True)
 class ParcelState:
     """The latest registration, the first scan (whose brand stands in for a missing
     registration), its `stored` and `delivered` scans in order (the rules pick the first at a
-    station, by the county file they price with; a parcel has one or two), and the trips it was
-    loaded on (a later registration changes their shares)."""
+    station, by the county file they price with; a parcel has one or two), the trips it was
+    loaded on (a later registration changes their shares), and its first hand-in (upward parcels:
+    charged once, by the first)."""
 
     waybill: str
     registration: Registration | None = None
@@ -167,17 +189,24 @@ class ParcelState:
     stored: list[Scan] = field(default_factory=list)
     delivered: list[Scan] = field(default_factory=list)
     trips: list[str] = field(default_factory=list)
+    handed_in: HandIn | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"r": _reg_json(self.registration), "f": _scan_json(self.first_scan),
-                "s": [_scan_json(s) for s in self.stored], "d": [_scan_json(s) for s in self.delivered],
-                "t": self.trips}
+        out = {"r": _reg_json(self.registration), "f": _scan_json(self.first_scan),
+               "s": [_scan_json(s) for s in self.stored], "d": [_scan_json(s) for s in self.delivered],
+               "t": self.trips}
+        if self.handed_in is not None:  # absent, not null: states written before hand-ins read alike
+            h = self.handed_in
+            out["h"] = [h.at, h.event_id, h.brand, h.weight_g, h.origin, h.perishable]
+        return out
 
     @classmethod
     def from_json(cls, waybill: str, d: dict[str, Any]) -> ParcelState:
+        h = d.get("h")
         return cls(waybill, _reg(d["r"]), _scan(d["f"]),
                    [s for j in d["s"] if (s := _scan(j)) is not None],
-                   [s for j in d["d"] if (s := _scan(j)) is not None], list(d["t"]))
+                   [s for j in d["d"] if (s := _scan(j)) is not None], list(d["t"]),
+                   HandIn(datetime.fromisoformat(h[0]), *h[1:]) if h else None)
 
 
 def station_tier(county: County, node_id: str | None) -> str | None:
@@ -196,6 +225,12 @@ def fold_parcel(state: ParcelState, f: Fact) -> bool:
     if f.kind is ParcelRegistered:
         if state.registration is None or f.key > state.registration.key:
             state.registration = registration_of(f)
+            return True
+        return False
+    if f.kind is ParcelHandedIn:
+        if state.handed_in is None or f.key < state.handed_in.key:
+            state.handed_in = HandIn(f.occurred_at, f.event_id, f.brand, f.weight_g,
+                                     f.origin or "", f.perishable)
             return True
         return False
     if f.kind is not ParcelScanned:

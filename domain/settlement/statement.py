@@ -13,6 +13,8 @@ KIND_LABELS = {
     "volume_discount": "量级优惠 volume discount", "trip_cost": "共配车次分摊 shared trips",
     "commission_stored": "入库佣金 station commission (stored)",
     "commission_picked_up": "出库佣金 station commission (picked up)",
+    "upward_handling": "上行处理费 upward handling", "upward_weight": "上行计重费 upward per kg",
+    "upward_cold_chain": "冷链费 upward cold chain",
 }
 
 
@@ -38,6 +40,14 @@ def build_statement(brand: str, period: str, status: str,
         if line["kind"] == "trip_cost":
             routes[line["ref"]]["trips"] += 1
             routes[line["ref"]]["fen"] += line["amount_fen"]
+    upward = {"parcels": 0, "kg": 0, "cold_chain_parcels": 0}
+    for line in base:  # the refs of the upward lines: village, kilograms charged, class
+        if line["kind"] == "upward_handling":
+            upward["parcels"] += 1
+        elif line["kind"] == "upward_weight":
+            upward["kg"] += int(line["ref"])
+        elif line["kind"] == "upward_cold_chain":
+            upward["cold_chain_parcels"] += 1
     net = sum(line["amount_fen"] for line in own)
     return {
         "brand": brand, "period": period, "status": status,
@@ -46,6 +56,7 @@ def build_statement(brand: str, period: str, status: str,
                    for kind, label in KIND_LABELS.items()},
         "trip_shares": [{"route": r, "trips": v["trips"], **_money(v["fen"])}
                         for r, v in sorted(routes.items())],
+        "upward": {**upward, **_money(sum(by_kind[k] for k in KIND_LABELS if k.startswith("upward_")))},
         "adjustments": [{"entry_id": a["entry_id"], "adjusts_period": a["adjusts_period"],
                          "kind": a["kind"], "late_event_id": a["late_event_id"],
                          **_money(a["amount_fen"])} for a in adjustments],
