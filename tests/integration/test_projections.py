@@ -134,11 +134,12 @@ def test_given_an_undecodable_message_on_kafka_then_the_worker_sets_it_aside_and
 
 
 def _level(platform: Platform) -> bool:
+    from projections.sla_store import SLA_TYPES
+
     return bool(db_fetch(platform, "SELECT (SELECT count(*) FROM tracking_events) = (SELECT count(*)"
                                    " FROM journal WHERE type LIKE 'parcel.%' OR type LIKE 'consent.%')"
                                    " AND (SELECT count(*) FROM sla_events) = (SELECT count(*) FROM"
-                                   " journal WHERE type IN ('parcel.registered', 'parcel.scanned',"
-                                   " 'vehicle.departed', 'vehicle.arrived'))")[0][0])
+                                   " journal WHERE type = ANY($1::text[]))", sorted(SLA_TYPES))[0][0])
 
 
 def test_given_each_projection_when_rebuilt_then_it_is_compared_with_live_and_found_identical(
