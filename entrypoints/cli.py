@@ -148,8 +148,12 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
     settings = _settings()
     state = Path(os.environ.get("GONGPEI_STATE_DIR", ".state"))
-    app = create_app(settings, _county(settings), data_dir=state / "faust",
-                     ready_file=state / "worker.ready")
+    # Several workers of one county share its consumer group and split the partitions; each
+    # keeps its own Faust folder and says in `<name>.ready` which partitions it holds.
+    name = args.name
+    app = create_app(settings, _county(settings),
+                     data_dir=state / ("faust" if name == "worker" else f"faust-{name}"),
+                     ready_file=state / f"{name}.ready")
     worker = faust.Worker(app, loglevel="WARN", quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
 
@@ -527,7 +531,7 @@ def cmd_up(args: argparse.Namespace) -> None:
 
         state.mkdir(parents=True, exist_ok=True)
         county_file, demo_note = demo_county_file(state, county_file)
-    platform = Platform(state, county_file=county_file, api_port=args.port)
+    platform = Platform(state, county_file=county_file, api_port=args.port, workers=args.workers)
     stopping = False
 
     def request_stop(*_: object) -> None:
@@ -583,6 +587,20 @@ def cmd_up(args: argparse.Namespace) -> None:
         print("stopped.", flush=True)
 
 
+def _workers(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"a number of workers from 1 to 64, got {text!r}")
+    return int(text)
+
+
+def _worker_name(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"worker(-[0-9]{1,3})?", text):
+        raise argparse.ArgumentTypeError("worker or worker-N")
+    return text
+
+
 def _month(text: str) -> str:
     import re
 
@@ -600,6 +618,9 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--port", type=int, default=8000, help="API port (0: any free port)")
     up.add_argument("--county", default=str(DEMO_COUNTY))
     up.add_argument("--no-demo", action="store_true", help="do not feed demo traffic")
+    up.add_argument("--workers", type=_workers, default=os.environ.get("GONGPEI_WORKERS", "1"),
+                    help="stream workers sharing the partitions (default GONGPEI_WORKERS or 1;"
+                    " more than the partitions of a topic leaves some idle)")
     up.set_defaults(func=cmd_up)
 
     api = sub.add_parser("api", help="serve the HTTP API (settings from the environment)")
@@ -607,7 +628,11 @@ def main(argv: list[str] | None = None) -> None:
     api.add_argument("--port", type=int, default=8000)
     api.set_defaults(func=cmd_api)
     sub.add_parser("relay", help="publish the journal to Kafka").set_defaults(func=cmd_relay)
-    sub.add_parser("worker", help="run the stream worker").set_defaults(func=cmd_worker)
+    worker = sub.add_parser("worker", help="run a stream worker (run several: they share the"
+                            " partitions)")
+    worker.add_argument("--name", default="worker", type=_worker_name,
+                        help="this worker's name in the state folder (worker, worker-2, …)")
+    worker.set_defaults(func=cmd_worker)
     sub.add_parser("ledger", help="keep the settlement ledger level with the journal").set_defaults(
         func=cmd_ledger)
     sub.add_parser("sms", help="send arrival SMS and reminders").set_defaults(func=cmd_sms)

@@ -32,7 +32,8 @@ from projections.metrics import CONSUMER_LAG, DEAD_LETTERS, PROJECTION_LAG
 from projections.runtime import Projection, Stored
 from projections.sla_store import SlaProjection
 from projections.tracking_store import TrackingProjection
-from streams.topics import DEAD_LETTER, PARCEL_EVENTS, VEHICLE_EVENTS, TopicSpec
+from streams.assignment import write_assignment
+from streams.topics import DEAD_LETTER, PARCEL_EVENTS, VEHICLE_EVENTS, TopicSpec, namespaced
 
 log = logging.getLogger("gongpei.worker")
 APP_ID = "gongpei-tracking"
@@ -76,8 +77,9 @@ class Resources:
 def create_app(settings: Settings, county: County, data_dir: Path | None = None,
                ready_file: Path | None = None) -> faust.App:
     """Build the stream worker's Faust app for these settings and this county."""
+    namespace = settings.kafka_namespace
     app = faust.App(
-        APP_ID,
+        namespaced(APP_ID, namespace),  # the consumer group: every worker of a county shares it
         broker=f"kafka://{settings.kafka_bootstrap_servers.replace(',', ';kafka://')}",
         store="memory://",
         datadir=str(data_dir or Path(tempfile.gettempdir()) / "gongpei-faust"),
@@ -94,9 +96,10 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
     )
     resources = Resources(settings)
     projections = kafka_projections(county)
-    readers = {p.name: topics_of(p.reads) for p in projections}
+    readers = {p.name: tuple(namespaced(t, namespace) for t in topics_of(p.reads))
+               for p in projections}
     topics = sorted({t for names in readers.values() for t in names})
-    dead_letter = app.topic(DEAD_LETTER.name, key_type=bytes, value_type=bytes,
+    dead_letter = app.topic(namespaced(DEAD_LETTER.name, namespace), key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw")
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
@@ -125,8 +128,11 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
             await app.consumer._commit(resume)  # type: ignore[attr-defined]
             await app.consumer.seek_wait(resume)
             log.info("resumed %d partitions at their stored offsets", len(resume))
-        if ready_file is not None and assigned:
-            ready_file.touch()  # the supervisor waits for this before calling the platform ready
+        if ready_file is not None:
+            # The partitions this worker now holds (every assignment replaces the last): the
+            # supervisor calls the worker ready once it holds some, tests see how a group split.
+            write_assignment(ready_file, sorted((tp.topic, tp.partition) for tp in assigned
+                                                if tp.topic in topics))
 
     # One agent per projection, so that the lighter one (tracking, what people look up) is never
     # held up behind the heavier (SLA): each decodes its batch once and applies it in one

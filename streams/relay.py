@@ -22,7 +22,7 @@ from infra.settings import Settings
 from projections import journal
 from projections.locks import Lock
 from projections.metrics import RELAY_LAG, RELAY_PUBLISHED, RELAY_REPUBLISHES
-from streams.topics import ALL_TOPICS, topic_for
+from streams.topics import ALL_TOPICS, namespaced, topic_for
 
 log = logging.getLogger("gongpei.relay")
 CURSOR = "kafka"
@@ -50,8 +50,9 @@ async def ensure_topics(settings: Settings) -> None:
     try:
         self_rf = settings.topic_replication
         existing = set(await admin.list_topics())
-        wanted = [NewTopic(t.name, num_partitions=settings.topic_partitions, replication_factor=self_rf)
-                  for t in ALL_TOPICS if t.name not in existing]
+        names = [namespaced(t.name, settings.kafka_namespace) for t in ALL_TOPICS]
+        wanted = [NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=self_rf)
+                  for name in names if name not in existing]
         if wanted:
             try:
                 await admin.create_topics(wanted)
@@ -94,7 +95,8 @@ class Relay:
         futures = []
         for row in rows:
             futures.append(await self.producer.send(
-                topic_for(row["type"]), key=row["partition_key"].encode(),
+                namespaced(topic_for(row["type"]), self.settings.kafka_namespace),
+                key=row["partition_key"].encode(),
                 value=orjson.dumps(row["body"]),
             ))
         results = await asyncio.gather(*futures)

@@ -32,3 +32,9 @@ def topic_for(event_type: str) -> str:
         if any(event_type.startswith(prefix) for prefix in spec.families):
             return spec.name
     raise UnroutableEvent(f"no topic carries events of type {event_type!r}")
+
+
+def namespaced(name: str, namespace: str = "") -> str:
+    """A topic's (or consumer group's) name in a deployment's Kafka namespace: several counties
+    share one cluster, each under its own prefix ("haicheng.parcel-events"); "" keeps the name."""
+    return f"{namespace}.{name}" if namespace else name

@@ -1,0 +1,200 @@
+"""Two stream workers share a county's partitions: they split them, a stopped one's partitions
+move to the other (SIGTERM and kill -9, while events flow), and what the read models hold is what
+one worker would have made of the same traffic: nothing lost, nothing applied twice.
+
+"What one worker makes of it" is the projection's own rebuild: one process replaying the journal
+in order into scratch tables (projections/runtime.py), compared row by row with the live model the
+two workers kept. Besides, every waybill's timeline holds exactly the event ids sent for it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from domain.county import County
+from entrypoints.platform import Platform
+from loadtest.traffic import CountyTraffic, county_time
+from streams.rebuild import rebuild_projection
+from tests.conftest import TEST_SETTINGS, UNLIMITED_WRITERS, bearer, db_fetch, issue, wait_for
+
+TOPICS = ("parcel-events", "vehicle-events")
+PARTITIONS = 4
+# A stopped worker's partitions must be held by the other within this long: a SIGTERMed worker
+# leaves the group at once, a killed one is noticed after the session timeout (4 s embedded),
+# then the group rejoins; generous, for a loaded 2-core CI box.
+MOVE_BOUND_S = 60.0
+WAIT_S = 240.0
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory, county_file: Path) -> Iterator[Platform]:
+    p = Platform(tmp_path_factory.mktemp("scale-out"), county_file=county_file,
+                 topic_partitions=PARTITIONS, services=("relay", "worker", "api"), workers=2,
+                 settings_changes={**TEST_SETTINGS, **UNLIMITED_WRITERS})
+    try:
+        p.start(timeout=180)
+        yield p
+    finally:
+        p.stop()
+
+
+def county_days(county: County, rng: random.Random, chunks: int,
+                parcels: int) -> list[list[tuple[str, list[dict[str, Any]]]]]:
+    """`chunks` independent slices of traffic, each a day of its own (so no run is shared between
+    slices): per slice, the manifests per brand then seven scan rounds with the runs' departures.
+    Each item is (token name, events)."""
+    # Days in August 2026: inside the test horizon, away from every fixture's dated days.
+    first = datetime(2026, 8, 3, 6, 0, tzinfo=UTC) + timedelta(days=rng.randrange(0, 10))
+    out = []
+    for k in range(chunks):
+        traffic = CountyTraffic(county, seed=rng.randrange(2**62))
+        t0 = county_time(county, first + timedelta(days=k))
+        regs: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for _ in range(parcels):
+            parcel, event = traffic.register(t0)
+            regs[parcel.brand].append(event)
+        batches: list[tuple[str, list[dict[str, Any]]]] = [
+            (f"{brand}-system", events) for brand, events in regs.items()]
+        for step in range(7):
+            at = t0 + timedelta(hours=step + 1)
+            scans = [s for p in traffic.parcels if (s := traffic.advance(p, at))]
+            batches.append(("scanner", traffic.departures(scans, at) + scans))
+        out.append(batches)
+    return out
+
+
+def tokens_for(platform: Platform, county: County) -> dict[str, str]:
+    out = {"scanner": issue(platform, "scanner", "pda-scale", list(county.brands))}
+    for brand in county.brands:
+        out[f"{brand}-system"] = issue(platform, "brand-system", f"{brand}-scale", [brand])
+    return out
+
+
+def post_all(platform: Platform, tokens: dict[str, str],
+             batches: list[tuple[str, list[dict[str, Any]]]]) -> None:
+    with httpx.Client(base_url=platform.api_url, timeout=60) as client:
+        for name, events in batches:
+            r = client.post("/v1/scan-batches", json={"events": events},
+                            headers=bearer(tokens[name]))
+            assert r.status_code == 200, r.text
+            results = [x["status"] for x in r.json()["results"]]
+            assert set(results) == {"accepted"}, r.text
+
+
+def held(platform: Platform, ids: list[str]) -> tuple[int, int]:
+    """How many of `ids` the tracking and the SLA inboxes hold."""
+    row = db_fetch(platform, "SELECT (SELECT count(*) FROM tracking_events WHERE event_id = ANY($1))"
+                   " AS t, (SELECT count(*) FROM sla_events WHERE event_id = ANY($1)) AS s", ids)[0]
+    return row["t"], row["s"]
+
+
+def wait_held(platform: Platform, sent: list[dict[str, Any]]) -> None:
+    parcel_ids = [e["event_id"] for e in sent if e["type"].startswith("parcel.")]
+    all_ids = [e["event_id"] for e in sent]
+    sla_ids = [e["event_id"] for e in sent if e["type"] != "consent.recorded"]
+    wait_for(lambda: held(platform, all_ids) == (len(parcel_ids), len(sla_ids)) or None, WAIT_S,
+             f"both projections to hold {len(all_ids)} events (held: {held(platform, all_ids)})")
+
+
+def split_evenly(platform: Platform) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    every = {(t, p) for t in TOPICS for p in range(PARTITIONS)}
+    a, b = platform.assignment("worker") or [], platform.assignment("worker-2") or []
+    if a and b and not set(a) & set(b) and set(a) | set(b) == every:
+        return a, b
+    return [], []
+
+
+def held_alone(platform: Platform, worker: str) -> bool:
+    every = {(t, p) for t in TOPICS for p in range(PARTITIONS)}
+    return set(platform.assignment(worker) or []) == every
+
+
+def moved_within(platform: Platform, survivor: str, since: float) -> float:
+    wait_for(lambda: held_alone(platform, survivor), MOVE_BOUND_S,
+             f"{survivor} to hold every partition")
+    return time.monotonic() - since
+
+
+def test_given_two_workers_when_one_stops_mid_stream_then_its_partitions_move_and_the_models_equal_one_workers(
+        two_workers: Platform, county: County) -> None:
+    p = two_workers
+    tokens = tokens_for(p, county)
+    rng = random.Random(time.time_ns())
+    days = county_days(county, rng, chunks=4, parcels=60)
+    sent: list[dict[str, Any]] = []
+
+    # Given two workers: the group split the partitions between them, each holds some.
+    a, b = wait_for(lambda: split_evenly(p) if split_evenly(p)[0] else None, 60,
+                    "the two workers to split the partitions")
+    print(f"split: worker {a}, worker-2 {b}")
+    post_all(p, tokens, days[0])
+    sent += [e for _, events in days[0] for e in events]
+    wait_held(p, sent)
+
+    # When worker-2 is stopped (SIGTERM) while a day's traffic flows in,
+    flowing = threading.Thread(target=post_all, args=(p, tokens, days[1]))
+    flowing.start()
+    stopped = time.monotonic()
+    p.children["worker-2"].stop()
+    # then the first worker holds every partition within the bound, and nothing goes missing.
+    print(f"SIGTERM: partitions moved in {moved_within(p, 'worker', stopped):.1f} s")
+    flowing.join()
+    sent += [e for _, events in days[1] for e in events]
+    wait_held(p, sent)
+
+    # worker-2 comes back: the group splits again, while traffic flows.
+    flowing = threading.Thread(target=post_all, args=(p, tokens, days[2]))
+    flowing.start()
+    p.restart_service("worker-2")
+    wait_for(lambda: split_evenly(p)[0] or None, MOVE_BOUND_S, "the group to split again")
+    flowing.join()
+    sent += [e for _, events in days[2] for e in events]
+
+    # When the first worker is killed outright (kill -9) while traffic flows,
+    flowing = threading.Thread(target=post_all, args=(p, tokens, days[3]))
+    flowing.start()
+    killed = time.monotonic()
+    p.children["worker"].kill()
+    print(f"kill -9: partitions moved in {moved_within(p, 'worker-2', killed):.1f} s")
+    flowing.join()
+    sent += [e for _, events in days[3] for e in events]
+    wait_held(p, sent)
+
+    # Then every waybill's timeline holds exactly the events sent for it, once each,
+    by_waybill: dict[str, list[str]] = defaultdict(list)
+    for e in sent:
+        if e["type"].startswith("parcel."):
+            by_waybill[e["payload"]["waybill"]].append(e["event_id"])
+    rows = db_fetch(p, "SELECT waybill, status, view FROM parcels WHERE waybill = ANY($1)",
+                    list(by_waybill))
+    assert len(rows) == len(by_waybill)
+    for row in rows:
+        timeline = [t["event_id"] for t in _json(row["view"])["timeline"]]
+        assert sorted(timeline) == sorted(by_waybill[row["waybill"]]), row["waybill"]
+        assert row["status"] == "delivered", row["waybill"]
+    # and the tracking and SLA models are, row for row, what one process replaying the journal
+    # in order makes of the same traffic.
+    assert p.settings is not None
+    for name in ("tracking", "sla"):
+        report = asyncio.run(rebuild_projection(p.settings, county, name, swap=False))
+        assert report.differing == 0, (name, report.tables)
+        assert report.set_aside == 0, name
+    legs = db_fetch(p, "SELECT count(*) AS n FROM sla_legs WHERE waybill = ANY($1)",
+                    list(by_waybill))[0]["n"]
+    assert legs >= len(by_waybill)  # the SLA saw these parcels (not an empty comparison)
+
+
+def _json(value: Any) -> Any:
+    import json
+
+    return json.loads(value) if isinstance(value, str) else value
