@@ -519,6 +519,39 @@ def cmd_pii(args: argparse.Namespace) -> None:
     asyncio.run(main())
 
 
+def cmd_rollup(args: argparse.Namespace) -> None:
+    """Per county and day: parcels, events, legs on time and late, each from its own database."""
+    from datetime import date, timedelta
+
+    from domain.county import CountyConfigError
+    from infra.county_file import load_county
+    from projections.rollup import rollup
+
+    databases = {}
+    for item in args.county:
+        path, sep, dsn = item.partition("=")
+        if not sep or not dsn.startswith(("postgresql://", "postgres://")):
+            sys.exit(f"gongpei: {item!r} is not COUNTY_FILE=postgresql://…")
+        try:
+            county = load_county(Path(path))
+        except (CountyConfigError, OSError) as exc:
+            sys.exit(f"gongpei: {path}: {exc}")
+        databases[county.code] = (county, dsn)
+    first = date.fromisoformat(args.day)
+    days = [first + timedelta(days=i) for i in range(args.days)]
+    rows = asyncio.run(rollup(databases, days))
+    print(f"{'county':<12} {'day':<10} {'parcels':>8} {'events':>9} {'on time':>8} {'late':>6} {'ratio':>6}")
+    for r in rows:
+        ratio = f"{r.on_time_ratio:.1%}" if r.on_time_ratio is not None else "—"
+        print(f"{r.county:<12} {r.day.isoformat():<10} {r.parcels:>8} {r.events:>9} {r.on_time:>8}"
+              f" {r.late:>6} {ratio:>6}")
+    for code in sorted({r.county for r in rows}):
+        mine = [r for r in rows if r.county == code]
+        print(f"{code:<12} {'total':<10} {sum(r.parcels for r in mine):>8}"
+              f" {sum(r.events for r in mine):>9} {sum(r.on_time for r in mine):>8}"
+              f" {sum(r.late for r in mine):>6}")
+
+
 def cmd_up(args: argparse.Namespace) -> None:
     from entrypoints.platform import Platform
     from infra.db import MigrationError
@@ -598,6 +631,16 @@ def _worker_name(text: str) -> str:
 
     if not re.fullmatch(r"worker(-[0-9]{1,3})?", text):
         raise argparse.ArgumentTypeError("worker or worker-N")
+    return text
+
+
+def _day(text: str) -> str:
+    from datetime import date
+
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be YYYY-MM-DD") from None
     return text
 
 
@@ -708,6 +751,14 @@ def main(argv: list[str] | None = None) -> None:
     status.add_argument("--limit", type=int, default=20)
     status.add_argument("--state-dir", help="a running embedded platform's state folder")
     status.set_defaults(func=cmd_projections)
+
+    roll = sub.add_parser("rollup", help="the provincial roll-up: per county and day, parcels,"
+                          " events, SLA legs on time and late, each from the county's own database")
+    roll.add_argument("county", nargs="+", help="COUNTY_FILE=DATABASE_URL of each county (a role"
+                      " that may read its journal and sla_daily)")
+    roll.add_argument("--day", required=True, type=_day, help="YYYY-MM-DD, the counties' own day")
+    roll.add_argument("--days", type=int, default=1, help="this many days from --day")
+    roll.set_defaults(func=cmd_rollup)
 
     pii = sub.add_parser("pii", help="phone numbers: master keys, retention, erasure, rotation")
     psub = pii.add_subparsers(dest="action", required=True)
