@@ -19,6 +19,13 @@ and each worker count (1, 2, 1, 2, …, so the machine's load falls on both alik
 the workers', PostgreSQL's and the broker's CPU over that interval (the producer, this process,
 is not in it). On a 2-core machine two workers share the cores with PostgreSQL and the broker:
 what the second worker can add is bounded by the cores left, not by the partitions.
+
+Then the followers that keep a county's total order, on the same day (`--no-followers`: skip):
+the journal append (validated and sealed by the ingest path's own code, appended with
+`journal.append` in 5,000-event transactions, as the schema owner: the lock every upload takes,
+without HTTP), the ledger's and the SMS planner's catch-up over that journal (`runtime.catch_up`,
+in this process, one after the other, each alone), and what the journal and the Kafka-fed read
+models take on disk per event.
 """
 
 from __future__ import annotations
@@ -140,8 +147,54 @@ async def measure(plat: Platform, conn: asyncpg.Connection, workers: int, namesp
             "loadavg_1m": load0}
 
 
+async def followers(plat: Platform, parcels: int, seed: int) -> dict[str, float]:
+    """Journal append, ledger and SMS planner catch-up, and bytes per event (see the docstring)."""
+    from domain.sms_planning import COLLECTING  # noqa: F401 - the planner's module, loaded up front
+    from infra.county_file import load_county
+    from infra.db import _init_connection
+    from infra.pii import Keyring
+    from infra.settings import DEMO_COUNTY
+    from loadtest.rebuild_bench import fill_journal
+    from projections import runtime, sms_planner
+    from projections.ledger_store import LedgerProjection
+
+    assert plat.settings is not None
+    county = load_county(DEMO_COUNTY)
+    regs, scans = day_of_events(parcels, seed)
+    raw = [e for evs in regs.values() for e in evs] + scans
+    append_s = await fill_journal(plat, county, raw)
+    conn = await asyncpg.connect(plat.settings.database_url)
+    await _init_connection(conn)  # jsonb as dicts, as the services' pools have it
+    try:
+        started = time.perf_counter()
+        await runtime.catch_up(conn, LedgerProjection(county))
+        ledger_s = time.perf_counter() - started
+        keys = Keyring.from_settings(plat.settings, county.utc_offset_minutes, sealing=False)
+        started = time.perf_counter()
+        await sms_planner.catch_up(conn, county, now=datetime.now(UTC), keys=keys)
+        sms_s = time.perf_counter() - started
+        journal_bytes = await conn.fetchval("SELECT pg_total_relation_size('journal')")
+        models = await conn.fetchval(
+            "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public' AND c.relkind = 'r'"
+            " AND (c.relname IN ('parcels', 'tracking_events') OR c.relname LIKE 'sla\\_%')")
+        ledger_bytes = await conn.fetchval(
+            "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public'"
+            " AND c.relkind = 'r' AND (c.relname LIKE 'ledger\\_%' OR c.relname = 'settlement_events')")
+    finally:
+        await conn.close()
+    n = len(raw)
+    return {"events": n, "journal_append_eps": n / append_s, "ledger_eps": n / ledger_s,
+            "sms_planner_eps": n / sms_s, "journal_bytes_per_event": journal_bytes / n,
+            "read_model_bytes_per_event": (models or 0) / n,
+            "ledger_bytes_per_event": (ledger_bytes or 0) / n, "loadavg_1m": os.getloadavg()[0]}
+
+
 async def run(parcels: int, rounds: int, partitions: int, seed: int,
-              counts: tuple[int, ...]) -> tuple[list[dict[str, float]], int]:
+              counts: tuple[int, ...], with_followers: bool = True,
+              ) -> tuple[list[dict[str, float]], int, dict[str, float] | None]:
     # The relay is there to create the default topics the workers first join on; then it stops.
     plat = Platform(Path(tempfile.mkdtemp(prefix="gongpei-worker-scale-")),
                     services=("relay", "worker"),
@@ -165,7 +218,10 @@ async def run(parcels: int, rounds: int, partitions: int, seed: int,
                     results.append(out)
         finally:
             await conn.close()
-        return results, len(msgs)
+        follow = await followers(plat, parcels, seed) if with_followers else None
+        if follow is not None:
+            print(", ".join(f"{k} {v:,.1f}" for k, v in follow.items()), flush=True)
+        return results, len(msgs), follow
     finally:
         await asyncio.to_thread(plat.stop)
 
@@ -187,7 +243,8 @@ def cpu_model() -> str:
     return "unknown CPU"
 
 
-def record(path: Path, args: argparse.Namespace, results: list[dict[str, float]], events: int) -> None:
+def record(path: Path, args: argparse.Namespace, results: list[dict[str, float]], events: int,
+           follow: dict[str, float] | None) -> None:
     by = {n: [r for r in results if r["workers"] == n] for n in sorted({int(r["workers"]) for r in results})}
     lines = [
         f"# Stream workers: one and two, side by side ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)", "",
@@ -210,6 +267,19 @@ def record(path: Path, args: argparse.Namespace, results: list[dict[str, float]]
             f" {statistics.median(r['cpu_ms_per_event'] for r in rs):.3f} /"
             f" {statistics.median(r['worker_cpu_ms_per_event'] for r in rs):.3f} /"
             f" {statistics.median(r['postgres_cpu_ms_per_event'] for r in rs):.3f} |")
+    if follow is not None:
+        lines += [
+            "", (f"The followers on the same day ({follow['events']:,.0f} events, journal filled"
+            f" directly; load average {follow['loadavg_1m']:.2f} after):"), "",
+            "| figure | value |", "| --- | --- |",
+            (f"| journal append (validate, seal, append; one lock per county database), events/s |"
+            f" {follow['journal_append_eps']:,.0f} |"),
+            f"| ledger catch-up, events/s | {follow['ledger_eps']:,.0f} |",
+            f"| SMS planner catch-up, events/s | {follow['sms_planner_eps']:,.0f} |",
+            f"| journal on disk, bytes/event | {follow['journal_bytes_per_event']:,.0f} |",
+            (f"| tracking + SLA read models on disk, bytes/event |"
+            f" {follow['read_model_bytes_per_event']:,.0f} |"),
+            f"| ledger on disk, bytes/event | {follow['ledger_bytes_per_event']:,.0f} |"]
     lines += ["", "Raw lines:", "", "```", *(_line(r) for r in results), "```", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
 
@@ -221,12 +291,14 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workers", default="1,2", help="worker counts to compare, in order")
+    ap.add_argument("--no-followers", action="store_true", help="only the workers")
     ap.add_argument("--record", type=Path, help="write the figures as markdown to this file")
     args = ap.parse_args()
     counts = tuple(int(x) for x in args.workers.split(","))
-    results, events = asyncio.run(run(args.parcels, args.rounds, args.partitions, args.seed, counts))
+    results, events, follow = asyncio.run(run(args.parcels, args.rounds, args.partitions,
+                                               args.seed, counts, not args.no_followers))
     if args.record:
-        record(args.record, args, results, events)
+        record(args.record, args, results, events, follow)
 
 
 if __name__ == "__main__":
