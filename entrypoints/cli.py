@@ -360,10 +360,14 @@ def cmd_projections(args: argparse.Namespace) -> None:
 def cmd_topic(args: argparse.Namespace) -> None:
     """Show a topic's messages: partition, offset, key and the decoded event, phones masked."""
     from streams.topic_tail import tail
+    from streams.topics import namespaced
 
     settings = _admin_settings(args.state_dir)
+    # A county under a namespace: `parcel-events` is its `<namespace>.parcel-events`.
+    ns = settings.kafka_namespace
+    topic = args.topic if not ns or args.topic.startswith(f"{ns}.") else namespaced(args.topic, ns)
     try:
-        n = asyncio.run(tail(settings.kafka_bootstrap_servers, args.topic, args.last, args.follow,
+        n = asyncio.run(tail(settings.kafka_bootstrap_servers, topic, args.last, args.follow,
                              print))
     except LookupError as exc:
         sys.exit(f"gongpei: {exc}")
