@@ -59,6 +59,8 @@ async def rollup(databases: Mapping[str, tuple[County, str]], days: Sequence[dat
         conn = await asyncpg.connect(dsn)
         try:
             await conn.execute("SET default_transaction_read_only = on")
+            # sla_daily has row-level security by brand: the province counts every brand.
+            await conn.execute("SELECT set_config('gongpei.brand_scope', '*', false)")
             for day in days:
                 figures = await county_day(conn, county, day)
                 out.append(CountyDay(code, day, figures.parcels, figures.events,

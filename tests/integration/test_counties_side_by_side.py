@@ -140,9 +140,18 @@ def test_given_two_counties_on_one_cluster_then_each_answers_as_if_it_ran_alone(
     # The provincial roll-up: each county's day from its own database, side by side.
     day_a = county_time(county, _first_at(sent["haicheng"])).date()
     day_b = county_time(county, _first_at(sent["xiuyan"])).date()
+    # It reads with the grants docs/scaling.md gives a provincial reader, and no more.
+    db_fetch(haicheng, "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles"
+             " WHERE rolname = 'province_reader') THEN CREATE ROLE province_reader LOGIN; END IF; END $$")
+    for p in (haicheng, xiuyan):
+        db_fetch(p, "GRANT SELECT (type, occurred_at, partition_key) ON journal TO province_reader")
+        db_fetch(p, "GRANT SELECT ON sla_daily TO province_reader")
     other = load_county(xiuyan.county_file)
-    rows = asyncio.run(rollup({"HAICHENG": (county, haicheng.settings.database_url),
-                               "XIUYAN": (other, xiuyan.settings.database_url)}, [day_a, day_b]))
+    reader = {code: p.settings.database_url.replace("postgres@", "province_reader@")  # type: ignore[union-attr]
+              for code, p in (("HAICHENG", haicheng), ("XIUYAN", xiuyan))}
+    assert all("province_reader@" in dsn for dsn in reader.values())
+    rows = asyncio.run(rollup({"HAICHENG": (county, reader["HAICHENG"]),
+                               "XIUYAN": (other, reader["XIUYAN"])}, [day_a, day_b]))
     got = {(r.county, r.day): r for r in rows}
     assert got[("HAICHENG", day_a)].parcels == 40 and got[("HAICHENG", day_b)].parcels == 0
     assert got[("XIUYAN", day_b)].parcels == 40 and got[("XIUYAN", day_a)].parcels == 0
