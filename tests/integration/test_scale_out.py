@@ -81,9 +81,13 @@ def tokens_for(platform: Platform, county: County) -> dict[str, str]:
 
 
 def post_all(platform: Platform, tokens: dict[str, str],
-             batches: list[tuple[str, list[dict[str, Any]]]]) -> None:
+             batches: list[tuple[str, list[dict[str, Any]]]],
+             halfway: threading.Event | None = None) -> None:
+    """Upload the batches in order (all accepted); `halfway` is set once half of them are in."""
     with httpx.Client(base_url=platform.api_url, timeout=60) as client:
-        for name, events in batches:
+        for i, (name, events) in enumerate(batches):
+            if halfway is not None and i == len(batches) // 2:
+                halfway.set()
             r = client.post("/v1/scan-batches", json={"events": events},
                             headers=bearer(tokens[name]))
             assert r.status_code == 200, r.text
@@ -141,9 +145,11 @@ def test_given_two_workers_when_one_stops_mid_stream_then_its_partitions_move_an
     sent += [e for _, events in days[0] for e in events]
     wait_held(p, sent)
 
-    # When worker-2 is stopped (SIGTERM) while a day's traffic flows in,
-    flowing = threading.Thread(target=post_all, args=(p, tokens, days[1]))
+    # When worker-2 is stopped (SIGTERM) halfway through a day's traffic,
+    halfway = threading.Event()
+    flowing = threading.Thread(target=post_all, args=(p, tokens, days[1], halfway))
     flowing.start()
+    assert halfway.wait(120)
     stopped = time.monotonic()
     p.children["worker-2"].stop()
     # then the first worker holds every partition within the bound, and nothing goes missing.
@@ -160,9 +166,11 @@ def test_given_two_workers_when_one_stops_mid_stream_then_its_partitions_move_an
     flowing.join()
     sent += [e for _, events in days[2] for e in events]
 
-    # When the first worker is killed outright (kill -9) while traffic flows,
-    flowing = threading.Thread(target=post_all, args=(p, tokens, days[3]))
+    # When the first worker is killed outright (kill -9) halfway through a day's traffic,
+    halfway = threading.Event()
+    flowing = threading.Thread(target=post_all, args=(p, tokens, days[3], halfway))
     flowing.start()
+    assert halfway.wait(120)
     killed = time.monotonic()
     p.children["worker"].kill()
     print(f"kill -9: partitions moved in {moved_within(p, 'worker-2', killed):.1f} s")
