@@ -268,6 +268,8 @@ class Platform:
             raise RuntimeError(f"a platform is already running from {self.state_dir} (supervisor"
                                f" pid {pid}); stop it first")
         broker = earlier.get("broker")
+        if earlier.get("shared_with"):
+            broker = None  # another platform's broker, which may well still be serving it
         if isinstance(broker, dict) and stop_stray_broker(broker.get("pid"), broker.get("port")):
             log.warning("stopped the broker (pid %s) an earlier run left behind", broker["pid"])
         processes = earlier.get("processes")
@@ -375,6 +377,8 @@ class Platform:
             "stopped_at": datetime.now(UTC).isoformat() if stopped else None,
             "api_url": self.api_url,
             "county_file": str(self.county_file),
+            # PostgreSQL and the broker below are this platform's, or the one it shares them with.
+            "shared_with": str(self.share_with.state_dir) if self.share_with else None,
             "env": self.settings.to_env(),
             "postgres": {"pid": self.pg.proc.pid if self.pg.proc else None, "port": self.pg.port,
                          **self.watches["postgres"].as_state()},
@@ -542,7 +546,7 @@ class Platform:
 
     def restart_broker(self) -> None:
         """Crash the in-memory broker and start a new, empty one on the same port."""
-        assert self.broker is not None
+        assert self.broker is not None and self.share_with is None, "the owner's to restart"
         self.broker.kill()
         self.broker = EmbeddedBroker(port=self.broker.port, log_path=self.broker.log_path)
         self.broker.start()
@@ -550,7 +554,7 @@ class Platform:
 
     def restart_postgres(self) -> None:
         """Crash PostgreSQL (SIGKILL) and start it again over the same data folder."""
-        assert self.pg is not None
+        assert self.pg is not None and self.share_with is None, "the owner's to restart"
         self.pg.kill()
         self.pg = EmbeddedPostgres(self.pg.data_dir, port=self.pg.port)
         self.pg.start()
