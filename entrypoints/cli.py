@@ -427,6 +427,13 @@ def cmd_status(args: argparse.Namespace) -> None:
     for name, info in dict(state["processes"]).items():
         print(f"  {name:<20} {info.get('pid') or '-':>8}  {'NO' if name in down else 'yes':<5}"
               f"  {info.get('restarts', 0):>8}  {info.get('log')}{since(name)}")
+    from streams.assignment import read_assignment
+
+    for name in dict(state["processes"]):
+        if name == "worker" or name.startswith("worker-"):  # how the group split the partitions
+            held = read_assignment(state_dir / f"{name}.ready")
+            print(f"  {name} holds " + (", ".join(f"{t}/{p}" for t, p in held) if held else
+                                        "no partition" if held == [] else "nothing yet"))
 
     async def relay_lag() -> str:
         conn = await asyncpg.connect(env["DATABASE_URL"], timeout=5)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -141,6 +143,13 @@ def test_given_two_workers_when_one_stops_mid_stream_then_its_partitions_move_an
     a, b = wait_for(lambda: split_evenly(p) if split_evenly(p)[0] else None, 60,
                     "the two workers to split the partitions")
     print(f"split: worker {a}, worker-2 {b}")
+    # and the operator sees it: `gongpei status` says what each worker holds.
+    status = subprocess.run([sys.executable, "-m", "entrypoints.cli", "status", "--state-dir",
+                             str(p.state_dir)], capture_output=True, text=True, timeout=60,
+                            check=False)
+    for name, held in (("worker", a), ("worker-2", b)):
+        assert f"  {name} holds " + ", ".join(f"{t}/{n}" for t, n in held) in status.stdout, (
+            status.stdout + status.stderr)
     post_all(p, tokens, days[0])
     sent += [e for _, events in days[0] for e in events]
     wait_held(p, sent)
