@@ -120,7 +120,7 @@ async def measure(plat: Platform, conn: asyncpg.Connection, workers: int, namesp
     await asyncio.sleep(1.0)  # a last rebalance (a slow joiner) would pause them mid-run
     if not stable(plat, names, plat.topic_partitions):
         raise RuntimeError("the group rebalanced after it looked stable")
-    groups = {"workers": [plat.children[n].proc.pid for n in names],  # type: ignore[union-attr]
+    groups = {**{n: [plat.children[n].proc.pid] for n in names},  # type: ignore[union-attr]
               "postgres": [plat.pg.proc.pid], "broker": [plat.broker.proc.pid]}  # type: ignore[union-attr]
     cpu0 = proc_cpu.snapshot(groups)
     load0 = os.getloadavg()[0]
@@ -136,13 +136,16 @@ async def measure(plat: Platform, conn: asyncpg.Connection, workers: int, namesp
         await asyncio.sleep(0.02)
     elapsed = time.perf_counter() - started
     cpu = proc_cpu.delta(cpu0, proc_cpu.snapshot(groups))
+    per_worker = [cpu[n] for n in names]
     if not stable(plat, names, plat.topic_partitions):
         raise RuntimeError("the group rebalanced during the run: not a clean measurement")
     for name in names:
         plat.children[name].stop()
     return {"workers": workers, "eps": len(msgs) / elapsed, "seconds": elapsed,
             "produce_s": produce_s, "cpu_ms_per_event": 1000 * sum(cpu.values()) / len(msgs),
-            "worker_cpu_ms_per_event": 1000 * cpu["workers"] / len(msgs),
+            "worker_cpu_ms_per_event": 1000 * sum(per_worker) / len(msgs),
+            # each worker's share of the workers' CPU: how evenly the group divided the work
+            "busiest_worker_share": max(per_worker) / (sum(per_worker) or 1),
             "postgres_cpu_ms_per_event": 1000 * cpu["postgres"] / len(msgs),
             "loadavg_1m": load0}
 
@@ -230,7 +233,8 @@ def _line(r: dict[str, float]) -> str:
     return (f"workers {r['workers']:.0f}: {r['eps']:,.0f} events/s ({r['seconds']:.2f} s;"
             f" publish {r['produce_s']:.2f} s), cpu {r['cpu_ms_per_event']:.3f} ms/event"
             f" (workers {r['worker_cpu_ms_per_event']:.3f}, postgres"
-            f" {r['postgres_cpu_ms_per_event']:.3f}), loadavg {r['loadavg_1m']:.2f}")
+            f" {r['postgres_cpu_ms_per_event']:.3f}), busiest worker"
+            f" {r['busiest_worker_share']:.0%} of the workers' CPU, loadavg {r['loadavg_1m']:.2f}")
 
 
 def cpu_model() -> str:
@@ -257,8 +261,9 @@ def record(path: Path, args: argparse.Namespace, results: list[dict[str, float]]
         " what is timed and counted: the module docstring of `loadtest/worker_scale_bench.py`"),
         "- load average when the runs started (1 min): "
         + ", ".join(f"{r['loadavg_1m']:.2f}" for r in results), "",
-        "| workers | events/s (each run) | median | CPU ms/event (all / workers / PostgreSQL) |",
-        "| --- | --- | --- | --- |",
+        ("| workers | events/s (each run) | median | CPU ms/event (all / workers / PostgreSQL) |"
+        " busiest worker's share of the workers' CPU |"),
+        "| --- | --- | --- | --- | --- |",
     ]
     for n, rs in by.items():
         lines.append(
@@ -266,7 +271,8 @@ def record(path: Path, args: argparse.Namespace, results: list[dict[str, float]]
             f" {statistics.median(r['eps'] for r in rs):,.0f} |"
             f" {statistics.median(r['cpu_ms_per_event'] for r in rs):.3f} /"
             f" {statistics.median(r['worker_cpu_ms_per_event'] for r in rs):.3f} /"
-            f" {statistics.median(r['postgres_cpu_ms_per_event'] for r in rs):.3f} |")
+            f" {statistics.median(r['postgres_cpu_ms_per_event'] for r in rs):.3f} |"
+            f" {', '.join(format(r['busiest_worker_share'], '.0%') for r in rs)} |")
     if follow is not None:
         lines += [
             "", (f"The followers on the same day ({follow['events']:,.0f} events, journal filled"
