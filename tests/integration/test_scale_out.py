@@ -20,12 +20,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from domain.county import County
 from entrypoints.platform import Platform
+from infra.db import _init_connection
 from loadtest.traffic import CountyTraffic, county_time
+from projections import runtime
+from projections.runtime import Stored
+from projections.tracking_store import TrackingProjection
 from streams.rebuild import rebuild_projection
 from tests.conftest import TEST_SETTINGS, UNLIMITED_WRITERS, bearer, db_fetch, issue, wait_for
 
@@ -215,3 +220,61 @@ def _json(value: Any) -> Any:
     import json
 
     return json.loads(value) if isinstance(value, str) else value
+
+
+def test_given_two_workers_applying_one_partition_at_once_then_the_second_waits_and_counts_duplicates(
+        two_workers: Platform, county: County) -> None:
+    """The moment a partition changes hands: the old holder's batch is still open when the new
+    holder re-reads from the stored offset. The new holder's insert of the same event ids waits
+    for the old holder's commit, then counts them as duplicates and folds only what is new onto
+    the committed view: every waybill ends with each of its events once, as if applied once."""
+    p = two_workers
+    assert p.settings is not None
+    rng = random.Random(time.time_ns())
+    traffic = CountyTraffic(county, seed=rng.randrange(2**62))
+    t0 = county_time(county, datetime(2026, 8, 20, 6, 0, tzinfo=UTC) + timedelta(days=rng.randrange(5)))
+    for _ in range(6):
+        traffic.register(t0)
+    scans = [s for step in range(7) for parcel in traffic.parcels
+             if (s := traffic.advance(parcel, t0 + timedelta(hours=step + 1)))]
+    projection = TrackingProjection(county)
+    topic = f"overlap-{rng.randrange(10**9)}"  # a partition of its own in consumer_offsets
+    items = [(Stored(topic, 0, i, e["event_id"], b""), projection.decode(
+        i, {**e, "recorded_at": e["occurred_at"], "device_id": "test"})) for i, e in enumerate(scans)]
+    old, new = items[:30], items[10:]  # the new holder starts below where the old one got to
+
+    async def handover() -> bool:
+        first = await asyncpg.connect(p.settings.database_url)  # type: ignore[union-attr]
+        second = await asyncpg.connect(p.settings.database_url)  # type: ignore[union-attr]
+        await _init_connection(first)
+        await _init_connection(second)
+        try:
+            open_batch = first.transaction()
+            await open_batch.start()  # the old holder's batch, applied but not yet committed
+            await runtime.apply_decoded(first, projection, old, [], {(topic, 0): 30})
+            late = asyncio.ensure_future(runtime.apply_decoded(
+                second, projection, new, [], {(topic, 0): len(items)}))
+            await asyncio.sleep(1.0)
+            waited = not late.done()  # blocked on the old holder's uncommitted inbox rows
+            await open_batch.commit()
+            outcome = await asyncio.wait_for(late, 60)
+            assert outcome.applied.new == len(items) - 30, outcome.applied
+            assert outcome.applied.duplicate == 20, outcome.applied
+            return waited
+        finally:
+            await first.close()
+            await second.close()
+
+    assert asyncio.run(handover()), "the new holder did not wait for the old holder's commit"
+    by_waybill: dict[str, list[str]] = defaultdict(list)
+    for e in scans:
+        by_waybill[e["payload"]["waybill"]].append(e["event_id"])
+    rows = db_fetch(p, "SELECT waybill, status, view FROM parcels WHERE waybill = ANY($1)",
+                    list(by_waybill))
+    assert len(rows) == len(by_waybill)
+    for row in rows:
+        timeline = [t["event_id"] for t in _json(row["view"])["timeline"]]
+        assert sorted(timeline) == sorted(by_waybill[row["waybill"]]), row["waybill"]
+        assert row["status"] == "delivered", row["waybill"]
+    assert db_fetch(p, "SELECT next_offset FROM consumer_offsets WHERE consumer = 'tracking'"
+                    " AND topic = $1", topic)[0]["next_offset"] == len(items)
