@@ -143,6 +143,7 @@ class Child:
         return self.watch.restarts
 
     def start(self) -> None:
+        self._forget_metrics()  # the previous process's, if it died on its own
         with open(self.log_path, "ab") as out:
             # A supervisor that dies without cleaning up (SIGKILL) takes its children along:
             # SIGKILL, because no one is left to escalate a SIGTERM a child does not finish (the
@@ -167,12 +168,24 @@ class Child:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+        self._forget_metrics()
 
     def kill(self) -> None:
         if self.alive():
             assert self.proc is not None
             self.proc.kill()
             self.proc.wait(5)
+            self._forget_metrics()
+
+    def _forget_metrics(self) -> None:
+        """Drop a gone process's live gauges (a worker's lag, …): prometheus_client counts every
+        file in the folder until told the process is dead, so a stopped worker's last lag would
+        stay in the sum across workers."""
+        folder = self.env.get("PROMETHEUS_MULTIPROC_DIR")
+        if self.proc is not None and not self.alive() and folder:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(self.proc.pid, folder)
 
 
 @dataclass

@@ -9,6 +9,7 @@ two workers kept. Besides, every waybill's timeline holds exactly the event ids 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import httpx
 import pytest
 
 from domain.county import County
-from entrypoints.platform import Platform
+from entrypoints.platform import Child, Platform
 from infra.db import _init_connection
 from loadtest.traffic import CountyTraffic, county_time
 from projections import runtime
@@ -214,6 +215,19 @@ def test_given_two_workers_when_one_stops_mid_stream_then_its_partitions_move_an
     legs = db_fetch(p, "SELECT count(*) AS n FROM sla_legs WHERE waybill = ANY($1)",
                     list(by_waybill))[0]["n"]
     assert legs >= len(by_waybill)  # the SLA saw these parcels (not an empty comparison)
+    # and the lag the platform reports is the surviving worker's, with nothing left of the stopped
+    # ones (their last figures would otherwise stay in the sum across workers).
+    wait_for(lambda: lags(p) == {"tracking": 0.0, "sla": 0.0} or None, 60,
+             f"the reported lag to be 0 (it is {lags(p)})")
+
+
+def lags(platform: Platform) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{platform.api_url}/metrics", timeout=10).text
+    return {s.labels["projection"]: s.value for fam in text_string_to_metric_families(text)
+            for s in fam.samples if s.name == "gongpei_projection_lag_events"
+            and s.labels.get("projection") in ("tracking", "sla")}
 
 
 def _json(value: Any) -> Any:
@@ -278,3 +292,18 @@ def test_given_two_workers_applying_one_partition_at_once_then_the_second_waits_
         assert row["status"] == "delivered", row["waybill"]
     assert db_fetch(p, "SELECT next_offset FROM consumer_offsets WHERE consumer = 'tracking'"
                     " AND topic = $1", topic)[0]["next_offset"] == len(items)
+
+
+def test_given_a_worker_that_kept_a_live_gauge_when_it_is_stopped_then_its_figure_is_dropped(
+        tmp_path: Path) -> None:
+    """A stopped or killed worker's last lag must not stay in the sum across live workers:
+    prometheus_client keeps a process's live gauges until told the process is dead."""
+    code = ("from prometheus_client import Gauge; import time;"
+            " Gauge('scale_test_lag', 'x', multiprocess_mode='livesum').set(5); time.sleep(60)")
+    for stop in ("stop", "kill"):
+        child = Child(stop, [sys.executable, "-c", code],
+                      {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}, tmp_path / "w.log")
+        child.start()
+        wait_for(lambda: list(tmp_path.glob("gauge_livesum_*.db")), 30, "the child's gauge file")
+        getattr(child, stop)()
+        assert list(tmp_path.glob("gauge_livesum_*.db")) == [], stop

@@ -69,3 +69,17 @@ def test_given_worker_names_then_only_worker_and_worker_n_are_taken() -> None:
     for bad in ("../worker", "worker-", "api", "worker-1x"):
         with pytest.raises(argparse.ArgumentTypeError):
             _worker_name(bad)
+
+
+def test_given_partitions_moved_away_then_a_worker_stops_reporting_their_lag() -> None:
+    from prometheus_client import REGISTRY
+
+    from streams.app import _forget_lag
+
+    lags = {"scale-test": {("parcel-events", 0): 40, ("parcel-events", 1): 2}}
+    _forget_lag(lags, {("parcel-events", 1), ("parcel-events", 2)})
+    assert lags == {"scale-test": {("parcel-events", 1): 2}}
+    assert REGISTRY.get_sample_value("gongpei_projection_lag_events",
+                                     {"projection": "scale-test"}) == 2
+    assert REGISTRY.get_sample_value("gongpei_consumer_lag_messages", {
+        "consumer": "scale-test", "topic": "parcel-events", "partition": "0"}) == 0
