@@ -148,8 +148,12 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
     settings = _settings()
     state = Path(os.environ.get("GONGPEI_STATE_DIR", ".state"))
-    app = create_app(settings, _county(settings), data_dir=state / "faust",
-                     ready_file=state / "worker.ready")
+    # Several workers of one county share its consumer group and split the partitions; each
+    # keeps its own Faust folder and says in `<name>.ready` which partitions it holds.
+    name = args.name
+    app = create_app(settings, _county(settings),
+                     data_dir=state / ("faust" if name == "worker" else f"faust-{name}"),
+                     ready_file=state / f"{name}.ready")
     worker = faust.Worker(app, loglevel="WARN", quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
 
@@ -356,10 +360,14 @@ def cmd_projections(args: argparse.Namespace) -> None:
 def cmd_topic(args: argparse.Namespace) -> None:
     """Show a topic's messages: partition, offset, key and the decoded event, phones masked."""
     from streams.topic_tail import tail
+    from streams.topics import namespaced
 
     settings = _admin_settings(args.state_dir)
+    # A county under a namespace: `parcel-events` is its `<namespace>.parcel-events`.
+    ns = settings.kafka_namespace
+    topic = args.topic if not ns or args.topic.startswith(f"{ns}.") else namespaced(args.topic, ns)
     try:
-        n = asyncio.run(tail(settings.kafka_bootstrap_servers, args.topic, args.last, args.follow,
+        n = asyncio.run(tail(settings.kafka_bootstrap_servers, topic, args.last, args.follow,
                              print))
     except LookupError as exc:
         sys.exit(f"gongpei: {exc}")
@@ -438,6 +446,13 @@ def cmd_status(args: argparse.Namespace) -> None:
     for name, info in dict(state["processes"]).items():
         print(f"  {name:<20} {info.get('pid') or '-':>8}  {'NO' if name in down else 'yes':<5}"
               f"  {info.get('restarts', 0):>8}  {info.get('log')}{since(name)}")
+    from streams.assignment import read_assignment
+
+    for name in dict(state["processes"]):
+        if name == "worker" or name.startswith("worker-"):  # how the group split the partitions
+            held = read_assignment(state_dir / f"{name}.ready")
+            print(f"  {name} holds " + (", ".join(f"{t}/{p}" for t, p in held) if held else
+                                        "no partition" if held == [] else "nothing yet"))
 
     async def relay_lag() -> str:
         conn = await asyncpg.connect(env["DATABASE_URL"], timeout=5)
@@ -534,6 +549,39 @@ def cmd_pii(args: argparse.Namespace) -> None:
     asyncio.run(main())
 
 
+def cmd_rollup(args: argparse.Namespace) -> None:
+    """Per county and day: parcels, events, legs on time and late, each from its own database."""
+    from datetime import date, timedelta
+
+    from domain.county import CountyConfigError
+    from infra.county_file import load_county
+    from projections.rollup import rollup
+
+    databases = {}
+    for item in args.county:
+        path, sep, dsn = item.partition("=")
+        if not sep or not dsn.startswith(("postgresql://", "postgres://")):
+            sys.exit(f"gongpei: {item!r} is not COUNTY_FILE=postgresql://…")
+        try:
+            county = load_county(Path(path))
+        except (CountyConfigError, OSError) as exc:
+            sys.exit(f"gongpei: {path}: {exc}")
+        databases[county.code] = (county, dsn)
+    first = date.fromisoformat(args.day)
+    days = [first + timedelta(days=i) for i in range(args.days)]
+    rows = asyncio.run(rollup(databases, days))
+    print(f"{'county':<12} {'day':<10} {'parcels':>8} {'events':>9} {'on time':>8} {'late':>6} {'ratio':>6}")
+    for r in rows:
+        ratio = f"{r.on_time_ratio:.1%}" if r.on_time_ratio is not None else "—"
+        print(f"{r.county:<12} {r.day.isoformat():<10} {r.parcels:>8} {r.events:>9} {r.on_time:>8}"
+              f" {r.late:>6} {ratio:>6}")
+    for code in sorted({r.county for r in rows}):
+        mine = [r for r in rows if r.county == code]
+        print(f"{code:<12} {'total':<10} {sum(r.parcels for r in mine):>8}"
+              f" {sum(r.events for r in mine):>9} {sum(r.on_time for r in mine):>8}"
+              f" {sum(r.late for r in mine):>6}")
+
+
 def cmd_up(args: argparse.Namespace) -> None:
     from entrypoints.platform import Platform
     from infra.db import MigrationError
@@ -546,7 +594,7 @@ def cmd_up(args: argparse.Namespace) -> None:
 
         state.mkdir(parents=True, exist_ok=True)
         county_file, demo_note = demo_county_file(state, county_file)
-    platform = Platform(state, county_file=county_file, api_port=args.port)
+    platform = Platform(state, county_file=county_file, api_port=args.port, workers=args.workers)
     stopping = False
 
     def request_stop(*_: object) -> None:
@@ -602,6 +650,30 @@ def cmd_up(args: argparse.Namespace) -> None:
         print("stopped.", flush=True)
 
 
+def _workers(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"a number of workers from 1 to 64, got {text!r}")
+    return int(text)
+
+
+def _worker_name(text: str) -> str:
+    import re
+
+    if not re.fullmatch(r"worker(-[0-9]{1,3})?", text):
+        raise argparse.ArgumentTypeError("worker or worker-N")
+    return text
+
+
+def _day(text: str) -> str:
+    from datetime import date
+
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be YYYY-MM-DD") from None
+    return text
+
+
 def _month(text: str) -> str:
     import re
 
@@ -619,6 +691,9 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--port", type=int, default=8000, help="API port (0: any free port)")
     up.add_argument("--county", default=str(DEMO_COUNTY))
     up.add_argument("--no-demo", action="store_true", help="do not feed demo traffic")
+    up.add_argument("--workers", type=_workers, default=os.environ.get("GONGPEI_WORKERS", "1"),
+                    help="stream workers sharing the partitions (default GONGPEI_WORKERS or 1;"
+                    " more than the partitions of a topic leaves some idle)")
     up.set_defaults(func=cmd_up)
 
     api = sub.add_parser("api", help="serve the HTTP API (settings from the environment)")
@@ -626,7 +701,11 @@ def main(argv: list[str] | None = None) -> None:
     api.add_argument("--port", type=int, default=8000)
     api.set_defaults(func=cmd_api)
     sub.add_parser("relay", help="publish the journal to Kafka").set_defaults(func=cmd_relay)
-    sub.add_parser("worker", help="run the stream worker").set_defaults(func=cmd_worker)
+    worker = sub.add_parser("worker", help="run a stream worker (run several: they share the"
+                            " partitions)")
+    worker.add_argument("--name", default="worker", type=_worker_name,
+                        help="this worker's name in the state folder (worker, worker-2, …)")
+    worker.set_defaults(func=cmd_worker)
     sub.add_parser("ledger", help="keep the settlement ledger level with the journal").set_defaults(
         func=cmd_ledger)
     sub.add_parser("sms", help="send arrival SMS and reminders").set_defaults(func=cmd_sms)
@@ -713,6 +792,14 @@ def main(argv: list[str] | None = None) -> None:
     status.add_argument("--limit", type=int, default=20)
     status.add_argument("--state-dir", help="a running embedded platform's state folder")
     status.set_defaults(func=cmd_projections)
+
+    roll = sub.add_parser("rollup", help="the provincial roll-up: per county and day, parcels,"
+                          " events, SLA legs on time and late, each from the county's own database")
+    roll.add_argument("county", nargs="+", help="COUNTY_FILE=DATABASE_URL of each county (a role"
+                      " that may read its journal and sla_daily)")
+    roll.add_argument("--day", required=True, type=_day, help="YYYY-MM-DD, the counties' own day")
+    roll.add_argument("--days", type=int, default=1, help="this many days from --day")
+    roll.set_defaults(func=cmd_rollup)
 
     pii = sub.add_parser("pii", help="phone numbers: master keys, retention, erasure, rotation")
     psub = pii.add_subparsers(dest="action", required=True)

@@ -145,6 +145,7 @@ class Child:
         return self.watch.restarts
 
     def start(self) -> None:
+        self._forget_metrics()  # the previous process's, if it died on its own
         with open(self.log_path, "ab") as out:
             # A supervisor that dies without cleaning up (SIGKILL) takes its children along:
             # SIGKILL, because no one is left to escalate a SIGTERM a child does not finish (the
@@ -169,12 +170,24 @@ class Child:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+        self._forget_metrics()
 
     def kill(self) -> None:
         if self.alive():
             assert self.proc is not None
             self.proc.kill()
             self.proc.wait(5)
+            self._forget_metrics()
+
+    def _forget_metrics(self) -> None:
+        """Drop a gone process's live gauges (a worker's lag, …): prometheus_client counts every
+        file in the folder until told the process is dead, so a stopped worker's last lag would
+        stay in the sum across workers."""
+        folder = self.env.get("PROMETHEUS_MULTIPROC_DIR")
+        if self.proc is not None and not self.alive() and folder:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(self.proc.pid, folder)
 
 
 @dataclass
@@ -194,6 +207,12 @@ class Platform:
     primary_gateway_args: tuple[str, ...] = ()  # and for the primary only (failover drills)
     gateway_ports: dict[str, int] = field(default_factory=dict)
     settings_changes: dict[str, object] = field(default_factory=dict)  # e.g. a test's horizon
+    # Stream workers in the consumer group ("worker", "worker-2", …): they split the partitions.
+    workers: int = 1
+    # Another county's platform whose PostgreSQL server and broker this one uses (side by side:
+    # its own database `database`, its own Kafka namespace); the owner starts and stops them.
+    share_with: Platform | None = None
+    database: str = "gongpei"
     _retention_at: float = field(default=float("-inf"), repr=False)  # monotonic; -inf: due now
     started_at: datetime | None = None
     # PostgreSQL's and the broker's records (the children keep their own).
@@ -229,7 +248,21 @@ class Platform:
         return base64.b64encode(public_of(private)).decode(), base64.b64encode(private).decode()
 
     def _app_password(self) -> str:
-        return self._secret("app-password")
+        # The service roles are the server's, not a database's: one password for all counties.
+        return self.share_with._app_password() if self.share_with else self._secret("app-password")
+
+    @property
+    def worker_names(self) -> list[str]:
+        """The stream workers' child names: "worker", then "worker-2" … "worker-N"."""
+        if "worker" not in self.services:
+            return []
+        return ["worker", *(f"worker-{i}" for i in range(2, self.workers + 1))]
+
+    def assignment(self, worker: str) -> list[tuple[str, int]] | None:
+        """The partitions a worker said it holds at its last assignment (None: none yet)."""
+        from streams.assignment import read_assignment
+
+        return read_assignment(self.state_dir / f"{worker}.ready")
 
     @property
     def receipt_url(self) -> str:
@@ -251,6 +284,8 @@ class Platform:
             raise RuntimeError(f"a platform is already running from {self.state_dir} (supervisor"
                                f" pid {pid}); stop it first")
         broker = earlier.get("broker")
+        if earlier.get("shared_with"):
+            broker = None  # another platform's broker, which may well still be serving it
         if isinstance(broker, dict) and stop_stray_broker(broker.get("pid"), broker.get("port")):
             log.warning("stopped the broker (pid %s) an earlier run left behind", broker["pid"])
         processes = earlier.get("processes")
@@ -281,15 +316,21 @@ class Platform:
         metrics_dir.mkdir(exist_ok=True)
         for stale in metrics_dir.glob("*.db"):
             stale.unlink()
-        self.pg = EmbeddedPostgres(self.state_dir / "pg")
-        self.pg.start()
-        self.broker = EmbeddedBroker(log_path=self.state_dir / "logs" / "broker.log")
-        self.broker.start()
+        if self.share_with is not None:
+            self.pg, self.broker = self.share_with.pg, self.share_with.broker
+            assert self.pg is not None and self.broker is not None, "start the owner first"
+            asyncio.run(_create_database(self.pg.superuser_dsn, self.database))
+        else:
+            self.pg = EmbeddedPostgres(self.state_dir / "pg")
+            self.pg.start()
+            self.broker = EmbeddedBroker(log_path=self.state_dir / "logs" / "broker.log")
+            self.broker.start()
         self.api_port = self.api_port or free_port()
         self.gateway_ports = {name: self.gateway_ports.get(name) or free_port() for name in GATEWAYS}
         pii_public, pii_private = self._pii_master_key()
         self.settings = Settings(
-            database_url=self.pg.superuser_dsn, app_password=self._app_password(),
+            database_url=self.pg.superuser_dsn.rsplit("/", 1)[0] + "/" + self.database,
+            app_password=self._app_password(),
             kafka_bootstrap_servers=self.broker.bootstrap, county_file=self.county_file,
             profile="embedded", topic_partitions=self.topic_partitions,
             sms_providers=",".join(f"{name}=http://127.0.0.1:{port}"
@@ -325,14 +366,16 @@ class Platform:
                     *(self.primary_gateway_args if name == GATEWAYS[0] else ())]
             self.children[f"sms-gateway-{name}"] = Child(
                 f"sms-gateway-{name}", argv, env_for(None), self.state_dir / "logs" / f"sms-gateway-{name}.log")
-        for name in self.services:
-            argv = [sys.executable, "-m", "entrypoints.cli", name]
-            if name == "api":
-                argv += ["--port", str(self.api_port)]
-            self.children[name] = Child(name, argv, env_for(name),
-                                        self.state_dir / "logs" / f"{name}.log")
-        ready = self.state_dir / "worker.ready"
-        ready.unlink(missing_ok=True)
+        for service in self.services:
+            for name in self.worker_names if service == "worker" else [service]:
+                argv = [sys.executable, "-m", "entrypoints.cli", service]
+                if service == "api":
+                    argv += ["--port", str(self.api_port)]
+                if service == "worker":
+                    argv += ["--name", name]
+                    (self.state_dir / f"{name}.ready").unlink(missing_ok=True)
+                self.children[name] = Child(name, argv, env_for(service),
+                                            self.state_dir / "logs" / f"{name}.log")
         self.restart_counter = RestartCounter(metrics_dir, [*self.watches, *self.children])
         self.capacity = CapacityWatch(metrics_dir, CapacityLimits(
             self.settings.disk_warn_free_mb, self.settings.broker_memory_warn_percent))
@@ -353,6 +396,8 @@ class Platform:
             "stopped_at": datetime.now(UTC).isoformat() if stopped else None,
             "api_url": self.api_url,
             "county_file": str(self.county_file),
+            # PostgreSQL and the broker below are this platform's, or the one it shares them with.
+            "shared_with": str(self.share_with.state_dir) if self.share_with else None,
             "env": self.settings.to_env(),
             "postgres": {"pid": self.pg.proc.pid if self.pg.proc else None, "port": self.pg.port,
                          **self.watches["postgres"].as_state()},
@@ -382,8 +427,8 @@ class Platform:
     def _ready(self, name: str) -> bool:
         if name == "api":
             return self._api_healthy()
-        if name == "worker":
-            return (self.state_dir / "worker.ready").exists()
+        if name in self.worker_names:
+            return bool(self.assignment(name))  # it holds partitions, at their stored offsets
         if name.startswith("sms-gateway-"):
             return self._healthy(f"http://127.0.0.1:{self.gateway_ports[name[12:]]}/_gateway/sent")
         return True  # relay and ledger are ready once running: they catch up from PostgreSQL
@@ -485,8 +530,9 @@ class Platform:
         """What is supervised, in the order to restart it: PostgreSQL and the broker before the
         processes that use them."""
         assert self.pg is not None and self.broker is not None
-        return [("postgres", self.watches["postgres"], self.pg.alive, self._start_postgres),
-                ("broker", self.watches["broker"], self.broker.alive, self._start_broker),
+        own = [("postgres", self.watches["postgres"], self.pg.alive, self._start_postgres),
+               ("broker", self.watches["broker"], self.broker.alive, self._start_broker)]
+        return [*(own if self.share_with is None else []),  # shared ones: the owner's to restart
                 *((c.name, c.watch, c.alive, c.start) for c in self.children.values())]
 
     def _start_postgres(self) -> None:
@@ -520,14 +566,14 @@ class Platform:
     def restart_service(self, name: str, *, kill: bool = False) -> None:
         child = self.children[name]
         child.kill() if kill else child.stop()
-        if name == "worker":
-            (self.state_dir / "worker.ready").unlink(missing_ok=True)
+        if name in self.worker_names:
+            (self.state_dir / f"{name}.ready").unlink(missing_ok=True)
         child.start()
         self._write_state_quietly()
 
     def restart_broker(self) -> None:
         """Crash the in-memory broker and start a new, empty one on the same port."""
-        assert self.broker is not None
+        assert self.broker is not None and self.share_with is None, "the owner's to restart"
         self.broker.kill()
         self.broker = EmbeddedBroker(port=self.broker.port, log_path=self.broker.log_path)
         self.broker.start()
@@ -535,7 +581,7 @@ class Platform:
 
     def restart_postgres(self) -> None:
         """Crash PostgreSQL (SIGKILL) and start it again over the same data folder."""
-        assert self.pg is not None
+        assert self.pg is not None and self.share_with is None, "the owner's to restart"
         self.pg.kill()
         self.pg = EmbeddedPostgres(self.pg.data_dir, port=self.pg.port)
         self.pg.start()
@@ -544,13 +590,13 @@ class Platform:
     def stop(self) -> None:
         if self.settings is not None and self.pg is not None and self.broker is not None:
             self._write_state_quietly(stopped=True)
-        for name in ("api", "sms", "worker", "ledger", "relay",
+        for name in ("api", "sms", *self.worker_names, "ledger", "relay",
                      *(f"sms-gateway-{g}" for g in GATEWAYS)):
             if name in self.children:
                 self.children[name].stop()
-        if self.broker:
+        if self.broker and self.share_with is None:
             self.broker.stop()
-        if self.pg:
+        if self.pg and self.share_with is None:
             self.pg.stop()
         if self.restart_counter is not None:
             self.restart_counter.close()
@@ -558,3 +604,18 @@ class Platform:
         if self.capacity is not None:
             self.capacity.close()
             self.capacity = None
+
+
+async def _create_database(owner_dsn: str, name: str) -> None:
+    """Create database `name` on the server of `owner_dsn` unless it exists (a county of its own
+    beside others on one PostgreSQL server)."""
+    import asyncpg
+
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"not a plain database name: {name!r}")
+    conn = await asyncpg.connect(owner_dsn)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()

@@ -23,6 +23,9 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     # Raised when the pool resets a connection that died mid-transaction ("cannot switch to
     # state …; another operation is in progress"): the outage again, seen from the client side.
     asyncpg.exceptions._base.InternalClientError,
+    # Two workers briefly holding one partition during a rebalance may wait on each other's rows:
+    # not the event's fault, so the batch is retried whole rather than set aside.
+    asyncpg.exceptions.DeadlockDetectedError,
     OSError,
 )
 

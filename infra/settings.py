@@ -8,6 +8,7 @@ import hmac
 import ipaddress
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,10 @@ class Settings:
     profile: str = "production"  # "embedded" tunes Kafka clients for the in-memory Tansu broker
     topic_partitions: int = 8
     topic_replication: int = 1
+    # Prefixed to every topic name and consumer group ("haicheng" -> "haicheng.parcel-events"),
+    # so that several counties' deployments share one Kafka cluster without reading each other's
+    # events (docs/scaling.md). Empty: the plain names.
+    kafka_namespace: str = ""
     max_batch_events: int = 500
     max_body_bytes: int = 1 << 20
     worker_batch_size: int = 500
@@ -224,6 +229,7 @@ class Settings:
             topic_partitions=int(env.get("GONGPEI_TOPIC_PARTITIONS", "8")),
             topic_replication=int(env.get("GONGPEI_TOPIC_REPLICATION",
                                           "1" if profile == "embedded" else "3")),
+            kafka_namespace=_namespace(env.get("GONGPEI_KAFKA_NAMESPACE", "")),
             sms_providers=env.get("GONGPEI_SMS_PROVIDERS", ""),
             sms_access_key_id=env.get("GONGPEI_SMS_ACCESS_KEY_ID", ""),
             sms_access_key_secret=env.get("GONGPEI_SMS_ACCESS_KEY_SECRET", ""),
@@ -255,6 +261,7 @@ class Settings:
             "GONGPEI_PROFILE": self.profile,
             "GONGPEI_TOPIC_PARTITIONS": str(self.topic_partitions),
             "GONGPEI_TOPIC_REPLICATION": str(self.topic_replication),
+            "GONGPEI_KAFKA_NAMESPACE": self.kafka_namespace,
             "GONGPEI_SMS_PROVIDERS": self.sms_providers,
             "GONGPEI_SMS_ACCESS_KEY_ID": self.sms_access_key_id,
             "GONGPEI_SMS_ACCESS_KEY_SECRET": self.sms_access_key_secret,
@@ -272,6 +279,16 @@ class Settings:
             "FORWARDED_ALLOW_IPS": self.trusted_proxies,
             **{env: str(getattr(self, name)) for name, (env, _) in _LIMIT_ENV.items()},
         }
+
+
+def _namespace(value: str) -> str:
+    """A Kafka namespace: lower-case letters, digits and dashes (a county code, lower-cased), so
+    that it makes legal topic and group names and cannot hide a dot-separated second level."""
+    value = value.strip()
+    if value and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", value):
+        raise SettingsError("GONGPEI_KAFKA_NAMESPACE: lower-case letters, digits and dashes"
+                            f" (up to 40), got {value!r}")
+    return value
 
 
 def _key32(name: str, value: str) -> bytes:

@@ -42,7 +42,9 @@ PROJECTION_EVENTS = Counter(
 PROJECTION_LAG = Gauge(
     "gongpei_projection_lag_events",
     "Events behind the journal's end (journal followers) or the partitions' ends (Kafka-fed)",
-    ["projection"], multiprocess_mode="livemax",
+    # Summed over live processes: several stream workers each report the partitions they hold
+    # (a journal follower has one active process; its standbys report nothing).
+    ["projection"], multiprocess_mode="livesum",
 )
 PROJECTION_SET_ASIDE = Counter(
     "gongpei_projection_set_aside",

@@ -32,7 +32,8 @@ from projections.metrics import CONSUMER_LAG, DEAD_LETTERS, PROJECTION_LAG
 from projections.runtime import Projection, Stored
 from projections.sla_store import SlaProjection
 from projections.tracking_store import TrackingProjection
-from streams.topics import DEAD_LETTER, PARCEL_EVENTS, VEHICLE_EVENTS, TopicSpec
+from streams.assignment import write_assignment
+from streams.topics import DEAD_LETTER, PARCEL_EVENTS, VEHICLE_EVENTS, TopicSpec, namespaced
 
 log = logging.getLogger("gongpei.worker")
 APP_ID = "gongpei-tracking"
@@ -76,8 +77,9 @@ class Resources:
 def create_app(settings: Settings, county: County, data_dir: Path | None = None,
                ready_file: Path | None = None) -> faust.App:
     """Build the stream worker's Faust app for these settings and this county."""
+    namespace = settings.kafka_namespace
     app = faust.App(
-        APP_ID,
+        namespaced(APP_ID, namespace),  # the consumer group: every worker of a county shares it
         broker=f"kafka://{settings.kafka_bootstrap_servers.replace(',', ';kafka://')}",
         store="memory://",
         datadir=str(data_dir or Path(tempfile.gettempdir()) / "gongpei-faust"),
@@ -94,15 +96,21 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
     )
     resources = Resources(settings)
     projections = kafka_projections(county)
-    readers = {p.name: topics_of(p.reads) for p in projections}
+    readers = {p.name: tuple(namespaced(t, namespace) for t in topics_of(p.reads))
+               for p in projections}
     topics = sorted({t for names in readers.values() for t in names})
-    dead_letter = app.topic(DEAD_LETTER.name, key_type=bytes, value_type=bytes,
+    dead_letter = app.topic(namespaced(DEAD_LETTER.name, namespace), key_type=bytes, value_type=bytes,
                             key_serializer="raw", value_serializer="raw")
+
+    # The last lag seen per partition, per projection; a partition this worker no longer holds
+    # is dropped from it at the next assignment (another worker reports it now).
+    lags: dict[str, dict[tuple[str, int], int]] = {p.name: {} for p in projections}
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def seek_to_stored(sender: Any, assigned: set[Any], **_: Any) -> None:
         deadline = time.monotonic() + APPLY_RETRY_SECONDS
         mine = {(tp.topic, tp.partition) for tp in assigned if tp.topic in topics}
+        _forget_lag(lags, mine)
         while True:  # no partition is consumed before we know where its read models left off
             try:
                 pool = await resources.pool()
@@ -125,8 +133,11 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
             await app.consumer._commit(resume)  # type: ignore[attr-defined]
             await app.consumer.seek_wait(resume)
             log.info("resumed %d partitions at their stored offsets", len(resume))
-        if ready_file is not None and assigned:
-            ready_file.touch()  # the supervisor waits for this before calling the platform ready
+        if ready_file is not None:
+            # The partitions this worker now holds (every assignment replaces the last): the
+            # supervisor calls the worker ready once it holds some, tests see how a group split.
+            write_assignment(ready_file, sorted((tp.topic, tp.partition) for tp in assigned
+                                                if tp.topic in topics))
 
     # One agent per projection, so that the lighter one (tracking, what people look up) is never
     # held up behind the heavier (SLA): each decodes its batch once and applies it in one
@@ -136,7 +147,7 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
     for projection in projections:
         _agent(app, settings, resources, projection, readers[projection.name],
                tuple(t for t, name in first_reader.items() if name == projection.name),
-               dead_letter)
+               dead_letter, lags[projection.name])
 
     @app.timer(interval=15.0)
     async def sla_gauges() -> None:
@@ -155,10 +166,10 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
 
 def _agent(app: faust.App, settings: Settings, resources: Resources,
            projection: Projection[Envelope], topics: tuple[str, ...],
-           dead_letters_for: tuple[str, ...], dead_letter: Any) -> None:
+           dead_letters_for: tuple[str, ...], dead_letter: Any,
+           behind: dict[tuple[str, int], int]) -> None:
     source = app.topic(*topics, key_type=bytes, value_type=bytes, key_serializer="raw",
                        value_serializer="raw")
-    behind: dict[tuple[str, int], int] = {}   # the last lag seen per partition
 
     async def project(stream: faust.StreamT[bytes]) -> None:
         batches = stream.take_events(settings.worker_batch_size, within=0.05)  # type: ignore[attr-defined]
@@ -210,6 +221,17 @@ async def _apply_with_retry(pool: asyncpg.Pool, projection: Projection[Envelope]
             log.warning("database unavailable (%s); retrying in %.1f s", type(exc).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+def _forget_lag(lags: dict[str, dict[tuple[str, int], int]], held: set[tuple[str, int]]) -> None:
+    """Stop reporting the lag of partitions this worker no longer holds: their gauges go to 0
+    here (the new holder's value is the one the maximum across workers then shows) and each
+    projection's sum covers what this worker holds (the sum across workers is the total)."""
+    for name, behind in lags.items():
+        for topic, partition in [tp for tp in behind if tp not in held]:
+            del behind[(topic, partition)]
+            CONSUMER_LAG.labels(consumer=name, topic=topic, partition=str(partition)).set(0)
+        PROJECTION_LAG.labels(projection=name).set(sum(behind.values()))
 
 
 def _report_lag(app: faust.App, name: str, positions: dict[tuple[str, int], int],

@@ -22,7 +22,7 @@ from projections import journal
 from projections.locks import Lock
 from projections.metrics import RELAY_LAG, RELAY_PUBLISHED, RELAY_REPUBLISHES
 from streams.topic_admin import ensure_topics
-from streams.topics import topic_for
+from streams.topics import namespaced, topic_for
 
 log = logging.getLogger("gongpei.relay")
 CURSOR = "kafka"
@@ -76,7 +76,8 @@ class Relay:
         futures = []
         for row in rows:
             futures.append(await self.producer.send(
-                topic_for(row["type"]), key=row["partition_key"].encode(),
+                namespaced(topic_for(row["type"]), self.settings.kafka_namespace),
+                key=row["partition_key"].encode(),
                 value=orjson.dumps(row["body"]),
             ))
         results = await asyncio.gather(*futures)

@@ -125,8 +125,9 @@ async def observe(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, Act
 
 
 async def plan(admin: AIOKafkaAdminClient, profile: Profile,
-               specs: tuple[TopicSpec, ...] = ALL_TOPICS) -> tuple[list[Change], dict[str, ActualTopic]]:
-    wanted = declared(profile, specs)
+               specs: tuple[TopicSpec, ...] = ALL_TOPICS,
+               namespace: str = "") -> tuple[list[Change], dict[str, ActualTopic]]:
+    wanted = declared(profile, specs, namespace)
     actual = await observe(admin, [w.name for w in wanted])
     return diff(wanted, actual), actual
 
@@ -194,7 +195,7 @@ async def ensure_topics(settings: Settings) -> None:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        for want in declared(settings_profile(settings)):
+        for want in declared(settings_profile(settings), namespace=settings.kafka_namespace):
             if want.name not in existing:
                 await _create(admin, want)
     finally:
@@ -210,7 +211,7 @@ async def topics_apply(settings: Settings, dry_run: bool, tiered: bool,
                                 request_timeout_ms=15000)
     await admin.start()
     try:
-        changes, actual = await plan(admin, profile)
+        changes, actual = await plan(admin, profile, namespace=settings.kafka_namespace)
         out(f"profile {profile.name}: {profile.partitions} partitions, replication"
             f" {profile.replication}, min.insync.replicas {profile.min_insync}"
             f"{', tiered' if profile.tiered else ''}; {len(ALL_TOPICS)} topics declared")

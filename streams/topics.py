@@ -92,9 +92,10 @@ def topic_configs(spec: TopicSpec, profile: Profile) -> dict[str, str]:
     return configs
 
 
-def declared(profile: Profile, specs: tuple[TopicSpec, ...] = ALL_TOPICS) -> list[DeclaredTopic]:
-    """Every registry topic as `profile`'s cluster should have it."""
-    return [DeclaredTopic(name=s.name,
+def declared(profile: Profile, specs: tuple[TopicSpec, ...] = ALL_TOPICS,
+             namespace: str = "") -> list[DeclaredTopic]:
+    """Every registry topic as `profile`'s cluster should have it, named in `namespace`."""
+    return [DeclaredTopic(name=namespaced(s.name, namespace),
                           partitions=profile.partitions,
                           replication=profile.replication,
                           configs=topic_configs(s, profile))
@@ -111,3 +112,9 @@ def topic_for(event_type: str) -> str:
         if any(event_type.startswith(prefix) for prefix in spec.families):
             return spec.name
     raise UnroutableEvent(f"no topic carries events of type {event_type!r}")
+
+
+def namespaced(name: str, namespace: str = "") -> str:
+    """A topic's (or consumer group's) name in a deployment's Kafka namespace: several counties
+    share one cluster, each under its own prefix ("haicheng.parcel-events"); "" keeps the name."""
+    return f"{namespace}.{name}" if namespace else name
