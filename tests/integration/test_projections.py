@@ -250,7 +250,15 @@ def test_given_a_reset_projection_when_the_worker_restarts_then_it_replays_from_
     finally:
         platform.restart_service("worker")
         platform.wait_ready(60)
-    wait_for(lambda: _level(platform), 60.0, "tracking re-fed from offset 0")
+    # Every event of the session so far is re-read (schemathesis alone posts thousands): on a
+    # loaded 2-core box that takes more than a minute.
+    try:
+        wait_for(lambda: _level(platform), 180.0, "tracking re-fed from offset 0")
+    except AssertionError as e:
+        counts = db_fetch(platform, "SELECT (SELECT count(*) FROM tracking_events) AS tracking,"
+                                    " (SELECT count(*) FROM sla_events) AS sla,"
+                                    " (SELECT count(*) FROM journal) AS journal")[0]
+        raise AssertionError(f"{e}; rows now: {dict(counts)}") from e
     for p in traffic.parcels:
         wait_for(lambda p=p: (v := _parcel(client, tokens["manager"], p.waybill))
                  and len(v["timeline"]) == 4, 15.0, "the timeline again")
