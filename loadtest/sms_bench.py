@@ -1,33 +1,44 @@
-"""An arrival wave at the village points: how fast its SMS reach the provider.
+"""How fast arrival SMS reach the provider.
 
-Starts its own embedded platform (local gateways without added latency, a 5-second digest window,
-no quiet hours), registers `--parcels` parcels for half as many households spread over the
-county's village points, uploads all their `stored` scans at once (an evening sort wave arriving at
-the points), and waits until every parcel is in a submitted SMS. Prints the wave's SMS throughput
+`wave` (the default): starts its own embedded platform (a 5-second digest window, no quiet
+hours), registers `--parcels` parcels for half as many households spread over the county's
+village points, uploads all their `stored` scans at once (an evening sort wave arriving at the
+points), and waits until every parcel is in a submitted SMS. Prints the wave's SMS throughput
 and the arrival → submitted latency (which includes the digest window).
 
+`release`: the 08:00 release of a night's digests, at the providers' real speed (the local
+gateways answer in 0.1–0.3 s and enforce each account's rate). The night's arrivals are
+uploaded and applied first; then the SMS service loop starts (in this process, the code `gongpei
+sms` runs) with every digest due at once, and is timed until every one is submitted: first the
+old one-call-at-a-time sender on `--before` digests, then the concurrent one on `--digests`.
+
     .venv/bin/python -m loadtest.sms_bench --parcels 2000
+    .venv/bin/python -m loadtest.sms_bench release --digests 5000 --before 150
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import platform as pyplatform
+import random
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import httpx
 
 from api import auth
-from entrypoints.platform import Platform
+from domain.county import County
+from entrypoints.platform import GATEWAYS, SERVICES, Platform
 from infra.county_file import load_county
 from infra.settings import DEMO_COUNTY
-from loadtest.traffic import county_time, envelope
+from loadtest.bench_platform import THROUGHPUT_SETTINGS
+from loadtest.traffic import county_time, envelope, waybill_for
 
 DIGEST_SECONDS = 5
 
@@ -110,7 +121,7 @@ def run(parcels: int) -> None:
             elapsed = time.perf_counter() - started
             sms = len(lat)
             gateway_lines = sum(len(plat.gateway_log(g).read_text().splitlines())
-                                for g in ("aliyun", "aliyun-backup") if plat.gateway_log(g).exists())
+                                for g in GATEWAYS if plat.gateway_log(g).exists())
             q = statistics.quantiles(lat, n=20) if len(lat) >= 20 else [0.0] * 19
             print(f"machine: {pyplatform.machine()} {pyplatform.processor() or ''}, "
                   f"date {datetime.now(UTC):%Y-%m-%d}")
@@ -126,9 +137,182 @@ def run(parcels: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parcels", type=int, default=2000)
-    run(ap.parse_args().parcels)
+    ap.add_argument("mode", nargs="?", choices=["wave", "release"], default="wave")
+    ap.add_argument("--parcels", type=int, default=2000, help="wave: parcels in the wave")
+    ap.add_argument("--digests", type=int, default=5000, help="release: digests released at once")
+    ap.add_argument("--before", type=int, default=150,
+                    help="release: digests for the old one-at-a-time sender first (0: none)")
+    ap.add_argument("--concurrency", type=int, default=64, help="release: calls in progress")
+    ap.add_argument("--qps", type=float, default=200.0, help="release: SendSms/s per account")
+    a = ap.parse_args()
+    if a.mode == "release":
+        run_release(a.digests, a.before, a.concurrency, a.qps)
+    else:
+        run(a.parcels)
 
 
 if __name__ == "__main__":
     main()
+
+
+# ------------------------------------------------------------------------------ the 08:00 release
+
+
+def release_county(folder: Path) -> Path:
+    """The bench county with a budget no household reaches (each gets one SMS here)."""
+    return bench_county(folder)
+
+
+def upload_night(plat: Platform, county: County, system: dict[str, str], scanner: str, prefix: str,
+                 digests: int, seed: int) -> list[str]:
+    """One parcel for each of `digests` households, spread over the village points, registered
+    and stored (the night's arrivals); returns the waybills."""
+    rng = random.Random(seed)
+    now = county_time(county, datetime.now(UTC))
+    villages = [v.id for v in county.villages]
+    regs, scans, waybills = [], [], []
+    for i in range(digests):
+        brand = county.brands[i % len(county.brands)]
+        wb, node = waybill_for(brand, rng), villages[i % len(villages)]
+        waybills.append(wb)
+        regs.append((brand, envelope("parcel.registered", 2, now, brand, "manifest", {
+            "waybill": wb, "recipient_phone": f"{prefix}{i:08d}", "destination_village": node,
+            "weight_g": 600})))
+        scans.append(envelope("parcel.scanned", 1, now, brand, "op-keeper",
+                              {"waybill": wb, "action": "stored", "node_id": node}))
+    with httpx.Client(base_url=plat.api_url, timeout=120) as client:
+        for brand in county.brands:
+            mine = [e for b, e in regs if b == brand]
+            for i in range(0, len(mine), 500):
+                client.post("/v1/scan-batches", json={"events": mine[i:i + 500]},
+                            headers={"Authorization": f"Bearer {system[brand]}"}
+                            ).raise_for_status()
+        for i in range(0, len(scans), 500):
+            client.post("/v1/scan-batches", json={"events": scans[i:i + 500]},
+                        headers={"Authorization": f"Bearer {scanner}"}).raise_for_status()
+    return waybills
+
+
+async def release(plat: Platform, county: County, waybills: list[str], concurrency: int,
+                  qps: dict[str, float]) -> tuple[float, float, int]:
+    """Catch the SMS state up with the night, then start the service loop with every digest
+    due and time it until each parcel is in a submitted SMS. Returns (seconds to the first
+    submitted, seconds to the last, calls throttled by the gateways meanwhile)."""
+    from infra.db import create_pool
+    from infra.pii import Keyring
+    from projections import sms_planner
+    from streams import sms_service
+    from streams.sms_providers import AliyunSms, Provider, TencentSms
+
+    settings = plat.settings
+    assert settings is not None and county.sms is not None
+    keys = Keyring.from_settings(settings, county.utc_offset_minutes, sealing=False)
+    providers: list[Provider] = [
+        AliyunSms(name, host, settings.sms_access_key_id, settings.sms_access_key_secret,
+                  protocol=scheme) if kind == "aliyun" else
+        TencentSms(name, host, settings.sms_tencent_secret_id, settings.sms_tencent_secret_key,
+                   settings.sms_tencent_app_id, county.sms, protocol=scheme, threads=concurrency)
+        for name, kind, scheme, host in settings.sms_provider_list()]
+    sender = sms_service.Sender(county, providers, keys=keys, concurrency=concurrency, qps=qps,
+                                query_after=timedelta(seconds=settings.sms_query_after_seconds))
+    pool = await create_pool(settings.database_url_for("sms"), max_size=min(concurrency, 8) + 3)
+    watch = await asyncpg.connect(settings.database_url)
+    try:
+        # The night: arrivals applied, digests open (they close at the release, below).
+        async with pool.acquire() as conn:
+            while await sms_planner.catch_up(conn, county, now=datetime.now(UTC), keys=keys):
+                pass
+        await asyncio.sleep(DIGEST_SECONDS + 3)  # every digest past its window: all due at once
+        throttled_before = await asyncio.to_thread(gateway_throttled, plat)
+        stop = asyncio.Event()
+        started = time.perf_counter()
+        service = asyncio.create_task(sms_service.run(pool, county, sender, stop))
+        first = last = 0.0
+        while time.perf_counter() - started < 1800:
+            await asyncio.sleep(0.25)
+            done = await watch.fetchval(
+                "SELECT count(DISTINCT p.waybill) FROM sms_message_parcels p JOIN sms_messages m"
+                " USING (sms_id) WHERE p.waybill = ANY($1) AND m.state IN ('submitted',"
+                " 'delivered')", waybills)
+            if done and not first:
+                first = time.perf_counter() - started
+            if done == len(waybills):
+                last = time.perf_counter() - started
+                break
+        stop.set()
+        await service
+        throttled = await asyncio.to_thread(gateway_throttled, plat) - throttled_before
+        return first, last, throttled
+    finally:
+        await watch.close()
+        await pool.close()
+
+
+def gateway_throttled(plat: Platform) -> int:
+    total = 0
+    for port in plat.gateway_ports.values():
+        with httpx.Client(timeout=30) as client:
+            total += int(client.get(f"http://127.0.0.1:{port}/_gateway/sent").json()["throttled"])
+    return total
+
+
+def run_release(digests: int, before: int, concurrency: int, qps: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp)
+        county_file = release_county(state)
+        county = load_county(county_file)
+        # The SMS service is this process's own (old and new sender in turn), not a child.
+        plat = Platform(state / "state", county_file=county_file, sms_gateway_latency="0.1,0.3",
+                        services=tuple(s for s in SERVICES if s != "sms"),
+                        gateway_args=("--per-number-per-minute", "100", "--repeat-rate", "0.2"),
+                        settings_changes={**THROUGHPUT_SETTINGS,
+                                          "sms_qps": ",".join(f"{g}={qps:g}" for g in GATEWAYS)})
+        plat.start(timeout=120)
+        try:
+            assert plat.settings is not None
+            rates = plat.settings.sms_qps_by_provider()
+            system, scanner = asyncio.run(release_tokens(plat.settings.database_url, county))
+            print(f"machine: {pyplatform.machine()}, {os.cpu_count()} cores, "
+                  f"date {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; gateways answer in 0.1–0.3 s,"
+                  f" {qps:g} SendSms/s per account")
+            rows = []
+            for label, n, conc, prefix in (("old: one call at a time", before, 1, "138"),
+                                           (f"new: {concurrency} at once", digests, concurrency,
+                                            "137")):
+                if n <= 0:
+                    continue
+                t = time.perf_counter()
+                waybills = upload_night(plat, county, system, scanner, prefix, n,
+                                        seed=time.time_ns())
+                print(f"{label}: {n} digests uploaded and stored in {time.perf_counter() - t:.0f} s;"
+                      f" load {_load()}")
+                first, last, throttled = asyncio.run(release(plat, county, waybills, conc, rates))
+                rate = n / last if last else 0.0
+                rows.append((label, n, first, last, rate, throttled, _load()))
+                print(f"  released: first submitted after {first:.1f} s, all {n} after {last:.1f} s"
+                      f" ({rate:.1f} SMS/s; 5,000 would take {5000 / max(rate, 1e-9):.0f} s);"
+                      f" throttled by the gateways: {throttled}; load {_load()}")
+            print("\n| sender | digests | first submitted | all submitted | SMS/s | 5,000 at that"
+                  " rate | throttled | load after |")
+            print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+            for label, n, first, last, rate, throttled, load in rows:
+                print(f"| {label} | {n:,} | {first:.1f} s | {last:.1f} s | {rate:.1f} |"
+                      f" {5000 / max(rate, 1e-9):.0f} s | {throttled} | {load} |")
+        finally:
+            plat.stop()
+
+
+async def release_tokens(dsn: str, county: County) -> tuple[dict[str, str], str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        system = {b: (await auth.create(conn, role="brand-system", name=f"bench-{b}",
+                                        brands=[b]))[1] for b in county.brands}
+        scanner = (await auth.create(conn, role="scanner", name="bench-pda",
+                                     brands=list(county.brands)))[1]
+        return system, scanner
+    finally:
+        await conn.close()
+
+
+def _load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
