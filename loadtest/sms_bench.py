@@ -137,22 +137,23 @@ def run(parcels: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", nargs="?", choices=["wave", "release"], default="wave")
+    ap.add_argument("mode", nargs="?", choices=["wave", "release", "stream"], default="wave")
     ap.add_argument("--parcels", type=int, default=2000, help="wave: parcels in the wave")
     ap.add_argument("--digests", type=int, default=5000, help="release: digests released at once")
     ap.add_argument("--before", type=int, default=150,
                     help="release: digests for the old one-at-a-time sender first (0: none)")
     ap.add_argument("--concurrency", type=int, default=64, help="release: calls in progress")
     ap.add_argument("--qps", type=float, default=200.0, help="release: SendSms/s per account")
+    ap.add_argument("--rate", type=int, default=300, help="stream: scans a second")
+    ap.add_argument("--seconds", type=float, default=60.0, help="stream: for how long")
     a = ap.parse_args()
-    if a.mode == "release":
+    if a.mode == "stream":
+        run_stream(a.rate, a.seconds)
+    elif a.mode == "release":
         run_release(a.digests, a.before, a.concurrency, a.qps)
     else:
         run(a.parcels)
 
-
-if __name__ == "__main__":
-    main()
 
 
 # ------------------------------------------------------------------------------ the 08:00 release
@@ -316,3 +317,130 @@ async def release_tokens(dsn: str, county: County) -> tuple[dict[str, str], str]
 
 def _load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# ------------------------------------------------------------------------ a steady peak stream
+
+
+async def drive_stream(plat: Platform, county: County, scanner: str, rate: int, seconds: float,
+                       stores: list[tuple[str, str, str]], seed: int
+                       ) -> tuple[int, float, list[str]]:
+    """Upload `rate` scans a second for `seconds`, a tenth of a second's worth at a time, by
+    four uploaders: the county's sort-wave mix, where one scan in thirteen is a parcel stored
+    at its village point (from `stores`: waybill, brand, point) and the rest are scans at the
+    centre. Returns the scans accepted, the seconds it took and the waybills stored."""
+    rng = random.Random(seed)
+    centre = county.centre.id
+    per_tick = max(1, rate // 10)
+    ticks = int(seconds * 10)
+    queue: asyncio.Queue[list[dict[str, object]] | None] = asyncio.Queue()
+    todo = list(stores)
+    stored: list[str] = []
+    sent = 0
+
+    async def uploader(client: httpx.AsyncClient) -> None:
+        nonlocal sent
+        while (batch := await queue.get()) is not None:
+            r = await client.post("/v1/scan-batches", json={"events": batch},
+                                  headers={"Authorization": f"Bearer {scanner}"})
+            r.raise_for_status()
+            sent += int(r.json()["accepted"])
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=plat.api_url, timeout=60) as client:
+        workers = [asyncio.create_task(uploader(client)) for _ in range(4)]
+        for tick in range(ticks):
+            now = county_time(county, datetime.now(UTC))
+            batch: list[dict[str, object]] = []
+            for _ in range(per_tick):
+                if todo and rng.random() < 1 / 13:
+                    wb, brand, node = todo.pop()
+                    stored.append(wb)
+                    batch.append(envelope("parcel.scanned", 1, now, brand, "op-keeper",
+                                          {"waybill": wb, "action": "stored", "node_id": node}))
+                else:
+                    brand = rng.choice(county.brands)
+                    batch.append(envelope("parcel.scanned", 1, now, brand, "op-centre", {
+                        "waybill": waybill_for(brand, rng), "action": "sorted",
+                        "node_id": centre}))
+            await queue.put(batch)
+            await asyncio.sleep(max(0.0, started + (tick + 1) / 10 - time.perf_counter()))
+        for _ in workers:
+            await queue.put(None)
+        await asyncio.gather(*workers)
+    return sent, time.perf_counter() - started, stored
+
+
+def run_stream(rate: int, seconds: float) -> None:
+    """The supervised SMS service (`gongpei sms`, with its settings' concurrency and rates)
+    under a steady stream: stored scan → SMS submitted, after the digest window."""
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp)
+        county_file = release_county(state)
+        county = load_county(county_file)
+        plat = Platform(state / "state", county_file=county_file, sms_gateway_latency="0.1,0.3",
+                        gateway_args=("--per-number-per-minute", "100", "--repeat-rate", "0.2"),
+                        settings_changes=THROUGHPUT_SETTINGS)
+        plat.start(timeout=120)
+        try:
+            assert plat.settings is not None
+            system, scanner = asyncio.run(release_tokens(plat.settings.database_url, county))
+            rng = random.Random(time.time_ns())
+            villages = [v.id for v in county.villages]
+            expected = int(rate * seconds / 13 * 1.5) + 10  # more than the stream can use
+            stores = []
+            regs: dict[str, list[dict[str, object]]] = {b: [] for b in county.brands}
+            now = county_time(county, datetime.now(UTC))
+            for i in range(expected):
+                brand = county.brands[i % len(county.brands)]
+                wb, node = waybill_for(brand, rng), villages[i % len(villages)]
+                stores.append((wb, brand, node))
+                regs[brand].append(envelope("parcel.registered", 2, now, brand, "manifest", {
+                    "waybill": wb, "recipient_phone": f"139{i:08d}", "destination_village": node,
+                    "weight_g": 600}))
+            with httpx.Client(base_url=plat.api_url, timeout=120) as client:
+                for brand, events in regs.items():
+                    for i in range(0, len(events), 500):
+                        client.post("/v1/scan-batches", json={"events": events[i:i + 500]},
+                                    headers={"Authorization": f"Bearer {system[brand]}"}
+                                    ).raise_for_status()
+            time.sleep(5)  # the registrations applied before the stream starts
+            print(f"machine: {pyplatform.machine()}, {os.cpu_count()} cores, "
+                  f"date {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; gateways answer in 0.1–0.3 s;"
+                  f" digest window {DIGEST_SECONDS} s; load before {_load()}")
+            sent, took, stored = asyncio.run(drive_stream(plat, county, scanner, rate, seconds,
+                                                          stores, seed=time.time_ns()))
+            print(f"stream: {sent} scans accepted in {took:.1f} s ({sent / took:.0f}/s), of them"
+                  f" {len(stored)} stored at village points; load {_load()}")
+            lat: list[float] = []
+            deadline = time.perf_counter() + 120
+            while time.perf_counter() < deadline:
+                lat = asyncio.run(stream_latencies(plat.settings.database_url, stored))
+                if len(lat) == len(stored):
+                    break
+                time.sleep(1)
+            q = statistics.quantiles(lat, n=100) if len(lat) >= 100 else []
+            print(f"submitted {len(lat)} of {len(stored)}; stored → submitted after the"
+                  f" {DIGEST_SECONDS} s window: p50 {statistics.median(lat):.2f} s, p95"
+                  f" {q[94] if q else max(lat):.2f} s, p99 {q[98] if q else max(lat):.2f} s,"
+                  f" max {max(lat):.2f} s; load {_load()}")
+        finally:
+            plat.stop()
+
+
+async def stream_latencies(dsn: str, waybills: list[str]) -> list[float]:
+    """Seconds from each stored parcel's digest closing (learned of + window) to its SMS
+    reaching the provider, for the SMS submitted so far."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [r[0] for r in await conn.fetch(
+            "SELECT DISTINCT ON (m.sms_id) extract(epoch FROM m.submitted_at - m.first_known_at)"
+            "::float8 - $2 FROM sms_messages m JOIN sms_message_parcels p USING (sms_id)"
+            " WHERE p.waybill = ANY($1) AND m.submitted_at IS NOT NULL", waybills,
+            float(DIGEST_SECONDS))]
+    finally:
+        await conn.close()
+
+
+if __name__ == "__main__":
+    main()
