@@ -26,6 +26,7 @@ from domain import sms as rules
 from domain.county import County
 from domain.events import SmsFailed, SmsSubmitted
 from domain.sms_planning import platform_event
+from infra.db import TRANSIENT_DB_ERRORS
 from infra.pii import InvalidTag, Keyring, PhoneErased
 from projections import sms_outbox, sms_planner
 from projections.locks import Lock
@@ -43,6 +44,7 @@ from streams.sms_providers import BEIJING, Provider, ProviderUnavailable, SendRe
 log = logging.getLogger("gongpei.sms")
 SENDER_LOCK = int(Lock.SMS_SENDER)
 OVERDUE_AFTER = timedelta(minutes=5)
+FOLLOW_PAGE = 200
 
 
 class Sender:
@@ -265,31 +267,56 @@ class Sender:
 
 async def _follow(conn: asyncpg.Connection, county: County, now: datetime, keys: Keyring) -> int:
     """Catch up with the journal (an event the planner raises on is set aside by the runtime,
-    so one bad event does not stop every SMS)."""
-    return await sms_planner.catch_up(conn, county, now=now, keys=keys)
+    so one bad event does not stop every SMS), committing every FOLLOW_PAGE events: the
+    sender, in its own loop, starts on the first messages of a release while the rest are
+    still being applied."""
+    return await sms_planner.catch_up(conn, county, now=now, keys=keys, page=FOLLOW_PAGE)
 
 
-async def step(pool: asyncpg.Pool, county: County, sender: Sender, now: datetime) -> int:
-    """One round: follow the journal, request what is due, follow again, send what is due."""
+async def plan(pool: asyncpg.Pool, county: County, sender: Sender, now: datetime,
+               due: asyncio.Event) -> int:
+    """The planner's round: follow the journal, request what is due, follow again. Sets `due`
+    when it applied anything, so the sender looks for new work at once."""
     async with pool.acquire() as conn:
         applied = await _follow(conn, county, now, sender.keys)
         requested = await sms_planner.close_due(conn, county, now)
         if requested:
             applied += await _follow(conn, county, now, sender.keys)
-    if requested:
-        SMS_OUTCOMES.labels(outcome="requested").inc(requested)
-    calls = await sender.send_due(pool)
-    async with pool.acquire() as conn:
-        if calls:
-            await _follow(conn, county, now, sender.keys)
         async with conn.transaction(readonly=True):
             await use_all_brands(conn)
             SMS_OVERDUE.set(await sms_outbox.overdue(conn, now - OVERDUE_AFTER))
-    return applied + requested + calls
+    if requested:
+        SMS_OUTCOMES.labels(outcome="requested").inc(requested)
+    if applied:
+        due.set()
+    return applied + requested
+
+
+async def send(pool: asyncpg.Pool, sender: Sender, stop: asyncio.Event, due: asyncio.Event,
+               tick: float) -> None:
+    """The sender's loop: round after round while rounds make calls; otherwise until the
+    planner applies something, or `tick`. Rides out database restarts."""
+    while not stop.is_set():
+        due.clear()
+        try:
+            if await sender.send_due(pool):
+                continue
+        except TRANSIENT_DB_ERRORS as exc:
+            log.warning("database unavailable (%s); retrying", type(exc).__name__)
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(due.wait())]
+        await asyncio.wait(waiters, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
 
 
 async def run(pool: asyncpg.Pool, county: County, sender: Sender, stop: asyncio.Event,
               tick: float = 0.5) -> None:
-    """Run until `stop` is set, woken by the journal's NOTIFY and every `tick`; rides out
-    database restarts."""
-    await follow_journal(pool, stop, lambda: step(pool, county, sender, sender.clock()), log, tick)
+    """Run until `stop` is set: the planner (woken by the journal's NOTIFY and every `tick`)
+    and the sender, each in a loop of its own, so a long catch-up never holds up calls and a
+    release of thousands of SMS never holds up the planner. An error other than a database
+    outage stops both, loudly."""
+    due = asyncio.Event()
+    async with asyncio.TaskGroup() as group:
+        group.create_task(follow_journal(
+            pool, stop, lambda: plan(pool, county, sender, sender.clock(), due), log, tick))
+        group.create_task(send(pool, sender, stop, due, tick))
