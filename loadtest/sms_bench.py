@@ -145,13 +145,15 @@ def main() -> None:
                     help="release: digests for the old one-at-a-time sender first (0: none)")
     ap.add_argument("--concurrency", type=int, default=64, help="release: calls in progress")
     ap.add_argument("--qps", type=float, default=200.0, help="release: SendSms/s per account")
+    ap.add_argument("--sender-only", action="store_true",
+                    help="release: the SMS already requested and queued; time the sender alone")
     ap.add_argument("--rate", type=int, default=300, help="stream: scans a second")
     ap.add_argument("--seconds", type=float, default=60.0, help="stream: for how long")
     a = ap.parse_args()
     if a.mode == "stream":
         run_stream(a.rate, a.seconds)
     elif a.mode == "release":
-        run_release(a.digests, a.before, a.concurrency, a.qps)
+        run_release(a.digests, a.before, a.concurrency, a.qps, a.sender_only)
     else:
         run(a.parcels)
 
@@ -196,7 +198,8 @@ def upload_night(plat: Platform, county: County, system: dict[str, str], scanner
 
 
 async def release(plat: Platform, county: County, waybills: list[str], concurrency: int,
-                  qps: dict[str, float], prefix: str) -> tuple[float, float, float, int]:
+                  qps: dict[str, float], prefix: str, sender_only: bool = False
+                  ) -> tuple[float, float, float, int]:
     """Catch the SMS state up with the night, then start the service loop with every digest
     due and time it until the gateways have accepted each household's SMS (numbers starting
     with `prefix`). Returns seconds to the first accepted, to the last, to the SMS state
@@ -226,10 +229,19 @@ async def release(plat: Platform, county: County, waybills: list[str], concurren
             while await sms_planner.catch_up(conn, county, now=datetime.now(UTC), keys=keys):
                 pass
         await asyncio.sleep(DIGEST_SECONDS + 3)  # every digest past its window: all due at once
+        if sender_only:
+            # The planner's part done beforehand (digests closed, their SMS requested and in the
+            # queue): what is timed is the sender alone draining the queue.
+            async with pool.acquire() as conn:
+                await sms_planner.close_due(conn, county, datetime.now(UTC))
+                while await sms_planner.catch_up(conn, county, now=datetime.now(UTC), keys=keys):
+                    pass
         throttled_before = await asyncio.to_thread(gateway_throttled, plat)
         stop = asyncio.Event()
         started, t0 = time.perf_counter(), datetime.now(UTC)
-        service = asyncio.create_task(sms_service.run(pool, county, sender, stop))
+        service = asyncio.create_task(
+            sms_service.send(pool, sender, stop, asyncio.Event(), 0.5) if sender_only
+            else sms_service.run(pool, county, sender, stop))
         first = last = recorded = 0.0
         shown = started
         while time.perf_counter() - started < 900:
@@ -247,6 +259,10 @@ async def release(plat: Platform, county: County, waybills: list[str], concurren
                 assert len({s["out_id"] for s in accepted}) == len(accepted), "an SMS sent twice"
                 break
         # The SMS state catching up with what was sent (the planner reads the sender's events).
+        if sender_only:
+            async with pool.acquire() as conn:
+                while await sms_planner.catch_up(conn, county, now=datetime.now(UTC), keys=keys):
+                    pass
         while time.perf_counter() - started < 900:
             done = await watch.fetchval(
                 "SELECT count(DISTINCT p.waybill) FROM sms_message_parcels p JOIN sms_messages m"
@@ -286,7 +302,8 @@ def gateway_throttled(plat: Platform) -> int:
     return total
 
 
-def run_release(digests: int, before: int, concurrency: int, qps: float) -> None:
+def run_release(digests: int, before: int, concurrency: int, qps: float,
+                sender_only: bool = False) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp)
         county_file = release_county(state)
@@ -306,9 +323,10 @@ def run_release(digests: int, before: int, concurrency: int, qps: float) -> None
                   f"date {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; gateways answer in 0.1–0.3 s,"
                   f" {qps:g} SendSms/s per account")
             rows = []
-            for label, n, conc, prefix in (("old: one call at a time", before, 1, "138"),
-                                           (f"new: {concurrency} at once", digests, concurrency,
-                                            "137")):
+            alone = ", sender alone" if sender_only else ""
+            for label, n, conc, prefix in ((f"old: one call at a time{alone}", before, 1, "138"),
+                                           (f"new: {concurrency} at once{alone}", digests,
+                                            concurrency, "137")):
                 if n <= 0:
                     continue
                 t = time.perf_counter()
@@ -317,7 +335,7 @@ def run_release(digests: int, before: int, concurrency: int, qps: float) -> None
                 print(f"{label}: {n} digests uploaded and stored in {time.perf_counter() - t:.0f} s;"
                       f" load {_load()}")
                 first, last, recorded, throttled = asyncio.run(
-                    release(plat, county, waybills, conc, rates, prefix))
+                    release(plat, county, waybills, conc, rates, prefix, sender_only))
                 rate = n / last if last else 0.0
                 rows.append((label, n, first, last, recorded, rate, throttled, _load()))
                 print(f"  released: first at the provider after {first:.1f} s, all {n} after"
