@@ -45,6 +45,7 @@ log = logging.getLogger("gongpei.sms")
 SENDER_LOCK = int(Lock.SMS_SENDER)
 OVERDUE_AFTER = timedelta(minutes=5)
 FOLLOW_PAGE = 200
+CLOSE_PAGE, CLOSE_PAGES = 500, 20
 
 
 class Sender:
@@ -277,11 +278,23 @@ async def plan(pool: asyncpg.Pool, county: County, sender: Sender, now: datetime
                due: asyncio.Event) -> int:
     """The planner's round: follow the journal, request what is due, follow again. Sets `due`
     when it applied anything, so the sender looks for new work at once."""
+    requested = 0
     async with pool.acquire() as conn:
         applied = await _follow(conn, county, now, sender.keys)
-        requested = await sms_planner.close_due(conn, county, now)
-        if requested:
-            applied += await _follow(conn, county, now, sender.keys)
+        # Closed a page at a time, each read back before the next: at 08:00 the first of the
+        # night's thousands of digests reach the sender while the rest are still being closed.
+        # (A page that added nothing to read back ends the round, and a round closes at most
+        # CLOSE_PAGES pages: a digest whose request cannot be applied is not retried in a loop.)
+        for _ in range(CLOSE_PAGES):
+            closed = await sms_planner.close_due(conn, county, now, limit=CLOSE_PAGE)
+            if not closed:
+                break
+            requested += closed
+            read = await _follow(conn, county, now, sender.keys)
+            applied += read
+            due.set()
+            if closed < CLOSE_PAGE or not read:
+                break
         async with conn.transaction(readonly=True):
             await use_all_brands(conn)
             SMS_OVERDUE.set(await sms_outbox.overdue(conn, now - OVERDUE_AFTER))
