@@ -137,10 +137,8 @@ def cmd_sms(args: argparse.Namespace) -> None:
         county, providers, keys=keys,
         query_after=timedelta(seconds=settings.sms_query_after_seconds),
         concurrency=settings.sms_concurrency, qps=qps)
-    # Calls in progress each take a connection only around their short writes: a few suffice,
-    # besides the journal listener and the sender's lock.
     _serve(settings, "sms", lambda pool, stop: sms_service.run(pool, county, sender, stop),
-           pool_size=min(settings.sms_concurrency, 8) + 3)
+           pool_size=sms_service.pool_size(settings.sms_concurrency))
 
 
 def cmd_sms_gateway(args: argparse.Namespace) -> None:

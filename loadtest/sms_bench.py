@@ -221,7 +221,8 @@ async def release(plat: Platform, county: County, waybills: list[str], concurren
         for name, kind, scheme, host in settings.sms_provider_list()]
     sender = sms_service.Sender(county, providers, keys=keys, concurrency=concurrency, qps=qps,
                                 query_after=timedelta(seconds=settings.sms_query_after_seconds))
-    pool = await create_pool(settings.database_url_for("sms"), max_size=min(concurrency, 8) + 3)
+    pool = await create_pool(settings.database_url_for("sms"),
+                             max_size=sms_service.pool_size(concurrency))
     watch = await asyncpg.connect(settings.database_url)
     try:
         # The night: arrivals applied, digests open (they close at the release, below).
