@@ -274,13 +274,15 @@ class SmsPlanning:
 
     # -------------------------------------------------------------------------- what is due now
 
-    async def due(self, grace: timedelta = timedelta(seconds=2)) -> list[Envelope]:
+    async def due(self, grace: timedelta = timedelta(seconds=2),
+                  limit: int | None = None) -> list[Envelope]:
         """The SMS of every digest that has closed (`grace` ago: a parcel still on its way into
-        it gets in) and of every reminder that is due, as `sms.requested` events."""
+        it gets in; the `limit` first to close, if given) and of every reminder that is due, as
+        `sms.requested` events."""
         s = self.store
         now = self.now
         out: list[Envelope] = []
-        for d in await s.due_digests(now - grace):
+        for d in (await s.due_digests(now - grace))[:limit]:
             parcels = await s.digest_parcels(d.digest_id)
             if not parcels:
                 await s.drop_digest(d.digest_id)

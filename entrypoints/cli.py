@@ -57,7 +57,7 @@ def cmd_api(args: argparse.Namespace) -> None:
 
 
 def _serve(settings: Settings, role: str,
-           service: Callable[[Any, asyncio.Event], Awaitable[object]]) -> None:
+           service: Callable[[Any, asyncio.Event], Awaitable[object]], pool_size: int = 3) -> None:
     """Run a database-backed service until SIGTERM or SIGINT, with a pool of its own role."""
     from infra.db import create_pool
 
@@ -66,7 +66,7 @@ def _serve(settings: Settings, role: str,
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        pool = await create_pool(settings.database_url_for(role), max_size=3)
+        pool = await create_pool(settings.database_url_for(role), max_size=pool_size)
         try:
             await service(pool, stop)
         finally:
@@ -116,7 +116,7 @@ def cmd_sms(args: argparse.Namespace) -> None:
                           protocol=scheme) if kind == "aliyun" else
                 TencentSms(name, host, settings.sms_tencent_secret_id,
                            settings.sms_tencent_secret_key, settings.sms_tencent_app_id,
-                           county.sms, protocol=scheme))
+                           county.sms, protocol=scheme, threads=settings.sms_concurrency))
     except SettingsError as exc:
         sys.exit(f"gongpei: {exc}")
     if county.sms is None or not providers:
@@ -129,10 +129,16 @@ def cmd_sms(args: argparse.Namespace) -> None:
     keys = Keyring.from_settings(settings, county.utc_offset_minutes, sealing=False)
     if not keys.can_open:
         sys.exit("gongpei: the SMS service needs GONGPEI_PII_PRIVATE_KEYS to open phone numbers")
+    try:
+        qps = settings.sms_qps_by_provider()
+    except SettingsError as exc:
+        sys.exit(f"gongpei: {exc}")
     sender = sms_service.Sender(
         county, providers, keys=keys,
-        query_after=timedelta(seconds=settings.sms_query_after_seconds))
-    _serve(settings, "sms", lambda pool, stop: sms_service.run(pool, county, sender, stop))
+        query_after=timedelta(seconds=settings.sms_query_after_seconds),
+        concurrency=settings.sms_concurrency, qps=qps)
+    _serve(settings, "sms", lambda pool, stop: sms_service.run(pool, county, sender, stop),
+           pool_size=sms_service.pool_size(settings.sms_concurrency))
 
 
 def cmd_sms_gateway(args: argparse.Namespace) -> None:

@@ -205,6 +205,9 @@ class Platform:
     children: dict[str, Child] = field(default_factory=dict)
     gateway_args: tuple[str, ...] = ()   # extra options for the local SMS gateways (failure rates…)
     primary_gateway_args: tuple[str, ...] = ()  # and for the primary only (failover drills)
+    # How long the local gateways take to answer, "min,max" seconds: Aliyun and Tencent answer
+    # a county server in ~0.1–0.3 s. None: GONGPEI_SMS_GATEWAY_LATENCY, else that.
+    sms_gateway_latency: str | None = None
     gateway_ports: dict[str, int] = field(default_factory=dict)
     settings_changes: dict[str, object] = field(default_factory=dict)  # e.g. a test's horizon
     # Stream workers in the consumer group ("worker", "worker-2", …): they split the partitions.
@@ -357,8 +360,13 @@ class Platform:
             env = {**base, **self.settings.for_service(service).to_env()}  # type: ignore[union-attr]
             return {**env, **self.settings.pii_private_env()} if service == "sms" else env  # type: ignore[union-attr]
 
+        latency = self.sms_gateway_latency or os.environ.get("GONGPEI_SMS_GATEWAY_LATENCY",
+                                                             "0.1,0.3")
+        # Each gateway enforces its account's rate, the one the sender paces itself to.
+        qps = self.settings.sms_qps_by_provider()
         for name, port in self.gateway_ports.items():
             argv = [sys.executable, "-m", "entrypoints.sms_gateway", "--port", str(port),
+                    "--latency", latency, "--qps", str(qps[name]),
                     "--county", str(self.county_file), "--log", str(self.gateway_log(name)),
                     "--callback", self.receipt_url, "--callback-tencent",
                     self.receipt_url.replace("/aliyun?", "/tencent?"),

@@ -60,7 +60,8 @@ class GatewayConfig:
     receipt_delay: tuple[float, float] = (0.2, 2.0)  # seconds, uniform
     repeat_rate: float = 0.2           # share of receipts pushed twice
     failed_receipt_suffix: str = "4444"  # numbers ending so get a failed delivery report
-    latency: tuple[float, float] = (0.0, 0.0)
+    latency: tuple[float, float] = (0.0, 0.0)  # seconds, uniform: Aliyun/Tencent ~0.1–0.3
+    qps: float = 0.0                   # SendSms calls a second the account may make; 0: no limit
     seed: int | None = None
 
 
@@ -76,6 +77,26 @@ class Sent:
 
 
 @dataclass
+class AccountRate:
+    """The account's SendSms rate as a provider enforces it: a bucket of one second's calls,
+    refilled continuously; a call that finds it empty is refused (and costs nothing)."""
+
+    qps: float
+    tokens: float = -1.0
+    at: float = field(default_factory=time.monotonic)
+
+    def allow(self, now: float) -> bool:
+        if self.tokens < 0:
+            self.tokens = self.qps
+        self.tokens = min(self.qps, self.tokens + (now - self.at) * self.qps)
+        self.at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+@dataclass
 class State:
     config: GatewayConfig
     policy: SmsPolicy
@@ -84,6 +105,12 @@ class State:
     recent: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     receipts: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
     pushed: int = 0
+    throttled: int = 0   # SendSms refused for the account's rate
+    rate: AccountRate | None = None
+
+    def __post_init__(self) -> None:
+        if self.config.qps > 0:
+            self.rate = AccountRate(self.config.qps)
 
     def template(self, dialect: str, template_id: str) -> str | None:
         ids = self.policy.template_codes if dialect == ALIYUN else self.policy.tencent_template_ids
@@ -242,6 +269,15 @@ async def api(request: Request) -> JSONResponse:
     if why is not None:
         return (_tc_error("AuthFailure.SignatureFailure", why) if tencent
                 else _answer("SignatureDoesNotMatch", why, 400))
+    action = (headers["x-tc-action"] if tencent
+              else headers.get("x-acs-action") or request.query_params.get("Action"))
+    # The account's rate is checked as a call arrives, before it is worked on, as the
+    # providers' API gateways do: beyond it, their throttling error.
+    if action == "SendSms" and state.rate is not None and not state.rate.allow(time.monotonic()):
+        state.throttled += 1
+        return (_tc_error("RequestLimitExceeded", "请求的次数超过了频率限制") if tencent
+                else _answer("Throttling.User", "Request was denied due to user flow control.",
+                             400))
     lo, hi = cfg.latency
     if hi > 0:
         await asyncio.sleep(state.rng.uniform(lo, hi))
@@ -416,7 +452,8 @@ async def sent_log(request: Request) -> JSONResponse:
     return JSONResponse({"sent": [{"provider": s.dialect, "message_id": s.message_id,
                                    "phone": mask_phone(s.phone), "out_id": s.out_id,
                                    "text": s.text} for s in state.sent],
-                         "receipts_pending": len(state.receipts), "receipts_pushed": state.pushed})
+                         "receipts_pending": len(state.receipts), "receipts_pushed": state.pushed,
+                         "throttled": state.throttled})
 
 
 def _reload(log_path: Path) -> list[Sent]:
@@ -452,6 +489,14 @@ def create_gateway(config: GatewayConfig, policy: SmsPolicy) -> Starlette:
     return app
 
 
+def _latency(text: str) -> tuple[float, float]:
+    """"min,max" seconds, or one figure for both ("0": none)."""
+    parts = [float(x) for x in text.split(",")]
+    if len(parts) not in (1, 2) or min(parts) < 0:
+        raise argparse.ArgumentTypeError(f"--latency: {text!r} is not min,max seconds")
+    return parts[0], parts[-1]
+
+
 def main(argv: list[str] | None = None) -> None:
     import os
 
@@ -473,6 +518,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--receipt-delay", default="0.2,2.0", help="min,max seconds")
     parser.add_argument("--repeat-rate", type=float, default=0.2)
     parser.add_argument("--latency", default="0,0", help="min,max seconds added to each call")
+    parser.add_argument("--qps", type=float, default=0.0,
+                        help="SendSms calls a second the account may make (0: no limit)")
     parser.add_argument("--seed", type=int)
     a = parser.parse_args(argv)
     county = load_county(a.county)
@@ -487,8 +534,7 @@ def main(argv: list[str] | None = None) -> None:
         blacklist=frozenset(x for x in a.blacklist.split(",") if x),
         receipt_delay=tuple(map(float, a.receipt_delay.split(","))),  # type: ignore[arg-type]
         repeat_rate=a.repeat_rate,
-        latency=tuple(map(float, a.latency.split(","))),  # type: ignore[arg-type]
-        seed=a.seed)
+        latency=_latency(a.latency), qps=a.qps, seed=a.seed)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     uvicorn.run(create_gateway(config, county.sms or SmsPolicy()), host="127.0.0.1", port=a.port,
                 log_level="warning", access_log=False)

@@ -39,6 +39,11 @@ def derive_role_password(app_password: str, role: str) -> str:
     return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
 
 
+# A provider account's SendSms calls a second when GONGPEI_SMS_QPS does not say: a conservative
+# figure (set the account's own), and still 5,000 SMS in 25 s.
+SMS_DEFAULT_QPS = 200.0
+
+
 class SettingsError(ValueError):
     """A setting is missing or unusable."""
 
@@ -87,6 +92,13 @@ class Settings:
     # How long an unanswered provider call is left before the provider is asked about it: its
     # records lag its answers (Aliyun's QuerySendDetails by seconds); the local gateway's do not.
     sms_query_after_seconds: float = 60.0
+    # Provider calls in progress at once (never two for one number): at ~200 ms a call, 64 keep
+    # ~300 calls a second going, so the account's rate below is the limit, not waiting.
+    sms_concurrency: int = 64
+    # SendSms calls a second each provider account allows, "name=rate" joined by commas (a
+    # provider not named gets SMS_DEFAULT_QPS). Set it to what the account's console says:
+    # beyond it the provider answers with a throttling error.
+    sms_qps: str = ""
     # A service's own role password (GONGPEI_DB_PASSWORD_API, …), given instead of app_password
     # to a process that should hold no other role's: keyed by service name.
     role_passwords: dict[str, str] = field(default_factory=dict)
@@ -165,6 +177,24 @@ class Settings:
             out.append((name, kind, scheme, host.rstrip("/")))
         return out
 
+    def sms_qps_by_provider(self) -> dict[str, float]:
+        """The SendSms rate of each configured provider, calls a second."""
+        given: dict[str, float] = {}
+        for item in filter(None, (x.strip() for x in self.sms_qps.split(","))):
+            name, _, rate = item.partition("=")
+            try:
+                value = float(rate)
+            except ValueError:
+                value = 0.0
+            if not name.strip() or not 0 < value < math.inf:
+                raise SettingsError(f"GONGPEI_SMS_QPS: {item!r} is not name=calls-per-second")
+            given[name.strip()] = value
+        names = [name for name, *_ in self.sms_provider_list()]
+        unknown = set(given) - set(names)
+        if unknown:
+            raise SettingsError(f"GONGPEI_SMS_QPS names no configured provider: {sorted(unknown)}")
+        return {name: given.get(name, SMS_DEFAULT_QPS) for name in names}
+
     def pii_public_key_bytes(self) -> bytes:
         """The master public key phones are sealed to; SettingsError when it is missing or bad."""
         if not self.pii_public_key:
@@ -238,6 +268,8 @@ class Settings:
             sms_tencent_app_id=env.get("GONGPEI_SMS_TENCENT_APP_ID", ""),
             sms_receipt_key=env.get("GONGPEI_SMS_RECEIPT_KEY", ""),
             sms_query_after_seconds=float(env.get("GONGPEI_SMS_QUERY_AFTER_SECONDS", "60")),
+            sms_concurrency=_positive_int(env, "GONGPEI_SMS_CONCURRENCY", 64),
+            sms_qps=env.get("GONGPEI_SMS_QPS", ""),
             pii_public_key=env.get("GONGPEI_PII_PUBLIC_KEY", ""),
             pii_private_keys=env.get("GONGPEI_PII_PRIVATE_KEYS", ""),
             max_event_age_days=_positive_int(env, "GONGPEI_MAX_EVENT_AGE_DAYS", 30),
@@ -270,6 +302,8 @@ class Settings:
             "GONGPEI_SMS_TENCENT_APP_ID": self.sms_tencent_app_id,
             "GONGPEI_SMS_RECEIPT_KEY": self.sms_receipt_key,
             "GONGPEI_SMS_QUERY_AFTER_SECONDS": str(self.sms_query_after_seconds),
+            "GONGPEI_SMS_CONCURRENCY": str(self.sms_concurrency),
+            "GONGPEI_SMS_QPS": self.sms_qps,
             "GONGPEI_PII_PUBLIC_KEY": self.pii_public_key,
             "GONGPEI_MAX_EVENT_AGE_DAYS": str(self.max_event_age_days),
             "GONGPEI_TRUSTED_PROXIES": self.trusted_proxies,

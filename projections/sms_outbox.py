@@ -50,7 +50,9 @@ class Outgoing:
     waiting: bool              # some parcel it names is still waiting at the point
 
 
-async def due_messages(conn: asyncpg.Connection, now: datetime, limit: int = 50) -> list[Outgoing]:
+async def due_messages(conn: asyncpg.Connection, now: datetime, limit: int = 50,
+                       skip: Sequence[str] = ()) -> list[Outgoing]:
+    """Up to `limit` messages due at `now`, oldest first, but for those in `skip` (in progress)."""
     async with conn.transaction():
         await use_all_brands(conn)
         rows = await conn.fetch(
@@ -58,7 +60,8 @@ async def due_messages(conn: asyncpg.Connection, now: datetime, limit: int = 50)
             " AS brand, EXISTS (SELECT 1 FROM sms_message_parcels p JOIN sms_arrivals a"
             " ON a.arrival_id = p.arrival_id WHERE p.sms_id = m.sms_id AND a.waiting) AS waiting"
             " FROM sms_messages m WHERE state = 'requested' AND send_after <= $1"
-            " AND next_attempt_at <= $1 ORDER BY send_after, sms_id LIMIT $2", now, limit)
+            " AND next_attempt_at <= $1 AND sms_id <> ALL($3::text[])"
+            " ORDER BY send_after, sms_id LIMIT $2", now, limit, list(skip))
         attempts = await conn.fetch(
             "SELECT sms_id, provider, started_at, outcome FROM sms_attempts"
             " WHERE sms_id = ANY($1::text[]) ORDER BY attempt", [r["sms_id"] for r in rows])

@@ -103,14 +103,15 @@ async def catch_up(conn: asyncpg.Connection, county: County, *, now: datetime, k
 
 
 async def close_due(conn: asyncpg.Connection, county: County, now: datetime,
-                    grace: timedelta = timedelta(seconds=2)) -> int:
-    """Request the SMS of every digest that has closed and every reminder that is due; returns
-    how many were requested. The requests land in the journal; state follows when read back."""
+                    grace: timedelta = timedelta(seconds=2), limit: int | None = None) -> int:
+    """Request the SMS of every digest that has closed (the `limit` first, if given) and every
+    reminder that is due; returns how many were requested. The requests land in the journal;
+    state follows when read back (until then the same digests are due again)."""
     async with conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SMS_LOCK):
             return 0
         await use_all_brands(conn)
-        out = await planning(conn, county, None, now).due(grace)
+        out = await planning(conn, county, None, now).due(grace, limit)
         await journal.append(conn, out)
     return len(out)
 

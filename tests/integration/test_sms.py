@@ -523,3 +523,149 @@ def test_sms_reads_refuse_bad_input_with_422_and_keep_a_brand_to_its_own(
         assert {p["brand"] for p in mine["call_list"]} <= {brand}
         assert mine["no_consent_total"] == len({p["waybill"] for p in everyone
                                                  if p["brand"] == brand})
+
+
+def test_a_wave_sent_concurrently_gives_each_household_one_sms_per_point(
+        platform: Platform, client: httpx.Client, tokens: dict[str, str], county: County) -> None:
+    """The running service sends a wave with many calls in progress (gateway calls take 20–150
+    ms): each household gets one SMS per point, calls overlap, a number's calls never do."""
+    rng = random.Random(time.time_ns())
+    now = county_time(county, datetime.now(UTC))
+    points = [v.id for v in county.villages[60:72]]
+    households = [f"135{rng.randrange(10**8):08d}" for _ in range(40)]
+    parcels = []  # (waybill, brand, phone, point)
+    for n, mobile in enumerate(households):
+        # Most get one to three parcels at one point; every fifth has parcels at two points.
+        for node in ([points[n % 12], points[(n + 5) % 12]] if n % 5 == 0 else [points[n % 12]]):
+            for _ in range(rng.randint(1, 3)):
+                brand = rng.choice(county.brands)
+                parcels.append((waybill(brand), brand, mobile, node))
+    for brand in {b for _, b, _, _ in parcels}:
+        post(client, tokens[f"{brand}-system"], [
+            envelope("parcel.registered", 2, now, brand, "manifest", {
+                "waybill": wb, "recipient_phone": m, "destination_village": node, "weight_g": 500})
+            for wb, b, m, node in parcels if b == brand])
+    for i in range(0, len(parcels), 200):
+        post(client, tokens["scanner"], [
+            envelope("parcel.scanned", 1, now, b, "op-keeper",
+                     {"waybill": wb, "action": "stored", "node_id": node})
+            for wb, b, _, node in parcels[i:i + 200]])
+    waybills = [wb for wb, *_ in parcels]
+
+    def all_submitted() -> bool:
+        rows = db_fetch(platform,
+                        "SELECT count(DISTINCT p.waybill) FROM sms_message_parcels p JOIN sms_messages m"
+                        " USING (sms_id) WHERE p.waybill = ANY($1) AND m.state IN"
+                        " ('submitted', 'delivered')", waybills)
+        return rows[0][0] == len(waybills)
+
+    wait_for(all_submitted, 90, "every parcel of the wave in a submitted SMS")
+    mine = set(households)
+    sent = [s for s in gateway_sent(platform) if s["phone"] in mine]
+    # One SMS per household and point, none twice.
+    expected = {(m, node) for _, _, m, node in parcels}
+    assert len(sent) == len(expected)
+    assert len({s["out_id"] for s in sent}) == len(sent)
+    by_phone = Counter(s["phone"] for s in sent)
+    assert by_phone == Counter(m for m, _ in expected)
+    # Each call from its start (committed before it) to the gateway accepting it.
+    started = {r["sms_id"]: r["started_at"] for r in db_fetch(
+        platform, "SELECT sms_id, started_at FROM sms_attempts WHERE sms_id = ANY($1)"
+                  " AND outcome = 'ok'", [s["out_id"] for s in sent])}
+    spans = sorted((started[s["out_id"]], datetime.fromisoformat(s["at"]), s["phone"])
+                   for s in sent)
+    overlapping = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if b[0] < a[1]]
+    assert overlapping, "the wave's calls went one after the other"
+    assert not [(a, b) for a, b in overlapping if a[2] == b[2]], "one number, two calls at once"
+
+
+def test_the_daily_budget_holds_when_a_numbers_messages_are_sent_concurrently(
+        platform: Platform, county: County) -> None:
+    """Driven step by step with the running SMS service stopped: fourteen SMS for one number at
+    fourteen points and twenty for other numbers, due together, sent sixteen at a time through a
+    provider that takes 50 ms a call: exactly ten for the busy number (the budget), every other
+    one once."""
+    from uuid import uuid4
+
+    from domain.envelope import Envelope
+    from domain.events import ParcelRegisteredUpload, ParcelScanned, ScanAction
+    from infra.db import create_pool
+    from infra.pii import Keyring, seal_events
+    from projections import journal, sms_outbox, sms_planner
+    from projections.tracking_store import use_all_brands
+    from streams.sms_service import Sender
+
+    settings = platform.settings
+    assert settings is not None
+    keys = Keyring.from_settings(settings, county.utc_offset_minutes)
+    t0 = datetime.now(UTC)
+    busy = phone()
+    points = [v.id for v in county.villages[80:94]]
+    parcels = [(waybill("STO"), busy, node) for node in points]
+    parcels += [(waybill("STO"), phone(), points[i % len(points)]) for i in range(20)]
+
+    class SlowProvider(RecordingProvider):
+        in_progress = most = 0
+
+        async def send(self, **kw: Any) -> Any:
+            SlowProvider.in_progress += 1
+            SlowProvider.most = max(SlowProvider.most, SlowProvider.in_progress)
+            try:
+                await asyncio.sleep(0.05)
+                return await super().send(**kw)
+            finally:
+                SlowProvider.in_progress -= 1
+
+    def event(event_type: str, payload: Any, at: datetime) -> Envelope:
+        return Envelope(event_id=str(uuid4()), type=event_type,
+                        schema_version=2 if event_type == "parcel.registered" else 1,
+                        occurred_at=at, recorded_at=at, device_id="pda-test", brand="STO",
+                        operator_id="op-1", payload=payload)
+
+    async def go() -> tuple[SlowProvider, list[Any]]:
+        pool = await create_pool(settings.database_url_for("sms"), max_size=6)
+        provider = SlowProvider()
+        clock = t0 + timedelta(seconds=county.sms.digest_seconds + 5)
+        sender = Sender(county, [provider], keys=keys, clock=lambda: clock, concurrency=16,
+                        qps={"aliyun": 500})
+        try:
+            async with pool.acquire() as conn:
+                async with as_api(settings) as api, api.transaction():
+                    await journal.append(api, await seal_events(api, keys, [
+                        event("parcel.registered", ParcelRegisteredUpload(
+                            waybill=wb, recipient_phone=mobile, destination_village=node,
+                            weight_g=500), t0) for wb, mobile, node in parcels] + [
+                        event("parcel.scanned", ParcelScanned(
+                            waybill=wb, action=ScanAction.stored, node_id=node), t0)
+                        for wb, _, node in parcels]))
+                await sms_planner.catch_up(conn, county, now=t0, keys=keys)
+                assert await sms_planner.close_due(conn, county, clock) >= len(parcels)
+                await sms_planner.catch_up(conn, county, now=clock, keys=keys)
+            while await sender.send_due(pool):
+                pass
+            async with pool.acquire() as conn:
+                await sms_planner.catch_up(conn, county, now=clock, keys=keys)
+                async with conn.transaction():
+                    await use_all_brands(conn)
+                    found = await conn.fetch(
+                        "SELECT m.sms_id, m.sealed_phone, m.state, m.failure_code FROM sms_messages m"
+                        " JOIN sms_message_parcels p USING (sms_id) WHERE p.waybill = ANY($1)",
+                        [wb for wb, _, _ in parcels])
+                    rows = [{**r, "phone": await keys.open(
+                        conn, *sms_outbox.open_sealed(r["sealed_phone"]))} for r in found]
+            return provider, rows
+        finally:
+            await pool.close()
+
+    platform.children["sms"].stop()
+    try:
+        provider, rows = asyncio.run(go())
+    finally:
+        platform.children["sms"].start()
+    states = Counter((r["phone"] == busy, r["state"], r["failure_code"]) for r in rows)
+    assert states == {(True, "submitted", None): 10, (True, "failed", "DAILY_BUDGET"): 4,
+                      (False, "submitted", None): 20}, states
+    ours = {r["sms_id"] for r in rows}
+    assert len(provider.calls) == len(set(provider.calls))
+    assert len([c for c in provider.calls if c in ours]) == 30
+    assert SlowProvider.most > 1  # the calls did overlap

@@ -368,6 +368,20 @@ async def test_given_parcels_for_two_households_at_one_point_then_each_gets_its_
     assert sorted(len(county.payload(r).parcels) for r in requested) == [1, 1]
 
 
+async def test_closed_digests_are_requested_a_page_at_a_time_the_first_to_close_first() -> None:
+    county = Journal()
+    phones = [PHONE_A, PHONE_B, "c" * 64]
+    for i, phone in enumerate(phones):
+        await county.registered(f"ZT730000000001{i}", phone)
+        await county.stored(f"ZT730000000001{i}", at(11, 10, i), code=f"1-1-000{i}")
+    first = await county.planner(at(11, 10, 20)).due(limit=2)
+    assert [county.payload(r).first_known_at for r in first] == [at(11, 10, 0), at(11, 10, 1)]
+    for r in first:
+        await county.read(r, at(11, 10, 20))
+    rest = await county.tick(at(11, 10, 20))              # the next page: the one left
+    assert [county.payload(r).first_known_at for r in rest] == [at(11, 10, 2)]
+
+
 async def test_given_a_parcel_learned_of_after_the_digest_closed_then_it_starts_a_digest_of_its_own() -> None:
     county = Journal()
     for wb in ("ZT7300000000001", "ZT7300000000002"):
