@@ -1,0 +1,25 @@
+"""Seeds of the fault harness that once failed, replayed in the short tier. Each stays here after
+its fix, with what it found. Not in the default run (each costs a short tier, ~3–4 minutes on a
+2-core box; the default run already has one): `./bin/test -m slow tests/chaos/test_regressions.py`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loadtest.faults import run
+
+SEEDS = {
+    # seed: what it found (and the fix)
+    4242: "none yet: the first seed run, kept as the regression tier's baseline",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", sorted(SEEDS))
+def test_given_a_seed_that_once_failed_when_replayed_then_it_holds(seed: int,
+                                                                     tmp_path: Path) -> None:
+    report = run("short", seed, state_dir=tmp_path / "faults")
+    assert report.ok, f"{SEEDS[seed]}\n{report.table()}"
