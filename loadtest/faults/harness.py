@@ -97,6 +97,7 @@ class Report:
     storm: int = 0                      # rebalances inside the storm windows after freezes
     findings: list[str] = field(default_factory=list)    # driver-side: a 500, a refused batch…
     verdict: Verdict = field(default_factory=Verdict)
+    checked: str = ""                   # what the oracle compared, in numbers
     seconds: float = 0.0
 
     @property
@@ -123,7 +124,8 @@ class Report:
                          + (f"  NOT RECOVERED ×{missed}" if missed else "")
                          + (f"  ({notes})" if notes else ""))
         v = self.verdict
-        lines += ["", f"rebalances {self.rebalances}, in the storm windows {self.storm}",
+        lines += ["", f"oracle: {self.checked}" if self.checked else "oracle: not reached",
+                  f"rebalances {self.rebalances}, in the storm windows {self.storm}",
                   f"lost {v.lost_total}" + (f" ({dict(v.lost)})" if v.lost_total else ""),
                   f"doubled {v.doubled_total}" + (f" ({dict(v.doubled)})" if v.doubled_total else ""),
                   "wrong " + (str(dict(v.wrong)) if sum(v.wrong.values()) else "0")]
@@ -520,6 +522,11 @@ class Harness:
         """Compare with the oracle until the read models match or SETTLE_TIMEOUT passes."""
         assert self.platform is not None
         exp = expect(self.record, Tariff.from_toml(self.platform.county_file))
+        self.report.checked = (
+            f"{len(exp.timeline):,} parcels, {sum(map(len, exp.timeline.values())):,} timeline"
+            f" entries, {len(exp.ledger):,} fee lines ({sum(exp.brand_totals.values()):,} fen"
+            f" over {len(exp.brand_totals)} brands), SMS: {len(exp.sms_exactly_one):,} exactly"
+            f" one, {len(exp.sms_at_most_one):,} at most one (collected within the digest)")
         deadline = time.monotonic() + SETTLE_TIMEOUT
         self.log(f"  {time.monotonic() - self.started:6.1f} s  traffic done; comparing with the"
                  " oracle")
