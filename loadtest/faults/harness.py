@@ -415,9 +415,7 @@ class Harness:
         return proc.pid
 
     async def _fault(self, kind: str, at: int) -> FaultRun:
-        note = ""
-        if kind in ("ledger", "sms"):
-            note = await self._until_busy(kind)
+        note = await self._until_busy(kind) if kind != "postgres" else ""
         name = "worker" if kind == "freeze" else kind
         self._fault_only(name)
         pid = self._pid(name)
@@ -433,23 +431,33 @@ class Harness:
             await asyncio.sleep(STORM_WINDOW)
             storm = await self._rebalances() - after
             self.report.storm += storm
-            return FaultRun(kind, at, recovered, f"frozen {frozen:.0f} s, rebalances"
+            return FaultRun(kind, at, recovered, f"{note}, frozen {frozen:.0f} s, rebalances"
                             f" +{after - before}, then +{storm} in {STORM_WINDOW:.0f} s")
         t0 = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         return FaultRun(kind, at, await self._recovered(kind, t0), note)
 
-    async def _until_busy(self, name: str) -> str:
-        """Wait (a few seconds at most) until the journal follower has work: a kill mid-batch."""
+    async def _until_busy(self, kind: str) -> str:
+        """Wait (a few seconds at most) until the part has work in hand, so the fault lands
+        mid-batch: the ledger's or SMS service's journal position behind the journal's end;
+        for the rest, the journal's newest parcel event not yet in tracking (published and not
+        yet applied, or not yet published)."""
+        if kind in ("ledger", "sms"):
+            sql = ("SELECT (SELECT max(seq) FROM journal) >= (SELECT next_offset FROM"
+                   " consumer_offsets WHERE consumer = $1 AND topic = 'journal') AS busy")
+            args: tuple[str, ...] = (kind,)
+        else:
+            sql = ("SELECT NOT EXISTS (SELECT 1 FROM tracking_events WHERE event_id = (SELECT"
+                   " event_id FROM journal WHERE type IN ('parcel.registered', 'parcel.scanned')"
+                   " ORDER BY seq DESC LIMIT 1)) AS busy")
+            args = ()
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            row = await self._fetchrow(
-                "SELECT (SELECT max(seq) FROM journal) AS last, (SELECT next_offset FROM"
-                " consumer_offsets WHERE consumer = $1 AND topic = 'journal') AS next", name)
-            if row and row["next"] is not None and row["last"] >= row["next"]:
-                return "killed with work pending"
+            row = await self._fetchrow(sql, *args)
+            if row and row["busy"]:
+                return "with work pending"
             await asyncio.sleep(0.02)
-        return "killed while idle"
+        return "while idle"
 
     async def _recovered(self, kind: str, t0: float) -> float | None:
         """Seconds from the fault until a new upload is acknowledged and, for the part hit,
