@@ -497,13 +497,21 @@ class Harness:
         return Batch(f"{parcel.brand}-system", [event])
 
     async def _rebalances(self) -> int:
-        assert self.platform is not None
-        try:
-            text = (await self.client.get("/metrics")).text
-        except httpx.HTTPError:
-            return 0
-        return int(sum(float(line.split()[-1]) for line in text.splitlines()
-                       if line.startswith("gongpei_worker_rebalances_total ")))
+        """`gongpei_worker_rebalances_total`, summed over every worker process there was (the
+        API serves the multiprocess folder). Asked again for a while if the API does not answer:
+        a missed reading must not look like a storm, nor hide one."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = await self.client.get("/metrics")
+                if r.status_code == 200:
+                    return int(sum(float(line.split()[-1]) for line in r.text.splitlines()
+                                   if line.startswith("gongpei_worker_rebalances_total ")))
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API's /metrics did not answer for 30 s")
+            await asyncio.sleep(0.5)
 
     async def _fetchrow(self, sql: str, *args: Any) -> asyncpg.Record | None:
         """One query as the schema owner; None while the database is away."""
