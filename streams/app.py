@@ -22,14 +22,13 @@ from typing import Any
 import asyncpg
 import faust
 from faust.types import TP
-from prometheus_client import Counter
 
 from domain.county import County
 from domain.envelope import Envelope
 from infra.db import TRANSIENT_DB_ERRORS, create_pool
 from infra.settings import Settings
 from projections import runtime, sla_queries
-from projections.metrics import CONSUMER_LAG, DEAD_LETTERS, PROJECTION_LAG
+from projections.metrics import CONSUMER_LAG, DEAD_LETTERS, PROJECTION_LAG, WORKER_REBALANCES
 from projections.runtime import Projection, Stored
 from projections.sla_store import SlaProjection
 from projections.tracking_store import TrackingProjection
@@ -40,10 +39,6 @@ APP_ID = "gongpei-tracking"
 # A failing database is retried this long before the agent crashes the worker (loudly).
 APPLY_RETRY_SECONDS = 60.0
 KAFKA_TOPICS: tuple[TopicSpec, ...] = (PARCEL_EVENTS, VEHICLE_EVENTS)
-# Every partition assignment this worker received: one per (re)join of the group. A steady
-# worker adds one at start; a storm (rebalances that never settle) shows as a rising rate.
-REBALANCES = Counter("gongpei_worker_rebalances_total",
-                     "Partition assignments the stream worker received (group rebalances)")
 
 
 def topics_of(reads: frozenset[str]) -> tuple[str, ...]:
@@ -106,7 +101,7 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def seek_to_stored(sender: Any, assigned: set[Any], **_: Any) -> None:
-        REBALANCES.inc()
+        WORKER_REBALANCES.inc()  # a steady worker: one at start; a storm: a rising rate
         deadline = time.monotonic() + APPLY_RETRY_SECONDS
         mine = {(tp.topic, tp.partition) for tp in assigned if tp.topic in topics}
         while True:  # no partition is consumed before we know where its read models left off
