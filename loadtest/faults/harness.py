@@ -2,8 +2,9 @@
 real API until each batch gets a 2xx, faults injected at seeded points, and the oracle's verdict.
 
 Everything random comes from the seed (traffic, event ids, phones, where each fault lands), so a
-seed that fails fails again. The handhelds never run far past the next fault's point: each fault
-lands while uploads are in flight. The harness runs the supervisor loop itself (the one `gongpei
+seed that fails fails again (timing aside: a race may need a few replays). The handhelds never
+run far past the next fault's point, so each fault lands while uploads are in flight, and they
+pause while the part recovers: the county goes quiet, so a recovery must not need new traffic. The harness runs the supervisor loop itself (the one `gongpei
 up` runs) on a thread, so whatever it kills is restarted by the platform's own code.
 
 A kill here is a fault, not a crash loop: before each one the harness marks the part as having run

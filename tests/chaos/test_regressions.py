@@ -11,7 +11,11 @@ from loadtest.faults import run
 
 SEEDS = {
     # seed: what it found (and the fix)
-    4242: "none yet: the first seed run, kept as the regression tier's baseline",
+    4242: "nothing: the first seed run, kept as the regression tier's baseline",
+    954333: "the broker restarted while the county went quiet: the worker's rejoin hung in"
+            " Faust's wait_empty for 3 minutes (broker NOT RECOVERED within 180 s); intermittent"
+            " (a race with an agent's in-flight batch: 1 of 2 replays). Fixed by"
+            " stream_wait_empty=False in streams/app.py (the projections are idempotent)",
 }
 
 
