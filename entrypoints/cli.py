@@ -329,8 +329,25 @@ def cmd_rebuild(args: argparse.Namespace) -> None:
         sys.exit(1)  # a compare-only replay that disagrees with the live model is a finding
 
 
+def _retry_projection(args: argparse.Namespace) -> None:
+    from streams.rebuild import retry_projection
+
+    if args.name is None:
+        sys.exit("gongpei: projections retry NAME (tracking, sla or ledger)")
+    settings = _admin_settings(args.state_dir)
+    report = asyncio.run(retry_projection(settings, _county(settings), args.name))
+    print(f"{report.projection}: {report.applied} set-aside events applied"
+          f" ({report.duplicate} already in the model), {report.still} still failing")
+    if report.still:
+        sys.exit(1)  # still set aside, with the new reason: `gongpei projections` lists them
+
+
 def cmd_projections(args: argparse.Namespace) -> None:
-    """Where each projection is, how far behind, and what it set aside (and why)."""
+    """Where each projection is, how far behind, and what it set aside (and why); `retry NAME`
+    re-applies what NAME set aside (once its reducer is fixed)."""
+    if getattr(args, "action", None) == "retry":
+        _retry_projection(args)
+        return
 
     async def main() -> None:
         import asyncpg
@@ -795,6 +812,10 @@ def main(argv: list[str] | None = None) -> None:
 
     status = sub.add_parser("projections", help="each projection's position and lag, and the"
                             " events set aside (with why)")
+    status.add_argument("action", nargs="?", choices=["retry"],
+                        help="retry NAME: re-apply what NAME set aside, now that its reducer is"
+                        " fixed; what applies leaves the list, what still fails stays")
+    status.add_argument("name", nargs="?", choices=["tracking", "sla", "ledger"])
     status.add_argument("--limit", type=int, default=20)
     status.add_argument("--state-dir", help="a running embedded platform's state folder")
     status.set_defaults(func=cmd_projections)

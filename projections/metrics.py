@@ -27,6 +27,11 @@ RELAY_PUBLISHED = Counter("gongpei_relay_published_events", "Journal events publ
 RELAY_REPUBLISHES = Counter(
     "gongpei_relay_broker_data_loss", "Times the broker was found to have lost data we had published",
 )
+WORKER_REBALANCES = Counter(
+    "gongpei_worker_rebalances",
+    "Partition assignments the stream worker received: one per (re)join of its group; a rising"
+    " rate is a rebalance storm",
+)
 CONSUMER_LAG = Gauge(
     "gongpei_consumer_lag_messages", "Messages behind the partition end, per consumer and partition",
     ["consumer", "topic", "partition"], multiprocess_mode="livemax",

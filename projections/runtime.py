@@ -14,6 +14,8 @@ how it applies a batch and how it empties itself. The runtime does the rest, the
   batch is applied. A database outage is not poison: it propagates and the caller retries.
 - **The same metrics**: events applied (new / duplicate / set aside), apply latency and lag, per
   projection.
+- **Retry** (`retry_set_aside`): once a reducer is fixed, what it set aside is applied and
+  leaves the list (`gongpei projections retry NAME`).
 - **Rebuild** (`rebuild`): replay the journal into a scratch copy of the projection's tables,
   compare it with the live model table by table, and, if asked, swap it in.
 
@@ -351,6 +353,57 @@ async def _journal_page(conn: asyncpg.Connection, projection: Projection[T], pag
     PROJECTION_LAG.labels(projection=projection.name).set(max(0, last - rows[-1]["seq"]))
     _count(projection.name, out, time.perf_counter() - started)
     return len(rows), len(rows) == page
+
+
+# ------------------------------------------------------------------------------------ retry
+
+@dataclass(frozen=True)
+class RetryReport:
+    projection: str
+    applied: int      # set-aside events that now applied (and left the list)
+    duplicate: int    # of those, how many the model already held
+    still: int        # still undecodable or still raising: kept, with the new reason
+
+
+async def retry_set_aside(conn: asyncpg.Connection, projection: Projection[T]) -> RetryReport:
+    """Re-apply what `projection` set aside, once its reducer (or decoder) is fixed: oldest
+    first, each in its own transaction with the live model's lock, as its live batches take it.
+    An event that applies now is folded (a dedupe drops what the model already holds) and leaves
+    `projection_set_aside`; one that still fails stays there with its new reason. The position
+    does not move: a set-aside event is behind it already."""
+    rows = await conn.fetch(
+        "SELECT topic, partition, position, event_id, body FROM projection_set_aside"
+        " WHERE projection = $1 ORDER BY set_aside_at, topic, partition, position", projection.name)
+    applied = duplicate = still = 0
+    for r in rows:
+        stored = Stored(r["topic"], r["partition"], r["position"], r["event_id"], r["body"])
+        key = (projection.name, r["topic"], r["partition"], r["position"])
+        decoded, poison = decode_batch(projection.decode, [stored])
+        out = Outcome(set_aside=list(poison))
+        started = time.perf_counter()
+        async with conn.transaction():
+            await use_all_brands(conn)
+            lock = ("pg_advisory_xact_lock_shared" if projection.source is Source.KAFKA
+                    else "pg_advisory_xact_lock")
+            await conn.execute(f"SELECT {lock}($1)", int(projection.lock))
+            out.applied = await _apply_guarded(conn, projection, decoded, out)
+            if out.set_aside:
+                await conn.execute(
+                    "UPDATE projection_set_aside SET reason = $5, set_aside_at = now()"
+                    " WHERE projection = $1 AND topic = $2 AND partition = $3 AND position = $4",
+                    *key, out.set_aside[0][1])
+                still += 1
+            else:
+                await conn.execute(
+                    "DELETE FROM projection_set_aside"
+                    " WHERE projection = $1 AND topic = $2 AND partition = $3 AND position = $4",
+                    *key)
+                applied += 1
+                duplicate += out.applied.duplicate
+        _count(projection.name, out, time.perf_counter() - started)
+        log.info("projection %s: set-aside %s/%s/%s %s", projection.name, r["topic"],
+                 r["partition"], r["position"], "still fails" if out.set_aside else "applied")
+    return RetryReport(projection.name, applied, duplicate, still)
 
 
 # ----------------------------------------------------------------------------------- rebuild

@@ -28,7 +28,7 @@ from domain.envelope import Envelope
 from infra.db import TRANSIENT_DB_ERRORS, create_pool
 from infra.settings import Settings
 from projections import runtime, sla_queries
-from projections.metrics import CONSUMER_LAG, DEAD_LETTERS, PROJECTION_LAG
+from projections.metrics import CONSUMER_LAG, DEAD_LETTERS, PROJECTION_LAG, WORKER_REBALANCES
 from projections.runtime import Projection, Stored
 from projections.sla_store import SlaProjection
 from projections.tracking_store import TrackingProjection
@@ -93,6 +93,11 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
         producer_acks=-1,
         broker_commit_every=settings.worker_batch_size,
         broker_commit_interval=1.0,
+        # Do not wait for the agents' in-flight events before a rebalance: the projections are
+        # idempotent (event-id dedupe, positions stored with the rows and only ever raised), and
+        # waiting hung the worker in `wait_empty` for minutes after a broker restart when the
+        # county went quiet (fault harness, seed 954333; docs/reliability.md).
+        stream_wait_empty=False,
     )
     resources = Resources(settings)
     projections = kafka_projections(county)
@@ -108,6 +113,7 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def seek_to_stored(sender: Any, assigned: set[Any], **_: Any) -> None:
+        WORKER_REBALANCES.inc()  # a steady worker: one at start; a storm: a rising rate
         deadline = time.monotonic() + APPLY_RETRY_SECONDS
         mine = {(tp.topic, tp.partition) for tp in assigned if tp.topic in topics}
         _forget_lag(lags, mine)

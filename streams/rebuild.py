@@ -15,7 +15,7 @@ from domain.county import County
 from infra.db import create_pool
 from infra.settings import Settings
 from projections import runtime
-from projections.runtime import Projection, RebuildReport
+from projections.runtime import Projection, RebuildReport, RetryReport
 
 
 def projection_named(name: str, county: County) -> Projection[Any]:
@@ -46,6 +46,17 @@ async def rebuild_projection(settings: Settings, county: County, name: str,
         async with pool.acquire() as conn:
             return await runtime.rebuild(conn, projection, page=page,
                                          swap=swap and projection.swappable)
+    finally:
+        await pool.close()
+
+
+async def retry_projection(settings: Settings, county: County, name: str) -> RetryReport:
+    """Re-apply what `name` set aside (after a fix), as the schema owner."""
+    projection = projection_named(name, county)
+    pool = await create_pool(settings.database_url_for("owner"), max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            return await runtime.retry_set_aside(conn, projection)
     finally:
         await pool.close()
 
