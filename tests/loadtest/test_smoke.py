@@ -1,0 +1,25 @@
+"""The smoke scenario: a small county day replayed through the real ingest API on a platform of
+its own, every read model checked against the harness's independent oracle (loadtest/oracle.py).
+Any difference fails it, listed."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from loadtest.harness import Options, run
+
+
+def test_given_a_smoke_county_day_when_replayed_then_the_api_agrees_with_the_oracle(tmp_path: Path) -> None:
+    fig = asyncio.run(run(Options("smoke", out=tmp_path, floors=False,
+                                  command="pytest tests/loadtest/test_smoke.py")))
+
+    # The oracle had something to check in every family, or agreeing would prove nothing.
+    checked = fig.oracle
+    assert checked["SLA legs counted (on time + late)"] > 200, checked
+    assert checked["late legs by cause"] > 0, checked
+    assert checked["brand × period statements"] == 8, checked
+    assert checked["households with arrival SMS"] > 30, checked
+    assert fig.results.get("accepted") == fig.events_sent, fig.results
+    assert not fig.diffs, "the platform differs from the oracle:\n" + "\n".join(fig.diffs[:60])
+    assert (tmp_path / "smoke.md").exists()
