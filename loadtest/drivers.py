@@ -196,3 +196,15 @@ async def wait_settled(conn: asyncpg.Connection, timeout: float = 900.0) -> floa
             calm_since = None
         await asyncio.sleep(0.5)
     raise TimeoutError(f"the platform did not settle in {timeout:.0f} s")
+
+
+async def wait_stream(conn: asyncpg.Connection, tracking: int, sla: int,
+                      timeout: float = 900.0) -> float:
+    """Wait until tracking and SLA hold these many events (the direct-to-Kafka mode)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        row = await conn.fetchrow(PROGRESS_SQL)
+        if row["tracking"] >= tracking and row["sla"] >= sla:
+            return time.perf_counter() - t0
+        await asyncio.sleep(0.25)
+    raise TimeoutError(f"the worker did not take in every event in {timeout:.0f} s")

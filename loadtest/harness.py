@@ -4,6 +4,7 @@ API at compressed time, wait for every read model, ask the oracle, measure, repo
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import platform as pyplatform
 import random
@@ -20,7 +21,7 @@ import httpx
 from api import auth
 from entrypoints.platform import GATEWAYS, Platform
 from infra.settings import DEMO_COUNTY
-from loadtest import countyfile, drivers, oracle, proc_cpu, report
+from loadtest import countyfile, drivers, kafka_driver, oracle, proc_cpu, report
 from loadtest.ingest_bench import platform_pids, run_floor
 from loadtest.model import Generator, Upload, batches
 from loadtest.scenarios import SCENARIOS
@@ -38,6 +39,7 @@ class Options:
     concurrency: int = 48
     flush_minutes: float = 2.0
     floors: bool = True
+    driver: str = "http"              # or "kafka": straight onto the topics, the stream side alone
     out: Path | None = REPO / "docs" / "benchmarks"
     command: str = ""
 
@@ -55,7 +57,9 @@ async def run(o: Options) -> report.Figures:
     uploads = batches(traffic, o.flush_minutes, random.Random(f"batches-{o.seed}"))
     sim0 = uploads[0].at
     meta: dict[str, Any] = {
-        "scenario": o.scenario, "about": sc.about, "seed": o.seed, "scale": scale,
+        "scenario": o.scenario, "about": sc.about,
+        "name": o.scenario if o.driver == "http" else f"{o.scenario}-{o.driver}",
+        "driver": o.driver, "seed": o.seed, "scale": scale,
         "compression": compression, "latency": o.latency, "uploads": len(uploads),
         "devices": len({u.device for u in uploads}), "command": o.command,
         "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M}",
@@ -107,9 +111,15 @@ async def _drive(o: Options, plat: Platform, cf: countyfile.CountyFile, uploads:
         rss_task = asyncio.create_task(watch_rss())
         started = time.time()
         per_sim_second = compression * 60 / 86400
-        sent, fig.replay_s = await drivers.replay(plat.api_url, uploads, tokens, sim0,
-                                                  per_sim_second, o.concurrency)
-        fig.settle_s = await drivers.wait_settled(conn)
+        kafka = o.driver == "kafka"
+        if kafka:
+            sent, fig.replay_s = await kafka_driver.replay(
+                plat.settings.kafka_bootstrap_servers, uploads, sim0, per_sim_second, o.concurrency)
+            fig.settle_s = await drivers.wait_stream(conn, *_stream_goals(uploads))
+        else:
+            sent, fig.replay_s = await drivers.replay(plat.api_url, uploads, tokens, sim0,
+                                                      per_sim_second, o.concurrency)
+            fig.settle_s = await drivers.wait_settled(conn)
         stop_rss.set()
         await rss_task
         fig.cpu_s = proc_cpu.delta(cpu0, proc_cpu.snapshot(roots))
@@ -117,12 +127,15 @@ async def _drive(o: Options, plat: Platform, cf: countyfile.CountyFile, uploads:
         await sampler.stop()
         now = datetime.now(UTC)
         _ingest_figures(fig, sent)
-        await _stream_figures(fig, conn, sampler, started)
+        if kafka:
+            _kafka_stream_figures(fig, sampler, sent, uploads, started)
+        else:
+            await _stream_figures(fig, conn, sampler, started)
         # The oracle: what was accepted, from the harness's own records of what it sent.
         by_index = {u.index: u for u in uploads}
         accepted: list[tuple[dict[str, Any], float]] = []
         for s in sent:
-            for e, status in zip(by_index[s.index].events, s.statuses):
+            for e, status in zip(by_index[s.index].events, s.statuses, strict=False):
                 if status in ("accepted", "duplicate"):
                     accepted.append((e, s.acked_s))
         refused = [f"upload {s.index} ({s.device}): HTTP {s.status}" for s in sent if s.status != 200]
@@ -130,21 +143,91 @@ async def _drive(o: Options, plat: Platform, cf: countyfile.CountyFile, uploads:
                     f"{r.get('path')}: {r.get('message')}" for s in sent for r in s.rejected]
         expected = oracle.expect(cf, oracle.facts(accepted), now, drivers.DIGEST_SECONDS)
         gateway = _gateway_counts(plat)
+        parts = ("sla",) if kafka else ("sla", "settlement", "sms")
         async with httpx.AsyncClient(base_url=plat.api_url, timeout=120) as client:
-            fig.diffs = refused + await oracle.compare(client, expected, cf, now, readers, gateway)
+            fig.diffs = refused + await oracle.compare(client, expected, cf, now, readers, gateway,
+                                                       parts=parts)
         fig.oracle = {
             "SLA day × leg slices": len(expected.rates),
             "SLA legs counted (on time + late)": sum(a + b for a, b in expected.rates.values()),
             "late legs by cause": sum(expected.causes.values()),
-            "brand × period statements": len(expected.owed),
-            "fen owed in all": sum(expected.owed.values()),
-            "households with arrival SMS": len(expected.sms),
-            "arrival SMS the gateways accepted": sum(gateway.values()),
         }
+        if not kafka:
+            fig.oracle.update({
+                "brand × period statements": len(expected.owed),
+                "fen owed in all": sum(expected.owed.values()),
+                "households with arrival SMS": len(expected.sms),
+                "arrival SMS the gateways accepted": sum(gateway.values()),
+            })
         if o.floors:
             fig.floors = await _floors(plat, conn, fig)
     finally:
         await conn.close()
+
+
+def _stream_goals(uploads: list[Upload]) -> tuple[int, int]:
+    """How many distinct events tracking and SLA keep of these uploads."""
+    from loadtest.ingest_bench import SLA_TYPES
+    from streams.topics import PARCEL_EVENTS
+
+    seen = {e["event_id"]: e["type"] for u in uploads for e in u.events}
+    fams = tuple(PARCEL_EVENTS.families)
+    return (sum(1 for t in seen.values() if t.startswith(fams)),
+            sum(1 for t in seen.values() if t in SLA_TYPES))
+
+
+def _kafka_stream_figures(fig: report.Figures, sampler: drivers.Sampler, sent: list[drivers.Sent],
+                          uploads: list[Upload], started: float) -> None:
+    """Freshness per upload: from the broker's acknowledgement to the first poll at which the
+    projection held as many distinct events as had been published by then (duplicates and other
+    uploads' events in flight make it an approximation)."""
+    from loadtest.ingest_bench import SLA_TYPES
+    from streams.topics import PARCEL_EVENTS
+
+    by_index = {u.index: u for u in uploads}
+    fams = tuple(PARCEL_EVENTS.families)
+    seen: set[str] = set()
+    marks: dict[str, list[tuple[int, float]]] = {"tracking": [], "sla": []}
+    n = {"tracking": 0, "sla": 0}
+    for s in sorted(sent, key=lambda s: s.acked_s):
+        for e in by_index[s.index].events:
+            if e["event_id"] in seen:
+                continue
+            seen.add(e["event_id"])
+            n["tracking"] += e["type"].startswith(fams)
+            n["sla"] += e["type"] in SLA_TYPES
+        for k, ms in marks.items():
+            ms.append((n[k], started + s.acked_s))
+    samples = sampler.samples
+    times = [x["t"] for x in samples]
+    for k, ms in marks.items():
+        held = [x[k] for x in samples]
+        best, mono = 0.0, []
+        for h in held:
+            best = max(best, h)
+            mono.append(best)
+        waits = []
+        for count, at in ms:
+            i = bisect.bisect_left(mono, count)
+            if i < len(times):
+                waits.append(max(0.0, times[i] - at))
+        fig.freshness_s[k] = {"p50": report.pct(waits, 50), "p99": report.pct(waits, 99),
+                              "n": float(len(waits))}
+    total = [(s.acked_s, s.events) for s in sent]
+    fig.lag = {k: _published_lag(samples, total, k, started) for k in marks}
+
+
+def _published_lag(samples: list[dict[str, float]], acks: list[tuple[float, int]], k: str,
+                   started: float) -> list[tuple[float, float]]:
+    """Events published but not yet held, per poll."""
+    acks = sorted(acks)
+    out, i, published = [], 0, 0
+    for x in samples:
+        while i < len(acks) and started + acks[i][0] <= x["t"]:
+            published += acks[i][1]
+            i += 1
+        out.append((x["t"] - started, max(0.0, published - x[k])))
+    return out
 
 
 def _ingest_figures(fig: report.Figures, sent: list[drivers.Sent]) -> None:

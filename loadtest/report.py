@@ -94,7 +94,7 @@ def ingest_rate(acks: Sequence[tuple[float, int]], window: float = 10.0) -> tupl
 
 def write(fig: Figures, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    name = fig.meta["scenario"]
+    name = fig.meta.get("name", fig.meta["scenario"])
     plots = _plots(fig, folder, name)
     md = folder / f"{name}.md"
     md.write_text(render(fig, plots), encoding="utf-8")
@@ -149,7 +149,7 @@ def render(fig: Figures, plots: Sequence[str]) -> str:
     head = [
         ("command", f"`{m['command']}`"), ("date (UTC)", m["date"]), ("machine", m["machine"]),
         ("load before / after (`/proc/loadavg`)", f"{m['load_before']} / {m.get('load_after')}"),
-        ("seed", m["seed"]),
+        ("seed, driver", f"{m['seed']}, {m.get('driver', 'http')}"),
         ("scale, compression", (f"{m['scale']} of the county's volume; a county day in "
                                f"{m['compression']} wall minutes (x{1440 / m['compression']:.0f})")),
         ("county time replayed", f"{m['sim_from']} → {m['sim_to']}"),
