@@ -8,6 +8,7 @@ import bisect
 import json
 import platform as pyplatform
 import random
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class Options:
     floors: bool = True
     driver: str = "http"              # or "kafka": straight onto the topics, the stream side alone
     out: Path | None = REPO / "docs" / "benchmarks"
+    keep_state: bool = False
     command: str = ""
 
 
@@ -75,6 +77,8 @@ async def run(o: Options) -> report.Figures:
     finally:
         meta["load_after"] = _load()
         await asyncio.to_thread(plat.stop)
+        if not o.keep_state:  # a run's PostgreSQL is hundreds of MB: the report is what stays
+            shutil.rmtree(plat.state_dir.parent, ignore_errors=True)
     if o.out is not None:
         path = report.write(fig, o.out)
         print(f"report: {path}")
