@@ -83,3 +83,24 @@ def test_given_the_chaos_knobs_then_batches_come_twice_and_late() -> None:
     ids = [e["event_id"] for u in ups for e in u.events]
     assert len(ids) > len(set(ids)) * 1.1  # a good share uploaded twice
     assert max(u.at for u in ups) <= (traffic.end or NOW) + timedelta(0)
+
+
+def test_given_the_kafka_driver_then_its_bodies_read_back_as_the_journal_would_publish_them() -> None:
+    import orjson
+
+    from domain.envelope import Envelope
+    from loadtest.kafka_driver import wire
+
+    sc = SCENARIOS["smoke"]
+    traffic = Generator(CF, sc.profile, 5, sc.scale).build()
+    seen = set()
+    for s in traffic.sent:
+        if s.event["type"] in seen:
+            continue
+        seen.add(s.event["type"])
+        topic, key, value = wire(s.event, s.device, NOW)
+        envelope = Envelope.from_wire(orjson.loads(value))
+        assert envelope.event_id == s.event["event_id"]
+        assert key.decode() in (s.event["payload"].get("waybill"), s.event["payload"].get("trip_id"))
+        assert topic in ("parcel-events", "vehicle-events")
+    assert {"parcel.registered", "parcel.scanned", "vehicle.departed"} <= seen
