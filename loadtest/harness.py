@@ -272,7 +272,12 @@ async def _stream_figures(fig: report.Figures, conn: asyncpg.Connection,
     if samples:
         pos = report.positions(samples, eligible)
         fig.freshness_s = report.freshness(samples, pos, events)
-        fig.lag = {k: [(s["t"] - started, max(0.0, s["journal"] - p)) for s, p in zip(samples, pos[k])]
+        # Behind = events of its own types the journal holds and it does not yet (a follower's
+        # cursor stands still while the journal grows with types it does not read).
+        fig.lag = {k: [(s["t"] - started,
+                        float(bisect.bisect_right(eligible[k], s["journal"])
+                              - bisect.bisect_right(eligible[k], p)))
+                       for s, p in zip(samples, pos[k], strict=True)]
                    for k in report.PROJECTIONS}
         fig.lag["relay"] = [(s["t"] - started, s["journal"] - s["relay"]) for s in samples]
     sms = await conn.fetch(

@@ -114,7 +114,7 @@ def _plots(fig: Figures, folder: Path, name: str) -> list[str]:
         if series:
             ax.plot([t for t, _ in series], [v for _, v in series], label=proj)
     ax.set_xlabel("s since the first upload")
-    ax.set_ylabel("events behind the journal")
+    ax.set_ylabel("events of its types not yet held")
     ax.set_title(f"{name}: lag behind the journal")
     ax.legend()
     f.tight_layout()
