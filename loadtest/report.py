@@ -170,8 +170,15 @@ def render(fig: Figures, plots: Sequence[str]) -> str:
         ("arrival SMS submitted", f"{int(fig.sms.get('submitted', 0)):,}"),
         *((k, _f(v, 0 if k.endswith("eps") else 4)) for k, v in fig.floors.items()),
     ]
+    kinds: dict[str, int] = {}
+    for d in fig.diffs:
+        kind = " ".join(d.split()[:2]) if d.startswith(("SLA", "settlement")) else d.split(":")[0]
+        kind = "SMS per household" if kind.startswith("SMS household") else kind
+        kinds[kind] = kinds.get(kind, 0) + 1
     verdict = ("**No difference**: the platform's API agrees with the oracle on every check."
-               if not fig.diffs else f"**{len(fig.diffs)} differences** (the first 40):")
+               if not fig.diffs else
+               f"**{len(fig.diffs)} differences** ("
+               + ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items())) + "; the first 40):")
     lines = [
         f"# Load harness: `{m['scenario']}`", "", str(m.get("about", "")), "",
         "| | |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in head), "",
