@@ -243,6 +243,10 @@ def _ingest_figures(fig: report.Figures, sent: list[drivers.Sent]) -> None:
     lat = [s.latency_s * 1000 for s in sent]
     fig.ingest_latency_ms = {f"p{q}": report.pct(lat, q) for q in (50, 95, 99)}
     fig.sustained_eps = fig.events_sent / fig.replay_s if fig.replay_s else 0.0
+    # How far behind its compressed schedule the replay ran: the platform (or the machine) could
+    # not take the offered rate when this grows.
+    slip = [max(0.0, s.sent_s - s.due_s) for s in sent]
+    fig.slip_s = {"p50": report.pct(slip, 50), "p99": report.pct(slip, 99)}
     fig.peak_eps_10s, fig.rate = report.ingest_rate([(s.acked_s, s.events) for s in sent])
 
 

@@ -33,6 +33,7 @@ class Figures:
     ingest_latency_ms: dict[str, float] = field(default_factory=dict)
     sustained_eps: float = 0.0
     peak_eps_10s: float = 0.0
+    slip_s: dict[str, float] = field(default_factory=dict)
     freshness_s: dict[str, dict[str, float]] = field(default_factory=dict)
     sms: dict[str, float] = field(default_factory=dict)
     lag: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
@@ -159,6 +160,7 @@ def render(fig: Figures, plots: Sequence[str]) -> str:
         ("replay / settling after it (wall s)", f"{_f(fig.replay_s, 1)} / {_f(fig.settle_s, 1)}"),
         ("sustained events/s (sent ÷ replay time)", _f(fig.sustained_eps, 0)),
         ("peak events/s (10 s window of acknowledged uploads)", _f(fig.peak_eps_10s, 0)),
+        ("uploads sent behind their schedule, p50 / p99 (s)", _pair(fig.slip_s, "p50", "p99", 1)),
         ("ingest latency p50 / p95 / p99 (ms, per batch)",
          f"{_f(lat.get('p50'), 0)} / {_f(lat.get('p95'), 0)} / {_f(lat.get('p99'), 0)}"),
         *((f"commit → {p} holds it, p50 / p99 (s)", _pair(v, "p50", "p99"))
