@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--driver", choices=["http", "kafka"], default="http",
                     help="http: handhelds through the ingest API; kafka: straight onto the topics "
                          "(the stream side alone; the oracle then checks the SLA only)")
+    ap.add_argument("--sms-margin", type=float, default=10.0,
+                    help="seconds after the digest window within which a pickup makes an arrival's"
+                         " SMS optional to the oracle")
     ap.add_argument("--keep-state", action="store_true",
                     help="keep the platform's state folder (logs, PostgreSQL) after the run")
     ap.add_argument("--no-floors", action="store_true", help="skip the bare Faust/aiokafka floors")
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     fig = asyncio.run(run(Options(
         args.scenario, seed=args.seed, scale=args.scale, compression=args.compression,
         latency=args.latency, concurrency=args.concurrency, flush_minutes=args.flush_minutes,
-        floors=not args.no_floors, driver=args.driver, keep_state=args.keep_state, out=Path(args.out) if args.out else None,
+        floors=not args.no_floors, driver=args.driver, keep_state=args.keep_state, sms_margin_s=args.sms_margin, out=Path(args.out) if args.out else None,
         command=f".venv/bin/python -m loadtest {argv_text}")))
     print(report.summary(fig))
     for d in fig.diffs[:100]:

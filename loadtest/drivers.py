@@ -105,15 +105,25 @@ async def replay(api_url: str, uploads: list[Upload], tokens: dict[str, str], si
             await asyncio.sleep(wait)
         async with gate:
             sent = time.perf_counter() - started
+            retries = 0
             while True:
                 t0 = time.perf_counter()
-                r = await client.post("/v1/scan-batches", json={"events": u.events},
-                                      headers={"Authorization": f"Bearer {tokens[u.device]}"})
+                try:
+                    r = await client.post("/v1/scan-batches", json={"events": u.events},
+                                          headers={"Authorization": f"Bearer {tokens[u.device]}"})
+                except httpx.TransportError:
+                    # A keep-alive connection the server closed as we reused it, say: a handheld
+                    # sends the batch again (event ids make that safe: `duplicate`).
+                    retries += 1
+                    if retries > 5:
+                        raise
+                    await asyncio.sleep(0.2 * retries)
+                    continue
                 if r.status_code != 429:
                     break
                 await asyncio.sleep(float(r.headers.get("retry-after", "1")))
             lat = time.perf_counter() - t0
-        results: dict[str, int] = {}
+        results: dict[str, int] = {"resent after a transport error": retries} if retries else {}
         rejected, statuses = [], []
         if r.status_code == 200:
             for res in r.json()["results"]:

@@ -233,7 +233,8 @@ def settlement(cf: CountyFile, by_parcel: Mapping[str, tuple[list[Fact], list[Fa
 # -- SMS (docs/sms.md) --------------------------------------------------------------------------
 
 def arrival_sms(by_parcel: Mapping[str, tuple[list[Fact], list[Fact]]], cf: CountyFile,
-                digest_s: float) -> tuple[dict[str, tuple[int, int]], dict[str, list[str]]]:
+                digest_s: float, margin_s: float = 10.0
+                ) -> tuple[dict[str, tuple[int, int]], dict[str, list[str]]]:
     """Per phone, how many arrival SMS (fewest, most): one per point and digest. A digest holds
     what the platform learned of within `digest_s` of its first parcel; arrivals the harness
     uploaded further apart than that plus a margin are surely apart, closer ones may or may not
@@ -259,7 +260,7 @@ def arrival_sms(by_parcel: Mapping[str, tuple[list[Fact], list[Fact]]], cf: Coun
         # not announce it.
         if any(c < known - 5 for c in collected):
             continue
-        sure = not any(c < known + digest_s + 10 for c in collected) and known == stored.acked
+        sure = not any(c < known + digest_s + margin_s for c in collected) and known == stored.acked
         arrivals[phone, stored.payload["node_id"]].append((known, sure))
     out: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for (phone, _node), acks in arrivals.items():
@@ -276,7 +277,10 @@ def _digests(acks: list[float], apart: float) -> int:
 
 # -- all of it ----------------------------------------------------------------------------------
 
-def expect(cf: CountyFile, fs: list[Fact], now: datetime, digest_s: float) -> Expected:
+def expect(cf: CountyFile, fs: list[Fact], now: datetime, digest_s: float,
+           margin_s: float = 10.0) -> Expected:
+    """Everything the oracle expects of these accepted events at `now`. An arrival collected
+    within `digest_s + margin_s` of being known may or may not get its SMS."""
     by_parcel: dict[str, tuple[list[Fact], list[Fact]]] = defaultdict(lambda: ([], []))
     moves: dict[str, list[Fact]] = defaultdict(list)
     for f in fs:
@@ -294,7 +298,7 @@ def expect(cf: CountyFile, fs: list[Fact], now: datetime, digest_s: float) -> Ex
             if cause:
                 ex.causes[day, leg, cause] += 1
     ex.owed = settlement(cf, by_parcel, moves)
-    ex.sms, ex.waybills_of = arrival_sms(by_parcel, cf, digest_s)
+    ex.sms, ex.waybills_of = arrival_sms(by_parcel, cf, digest_s, margin_s)
     days = sorted({date.fromisoformat(d) for d, _ in ex.rates})
     ex.days = (days[0], days[-1]) if days else None
     return ex
