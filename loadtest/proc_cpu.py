@@ -62,3 +62,32 @@ def snapshot(groups: Mapping[str, Iterable[int]]) -> dict[str, float]:
 
 def delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
     return {name: after[name] - before.get(name, 0.0) for name in after}
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
+def rss_mb(groups: Mapping[str, Iterable[int]]) -> dict[str, float]:
+    """Resident memory (MB) per named group of process roots, their live descendants included."""
+    table = _all()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out = {}
+    for name, roots in groups.items():
+        seen: set[int] = set()
+        todo = [r for r in roots if r in table]
+        while todo:
+            pid = todo.pop()
+            if pid not in seen:
+                seen.add(pid)
+                todo.extend(children.get(pid, ()))
+        out[name] = sum(_rss_kb(p) for p in seen) / 1024
+    return out
