@@ -355,9 +355,10 @@ class SmsPlanning:
 
     def request(self, kind: SmsKind, stage: int, sms_id: str, node_id: str,
                 parcels: Sequence[Candidate], at: datetime | None = None) -> Envelope:
-        """The SMS for these parcels (of one number) at `at` (default: `now`). Its masked form and last four come
-        from the sealed object's readable `masked`; an erased number cannot be composed
-        (NumberErased), nor a point the county no longer has (KeyError)."""
+        """The SMS for these parcels (of one number), decided at `at` (default: `now`). Its
+        masked form and last four come from the sealed object's readable `masked`; an erased
+        number cannot be composed (NumberErased), nor a point the county no longer has
+        (KeyError)."""
         stored = parcels[0].sealed_phone or {}
         if stored.get("erased") or "masked" not in stored:
             raise NumberErased("the number was erased")

@@ -101,9 +101,9 @@ async def catch_up(conn: asyncpg.Connection, county: County, *, now: datetime, k
                    page: int = 1000) -> int:
     """Apply every journal event not yet applied; returns how many were read. Before each event
     the digests that closed before it was recorded are requested (journal time, stamped with
-    their closing time); `now` stamps the pickup codes and bounds the journal clock. An event the planner
-    raises on is set aside by the runtime (projection_set_aside) so that one bad event cannot
-    stop every SMS. `keys` open each registration's phone, once, to derive its reference."""
+    their closing time); `now` stamps the pickup codes and bounds the journal clock. An event
+    the planner raises on is set aside by the runtime (projection_set_aside) so that one bad
+    event cannot stop every SMS. `keys` open each registration's phone, once, to derive its reference."""
     return await runtime.catch_up(conn, SmsPlannerProjection(county, keys, lambda: now), page)
 
 
