@@ -26,6 +26,7 @@ from domain.sms_planning import COLLECTING, READS, SmsPlanning
 from infra.pii import Keyring, KeyUnavailable
 from projections import journal, runtime
 from projections.locks import Lock
+from projections.metrics import SMS_OUTCOMES
 from projections.runtime import Applied, Base, Source, use_all_brands
 from projections.sms_state import TABLES, PgPlanStore
 
@@ -90,7 +91,10 @@ class SmsPlannerProjection(Base):
             out += await plan.close_until(min(e.recorded_at, horizon))
             out += await plan.apply(e)
         # Written last, so the journal's append lock is held only for this insert and the commit.
-        await journal.append(conn, out)
+        new = await journal.append(conn, out)
+        requested = sum(1 for d in out if d.type == "sms.requested" and d.event_id in new)
+        if requested:  # closed on journal time (those closed on the wall clock: sms_service)
+            SMS_OUTCOMES.labels(outcome="requested").inc(requested)
         return Applied(new=len(items), duplicate=0)
 
     async def reset(self, conn: asyncpg.Connection) -> None:
