@@ -145,6 +145,7 @@ class PlanStore(Protocol):
     async def open_digest(self, digest: Digest, phone_ref: str, opened_at: datetime) -> None: ...
     async def put_in_digest(self, arrival_id: str, digest_id: str, known_at: datetime) -> None: ...
     async def due_digests(self, before: datetime) -> list[Digest]: ...
+    async def next_close(self) -> datetime | None: ...
     async def digest_parcels(self, digest_id: str) -> list[Candidate]: ...
     async def drop_digest(self, digest_id: str) -> None: ...
     async def reminder_candidates(self, stages: int, stored_by: datetime) -> list[Candidate]: ...
@@ -167,7 +168,13 @@ class PlanStore(Protocol):
 class SmsPlanning:
     """The planner's decisions over one store, at one `now` (which only stamps the events it
     writes while applying the journal; it decides what is due in `due`). `points` are the
-    county's village points by id, with the names an SMS gives them."""
+    county's village points by id, with the names an SMS gives them.
+
+    Two clocks decide when a digest closes. Following the journal, `close_until(r)` before each
+    event (recorded at `r`) requests every digest closing at or before `r` (journal time): the
+    digest then holds exactly what was recorded before it closed, however far behind the planner
+    runs and however the journal is paged. Caught up with the journal, `due` closes what the
+    wall clock says is due (minus a grace for appends still in flight)."""
 
     def __init__(self, store: PlanStore, policy: rules.SmsPolicy, utc_offset_minutes: int,
                  points: Mapping[str, str], now: datetime) -> None:
@@ -176,6 +183,10 @@ class SmsPlanning:
         self.offset = utc_offset_minutes
         self.points = points
         self.now = now
+        # The earliest closing of an open digest (journal time), fetched once, kept up to date
+        # as digests open: the journal clock looks at the digests only when an event passes it.
+        self._next_close: datetime | None = None
+        self._next_known = False
 
     async def apply(self, e: Envelope) -> list[Envelope]:
         """Fold one journal event into the state; returns the events it decided (pickup codes)."""
@@ -251,10 +262,11 @@ class SmsPlanning:
             digest_id = digest.digest_id
         else:
             digest_id = rules.derived_id("digest", arrival.arrival_id)
-            await s.open_digest(
-                Digest(digest_id, arrival.node_id,
-                       rules.digest_closes_at(known_at, self.policy, self.offset)),
-                recipient.phone_ref, known_at)
+            closes_at = rules.digest_closes_at(known_at, self.policy, self.offset)
+            await s.open_digest(Digest(digest_id, arrival.node_id, closes_at),
+                                recipient.phone_ref, known_at)
+            if self._next_known and (self._next_close is None or closes_at < self._next_close):
+                self._next_close = closes_at
         await s.put_in_digest(arrival.arrival_id, digest_id, known_at)
 
     async def _requested(self, p: SmsRequested, at: datetime) -> None:
@@ -272,25 +284,52 @@ class SmsPlanning:
         if p.stage + 1 >= len(self.policy.reminder_hours):  # the last one: over to the keeper
             await s.to_call_list(ids, "no_pickup_after_reminders")
 
-    # -------------------------------------------------------------------------- what is due now
+    # ---------------------------------------------------------------------- what is due: when
 
-    async def due(self, grace: timedelta = timedelta(seconds=2),
-                  limit: int | None = None) -> list[Envelope]:
-        """The SMS of every digest that has closed (`grace` ago: a parcel still on its way into
-        it gets in; the `limit` first to close, if given) and of every reminder that is due, as
-        `sms.requested` events."""
+    async def close_until(self, t: datetime) -> list[Envelope]:
+        """Journal time: the SMS of every digest closing at or before `t`, the `recorded_at` of
+        the event about to be applied, each stamped with its own closing time. Called before
+        every event, so a digest closing at T holds exactly the parcels recorded before T and
+        not collected (recorded) before T, whatever the planner's lag or page size. Cheap: the
+        digests are read only when `t` passes the earliest closing."""
+        if not self._next_known:
+            self._next_close = await self.store.next_close()
+            self._next_known = True
+        if self._next_close is None or self._next_close > t:
+            return []
+        out = await self._close(await self.store.due_digests(t), None)
+        self._next_close = await self.store.next_close()
+        return out
+
+    async def _close(self, digests: Sequence[Digest], at: datetime | None) -> list[Envelope]:
+        """Request the SMS of these closed digests (stamped `at`, or each at its own closing
+        time), and take them out of the open digests: a digest is decided once, and the parcels
+        recorded after it start another (as when the request is read back)."""
         s = self.store
-        now = self.now
         out: list[Envelope] = []
-        for d in (await s.due_digests(now - grace))[:limit]:
+        for d in digests:
             parcels = await s.digest_parcels(d.digest_id)
             if not parcels:
                 await s.drop_digest(d.digest_id)
                 continue
             try:
-                out.append(self.request("arrival", 0, d.digest_id, d.node_id, parcels))
+                out.append(self.request("arrival", 0, d.digest_id, d.node_id, parcels,
+                                        at=d.closes_at if at is None else at))
             except (ValueError, KeyError, NumberErased) as exc:  # ValidationError is a ValueError
                 await self._cannot_compose(d.digest_id, [a.arrival_id for a in parcels], exc)
+                continue
+            await s.drop_digest(d.digest_id)
+        return out
+
+    async def due(self, grace: timedelta = timedelta(seconds=2),
+                  limit: int | None = None) -> list[Envelope]:
+        """Wall time, once caught up with the journal: the SMS of every digest that has closed
+        (`grace` ago: an event recorded before it closed but still on its way into the journal
+        gets in; the `limit` first to close, if given) and of every reminder that is due, as
+        `sms.requested` events."""
+        s = self.store
+        now = self.now
+        out = await self._close((await s.due_digests(now - grace))[:limit], now)
         candidates = await s.reminder_candidates(
             len(self.policy.reminder_hours), now - timedelta(hours=self.policy.reminder_hours[0]))
         by_id = {c.arrival_id: c for c in candidates}
@@ -315,10 +354,11 @@ class SmsPlanning:
         await self.store.cannot_compose(digest_id, arrival_ids, reason, type(exc).__name__)
 
     def request(self, kind: SmsKind, stage: int, sms_id: str, node_id: str,
-                parcels: Sequence[Candidate]) -> Envelope:
-        """The SMS for these parcels (of one number) at `now`. Its masked form and last four come
-        from the sealed object's readable `masked`; an erased number cannot be composed
-        (NumberErased), nor a point the county no longer has (KeyError)."""
+                parcels: Sequence[Candidate], at: datetime | None = None) -> Envelope:
+        """The SMS for these parcels (of one number), decided at `at` (default: `now`). Its
+        masked form and last four come from the sealed object's readable `masked`; an erased
+        number cannot be composed (NumberErased), nor a point the county no longer has
+        (KeyError)."""
         stored = parcels[0].sealed_phone or {}
         if stored.get("erased") or "masked" not in stored:
             raise NumberErased("the number was erased")
@@ -329,8 +369,9 @@ class SmsPlanning:
         listed = [rules.Parcel(a.waybill, a.brand, str(a.pickup_code)) for a in parcels]
         consented = all(a.consent is True for a in parcels)
         oldest = min(a.stored_at for a in parcels)
+        now = self.now if at is None else at
         message = rules.compose(kind, listed, self.points[node_id], self.policy,
-                                consented=consented, days=max(1, (self.now - oldest).days),
+                                consented=consented, days=max(1, (now - oldest).days),
                                 phone_last4=masked[-4:])
         payload = SmsRequested(
             sms_id=sms_id, kind=kind, stage=stage, node_id=node_id, phone_masked=masked,
@@ -338,7 +379,7 @@ class SmsPlanning:
                                     pickup_code=str(a.pickup_code)) for a in parcels),
             consented=consented, template_code=message.template, params=message.params,
             text=message.text, segments=message.segments,
-            send_after=rules.release_at(self.now, self.policy, self.offset),
+            send_after=rules.release_at(now, self.policy, self.offset),
             first_known_at=min(a.known_at for a in parcels))
         return platform_event("sms.requested", payload, rules.derived_id("sms.requested", sms_id),
-                              parcels[0].brand, self.now)
+                              parcels[0].brand, now)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import asyncpg
@@ -26,6 +26,7 @@ from domain.sms_planning import COLLECTING, READS, SmsPlanning
 from infra.pii import Keyring, KeyUnavailable
 from projections import journal, runtime
 from projections.locks import Lock
+from projections.metrics import SMS_OUTCOMES
 from projections.runtime import Applied, Base, Source, use_all_brands
 from projections.sms_state import TABLES, PgPlanStore
 
@@ -48,8 +49,9 @@ def planning(conn: asyncpg.Connection, county: County, keys: Keyring | None,
 
 class SmsPlannerProjection(Base):
     """SMS planning as a projection: follows the journal (digests group parcels of different
-    partitions for one phone, so it needs the total order). Its decisions (pickup codes) go to
-    the journal in the same transaction; `now` only stamps them."""
+    partitions for one phone, so it needs the total order). Its decisions (pickup codes, and the
+    SMS of digests that closed before the next event was recorded: journal time) go to the
+    journal in the same transaction; `now` only stamps the pickup codes."""
 
     name = "sms"
     source = Source.JOURNAL
@@ -80,10 +82,19 @@ class SmsPlannerProjection(Base):
     async def apply(self, conn: asyncpg.Connection, items: Sequence[Envelope]) -> Applied:
         plan = planning(conn, self.county, self.keys, self.clock())
         out: list[Envelope] = []
+        # No event is recorded in the future; one stamped so (a test's fake clock) must not
+        # close everyone's digest early. A bound only: it decides nothing.
+        horizon = max(plan.now, datetime.now(UTC))
         for e in items:
+            # Journal time: the digests that closed before this event was recorded are decided
+            # first, on what was recorded before them, however far behind this runs.
+            out += await plan.close_until(min(e.recorded_at, horizon))
             out += await plan.apply(e)
         # Written last, so the journal's append lock is held only for this insert and the commit.
-        await journal.append(conn, out)
+        new = await journal.append(conn, out)
+        requested = sum(1 for d in out if d.type == "sms.requested" and d.event_id in new)
+        if requested:  # closed on journal time (those closed on the wall clock: sms_service)
+            SMS_OUTCOMES.labels(outcome="requested").inc(requested)
         return Applied(new=len(items), duplicate=0)
 
     async def reset(self, conn: asyncpg.Connection) -> None:
@@ -92,10 +103,11 @@ class SmsPlannerProjection(Base):
 
 async def catch_up(conn: asyncpg.Connection, county: County, *, now: datetime, keys: Keyring,
                    page: int = 1000) -> int:
-    """Apply every journal event not yet applied; returns how many were read. `now` stamps the
-    events this writes (pickup codes); it never decides anything here. An event the planner
-    raises on is set aside by the runtime (projection_set_aside) so that one bad event cannot
-    stop every SMS. `keys` open each registration's phone, once, to derive its reference."""
+    """Apply every journal event not yet applied; returns how many were read. Before each event
+    the digests that closed before it was recorded are requested (journal time, stamped with
+    their closing time); `now` stamps the pickup codes and bounds the journal clock. An event
+    the planner raises on is set aside by the runtime (projection_set_aside) so that one bad
+    event cannot stop every SMS. `keys` open each registration's phone, once, to derive its reference."""
     return await runtime.catch_up(conn, SmsPlannerProjection(county, keys, lambda: now), page)
 
 
@@ -105,8 +117,10 @@ async def catch_up(conn: asyncpg.Connection, county: County, *, now: datetime, k
 async def close_due(conn: asyncpg.Connection, county: County, now: datetime,
                     grace: timedelta = timedelta(seconds=2), limit: int | None = None) -> int:
     """Request the SMS of every digest that has closed (the `limit` first, if given) and every
-    reminder that is due; returns how many were requested. The requests land in the journal;
-    state follows when read back (until then the same digests are due again)."""
+    reminder that is due, by the wall clock `now` (call it once caught up with the journal);
+    returns how many were requested. The requests land in the journal and the digests leave the
+    open ones; the rest of the state follows when they are read back (until then the same
+    reminders are due again)."""
     async with conn.transaction():
         if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", SMS_LOCK):
             return 0

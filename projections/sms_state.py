@@ -181,6 +181,11 @@ class PgPlanStore:
             "SELECT digest_id, node_id, closes_at FROM sms_digests WHERE closes_at <= $1"
             " ORDER BY closes_at", before)]
 
+    async def next_close(self) -> datetime | None:
+        closes: datetime | None = await self.conn.fetchval(
+            "SELECT min(closes_at) FROM sms_digests")
+        return closes
+
     async def digest_parcels(self, digest_id: str) -> list[Candidate]:
         return [_candidate(r) for r in await self.conn.fetch(
             "SELECT a.*, r.consent, r.sealed_phone FROM sms_arrivals a"

@@ -164,6 +164,9 @@ class FakeStore:
         return sorted((d for d, _ in self.digests.values() if d.closes_at <= before),
                       key=lambda d: d.closes_at)
 
+    async def next_close(self) -> datetime | None:
+        return min((d.closes_at for d, _ in self.digests.values()), default=None)
+
     def _candidate(self, x: ArrivalRow) -> Candidate:
         r = self.recipients[x.a.waybill]
         last = max((m["submitted_at"] for m in self.messages.values()
