@@ -56,6 +56,29 @@ class Tariff:
 
 
 @dataclass(frozen=True)
+class Perishable:
+    id: str
+    cold_store_within_hours: int
+    max_outside_cold_minutes: int
+    air: bool
+
+
+@dataclass(frozen=True)
+class BusLine:
+    id: str
+    stops: tuple[str, ...]
+    departures: tuple[time, ...]
+    cost_per_trip_fen: int
+
+
+@dataclass(frozen=True)
+class UpwardTariff:
+    handling_fen: int
+    per_kg_fen: int
+    cold_chain_fen: int
+
+
+@dataclass(frozen=True)
 class CountyFile:
     code: str
     offset_minutes: int
@@ -68,6 +91,11 @@ class CountyFile:
     run_tolerance_minutes: int
     tariffs: tuple[Tariff, ...]
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    # Upward produce (the upward contract of issue 13): none of it when the file has none.
+    perishables: dict[str, Perishable] = field(default_factory=dict)
+    air_cutoff: time | None = None
+    upward_tariff: UpwardTariff = UpwardTariff(0, 0, 0)
+    bus_lines: tuple[BusLine, ...] = ()
 
     @property
     def tz(self) -> timezone:
@@ -86,6 +114,12 @@ class CountyFile:
 
     def chain(self, village: str) -> tuple[str, str, str]:
         return (self.centre, self.parent[village], village)
+
+    def bus_line_of(self, trip_id: str | None) -> BusLine | None:
+        """The bus line a trip is a run of: its id starts with the line's id and `-` (the longer
+        line when two match)."""
+        lines = [b for b in self.bus_lines if trip_id and trip_id.startswith(b.id + "-")]
+        return max(lines, key=lambda b: len(b.id), default=None)
 
     def tariff_on(self, day: date) -> Tariff:
         return max((t for t in self.tariffs if t.effective_from <= day), key=lambda t: t.effective_from)
@@ -117,7 +151,16 @@ def read(path: Path) -> CountyFile:
                               tuple((w["above_g"], w["fen"]) for w in v.get("weight_surcharges", [])),
                               v["commission"]["stored_fen"], v["commission"]["picked_up_fen"],
                               cost["fixed_fen"], cost["per_km_fen"], cost.get("basis", "parcel_count")))
+    perishables = {k: Perishable(k, int(v["cold_store_within_hours"]),
+                                 int(v["max_outside_cold_minutes"]), bool(v.get("air", False)))
+                   for k, v in raw.get("perishables", {}).items()}
+    up = raw.get("upward_tariff", {})
+    buses = tuple(BusLine(b["id"], tuple(b["stops"]), tuple(_hm(d) for d in b["departures"]),
+                          int(b["cost_per_trip_fen"])) for b in raw.get("bus_lines", []))
     return CountyFile(c["code"], int(c["utc_offset_minutes"]), brands, shares,
                       {n["id"]: n["tier"] for n in nodes},
                       {n["id"]: n["parent"] for n in nodes if "parent" in n},
-                      routes, legs, int(sla.get("run_tolerance_minutes", 15)), tuple(tariffs), raw)
+                      routes, legs, int(sla.get("run_tolerance_minutes", 15)), tuple(tariffs), raw,
+                      perishables, _hm(raw["air"]["cutoff"]) if "air" in raw else None,
+                      UpwardTariff(int(up.get("handling_fen", 0)), int(up.get("per_kg_fen", 0)),
+                                   int(up.get("cold_chain_fen", 0))), buses)

@@ -160,6 +160,14 @@ async def _drive(o: Options, plat: Platform, cf: countyfile.CountyFile, uploads:
             "SLA day × leg slices": len(expected.rates),
             "SLA legs counted (on time + late)": sum(a + b for a, b in expected.rates.values()),
             "late legs by cause": sum(expected.causes.values()),
+            "upward hand-ins": len(expected.handed_in),
+            "perishable clocks counted (cold store, cold chain, air)": sum(
+                a + b for (_d, leg), (a, b) in expected.rates.items() if leg in oracle.UPWARD_CAUSES),
+            "late perishable clocks": sum(n for (_d, leg, _c), n in expected.causes.items()
+                                          if leg in oracle.UPWARD_CAUSES),
+            "bus runs": len({e["payload"]["trip_id"] for e, _ in accepted
+                             if e["type"] == "vehicle.departed"
+                             and cf.bus_line_of(e["payload"]["trip_id"])}),
         }
         if not kafka:
             fig.oracle.update({

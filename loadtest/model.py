@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from loadtest.countyfile import CountyFile, Route, Run
+from loadtest.countyfile import BusLine, CountyFile, Route, Run
 from loadtest.traffic import waybill_for
 
 ORCHARD_TOWNSHIPS = 3          # the first few townships' villages grow the plums
@@ -37,6 +37,8 @@ class Profile:
     waves: tuple[tuple[str, float], ...] = (("04:00", 0.55), ("11:00", 0.45))
     upward_share: float = 0.06          # upward hand-ins per inbound parcel
     upward_factor: float = 1.0          # from orchard villages (plum: x5)
+    legacy_upward: float = 0.15         # upward parcels with no hand-in event (the older way)
+    bus_village_share: float = 0.1      # of the other hand-ins, at a village a bus line serves
     problem_rate: float = 0.008         # damaged at the centre, held a day
     lost_rate: float = 0.001
     refused_rate: float = 0.005
@@ -91,6 +93,7 @@ class Trip:
     township_at: datetime
     village_at: dict[str, datetime]
     emitted: bool = False
+    bus: bool = False
 
 
 def _at(day: date, hm: str | time, cf: CountyFile) -> datetime:
@@ -168,6 +171,9 @@ class Generator:
         if t.emitted:
             return
         t.emitted = True
+        if t.bus:
+            self._bus_moves(t)
+            return
         driver = f"driver:{t.route.id}"
         brand = self.brand()  # a vehicle event's brand is the operator's choice of label
         common = {"trip_id": t.id, "route_id": t.route.id, "run_id": t.run.id}
@@ -175,6 +181,16 @@ class Generator:
                   {**common, "node_id": self.cf.centre, "scheduled_at": t.scheduled.isoformat()})
         self.emit(driver, t.arrives, "vehicle.arrived", brand, f"drv-{t.route.id[2:10]}",
                   {**common, "node_id": t.route.stops[-1],
+                   "scheduled_at": t.arrives_scheduled.isoformat()})
+
+    def _bus_moves(self, t: Trip) -> None:
+        """A bus run's departure from the centre and its arrival back there (its own handheld)."""
+        common = {"trip_id": t.id, "route_id": t.route.id, "run_id": t.run.id}
+        brand = self.brand()
+        self.emit(f"bus:{t.route.id}", t.departs, "vehicle.departed", brand, "drv-bus",
+                  {**common, "node_id": self.cf.centre, "scheduled_at": t.scheduled.isoformat()})
+        self.emit(f"bus:{t.route.id}", t.arrives, "vehicle.arrived", brand, "drv-bus",
+                  {**common, "node_id": self.cf.centre,
                    "scheduled_at": t.arrives_scheduled.isoformat()})
 
     def next_trip(self, route: Route, ready: datetime) -> Trip:
@@ -254,31 +270,132 @@ class Generator:
         return scan
 
     # -- upward ------------------------------------------------------------------------------
-    def hand_in(self, day: date, village: str) -> None:
-        """A co-op's parcel handed in at a village point, collected by the next run that passes
-        it and scanned in at the centre when that run is back."""
+    def hand_in(self, day: date, village: str, orchard: bool = False) -> None:
+        """A co-op's parcel handed in at a village point (`parcel.handed_in`, a perishable class
+        or none), collected by the next run (or bus of a bus line) that passes the village,
+        `received` at the centre when that run is back; perishables go into the cold store there,
+        some leave it for a while (a few too long), and those that fly are `air_loaded` for the
+        18:00 cut-off (a few after it). A few hand-ins say it the older way: only a `received`
+        scan at the village, an `arrived` at the centre."""
+        cf, rng = self.cf, self.rng
         brand = self.brand()
         waybill = self.waybill(brand)
-        at = _at(day, "08:00", self.cf) + self.minutes(0, 600)
         scan = self._scanner(brand, waybill)
-        scan(f"vil:{village}", at, "received", village)
-        route = self.cf.route_of(village)
-        missed = self.rng.random() < 0.02  # the run was full or the parcel not ready
+        classes = list(cf.perishables)
+        if not orchard and rng.random() < self.p.legacy_upward:
+            at = _at(day, "08:00", cf) + self.minutes(0, 600)
+            scan(f"vil:{village}", at, "received", village)
+            self._collect(scan, village, at, "arrived")
+            return
+        if orchard and "plum" in classes and rng.random() < 0.85:
+            cls: str | None = "plum"
+        else:
+            cls = rng.choice([*classes, None, None]) if classes else None
+        # Plums are picked at dawn and handed in in the morning; the rest through the day.
+        at = _at(day, "05:30", cf) + self.minutes(0, 180) if cls == "plum" \
+            else _at(day, "08:00", cf) + self.minutes(0, 600)
+        shipper = f"COOP-{village.split('-', 1)[-1]}-{rng.randrange(1, 60):03d}"
+        self.emit(f"vil:{village}", at, "parcel.handed_in", brand, f"op-{village[-8:]}",
+                  {"waybill": waybill, "shipper_id": shipper, "origin_village": village,
+                   "weight_g": int(min(30000, rng.lognormvariate(8.3, 0.6))) + 200,
+                   "perishable": cls})
+        scan(f"vil:{village}", at + self.minutes(0.5, 3), "received", village)
+        village_cold = cls is not None and rng.random() < 0.05
+        if village_cold:
+            # The village point's own cold box: the chain starts here, the run is time outside.
+            scan(f"vil:{village}", at + self.minutes(5, 15), "cold_in", village)
+        got = self._collect(scan, village, at, "received", cold=village_cold)
+        if got is None or cls is None:
+            return
+        self._cold_chain(scan, got, cf.perishables[cls].air)
+
+    def _collect(self, scan: Any, village: str, at: datetime, action: str,
+                 cold: bool = False) -> datetime | None:
+        """Loaded at the village on the first run (or bus) passing it after `at` (now and then
+        the one after: the run was full), scanned in (`action`) at the centre when it is back:
+        when that was."""
+        missed = self.rng.random() < 0.02
+        for leaving, trip, arrives in self._pickups(village, at):
+            if missed:
+                missed = False
+                continue
+            if cold:
+                scan(f"vil:{village}", leaving - self.minutes(1, 4), "cold_out", village)
+            scan(f"vil:{village}", leaving + self.minutes(0, 5), "loaded", village, trip_id=trip)
+            back = arrives + self.minutes(40, 80)
+            scan(f"centre-{self.rng.randrange(6)}", back, action, self.cf.centre, trip_id=trip)
+            return back
+        return None
+
+    def _pickups(self, village: str, at: datetime) -> Iterator[tuple[datetime, str, datetime]]:
+        """The runs that pass the village after `at`, in order: (at the village, trip, back).
+        A village on a bus line sends half its produce by bus."""
+        line = next((b for b in self.cf.bus_lines if village in b.stops[1:]), None)
+        by_bus = line is not None and self.rng.random() < 0.5
         for offset in range(3):
-            d = day + timedelta(days=offset)
+            d = at.astimezone(self.cf.tz).date() + timedelta(days=offset)
+            if by_bus and line is not None:
+                for dep in line.departures:
+                    b = self.bus(line, d, dep)
+                    if b.village_at[village] >= at + timedelta(minutes=10):
+                        self.board(b)
+                        yield b.village_at[village], b.id, b.arrives
+                continue
+            route = self.cf.route_of(village)
             for run in sorted(route.runs, key=lambda r: r.departs):
                 t = self.trip(route, run, d)
-                if t.village_at[village] < at + timedelta(minutes=10):
-                    continue
-                if missed:
-                    missed = False
-                    continue
-                self.board(t)
-                scan(f"vil:{village}", t.village_at[village] + self.minutes(0, 5), "loaded",
-                     village, trip_id=t.id)
-                scan(f"centre-{self.rng.randrange(6)}", t.arrives + self.minutes(40, 80),
-                     "arrived", self.cf.centre, trip_id=t.id)
-                return
+                if t.village_at[village] >= at + timedelta(minutes=10):
+                    self.board(t)
+                    yield t.village_at[village], t.id, t.arrives
+
+    def bus(self, line: BusLine, day: date, dep: time) -> Trip:
+        """A run of a bus line (客货邮): out from the county centre along its stops and back; its
+        arrival is the one back at the centre, where its parcels are unloaded."""
+        trip_id = f"{line.id}-{day:%Y%m%d}-{dep:%H%M}"
+        if trip_id in self.trips:
+            return self.trips[trip_id]
+        sched = _at(day, dep, self.cf)
+        late = self.rng.random() < self.p.late_run_rate
+        delay = self.minutes(20, 45) if late else self.minutes(-3, 10)
+        stops = {s: sched + delay + timedelta(minutes=35 * i) for i, s in enumerate(line.stops)}
+        back_sched = sched + timedelta(minutes=35 * 2 * (len(line.stops) - 1) + 10)
+        run = Run(f"{line.id}-{dep:%H%M}", dep, back_sched.time())
+        route = Route(line.id, line.stops, 0, (run,))
+        t = Trip(trip_id, route, run, sched, sched + delay, back_sched,
+                 back_sched + delay + self.minutes(-8, 8), stops[line.stops[1]],
+                 {s: at for s, at in stops.items() if self.cf.tier.get(s) == "village"},
+                 bus=True)
+        self.trips[trip_id] = t
+        return t
+
+    def _cold_chain(self, scan: Any, received: datetime, air: bool) -> None:
+        """At the centre: into the cold store (now and then hours later), maybe out and back for
+        repacking (a few left out too long), then for the air classes out to the airline by the
+        cut-off of the day it went in (a few after it)."""
+        rng, cf, centre = self.rng, self.cf, self.cf.centre
+        desk = f"cold-{rng.randrange(2)}"
+        slow = rng.random() < 0.05
+        cold_in = received + (self.minutes(120, 480) if slow else self.minutes(5, 45))
+        scan(desk, cold_in, "cold_in", centre)
+        last = cold_in
+        if rng.random() < 0.3:
+            out = last + self.minutes(20, 90)
+            long = rng.random() < 0.15
+            back = out + (self.minutes(130, 300) if long else self.minutes(10, 60))
+            scan(desk, out, "cold_out", centre)
+            scan(desk, back, "cold_in", centre)
+            last = back
+        if not air or cf.air_cutoff is None:
+            return
+        local = cold_in.astimezone(cf.tz)
+        day = local.date() if local.time() <= cf.air_cutoff else local.date() + timedelta(days=1)
+        cutoff = datetime.combine(day, cf.air_cutoff, cf.tz)
+        if rng.random() < 0.06:
+            loaded = cutoff + self.minutes(5, 120)   # the truck to the airport left without it
+        else:
+            loaded = max(last + self.minutes(30, 60), cutoff - self.minutes(15, 240))
+        scan(desk, loaded - self.minutes(10, 50), "cold_out", centre)
+        scan(desk, loaded, "air_loaded", centre)
 
     # -- the run -----------------------------------------------------------------------------
     def build(self) -> Traffic:
@@ -292,10 +409,12 @@ class Generator:
                 for _ in range(orders):
                     self.order(start + self.minutes(0, 50))
             ups = round(p.parcels_per_day * self.scale * p.upward_share)
+            on_bus = sorted({s for b in cf.bus_lines for s in b.stops if cf.tier.get(s) == "village"})
             for _ in range(ups):
-                self.hand_in(day, self.rng.choice(cf.villages))
+                near_bus = on_bus and self.rng.random() < p.bus_village_share
+                self.hand_in(day, self.rng.choice(on_bus if near_bus else cf.villages))
             for _ in range(round(ups * (p.upward_factor - 1))):
-                self.hand_in(day, self.rng.choice(self.orchards))
+                self.hand_in(day, self.rng.choice(self.orchards), orchard=True)
         self._chaos()
         return self.out
 

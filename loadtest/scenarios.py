@@ -21,7 +21,8 @@ DOUBLE11_WAVES = (("01:00", 0.3), ("05:00", 0.4), ("11:30", 0.3))
 
 SCENARIOS = {
     "smoke": Scenario(Profile("smoke", date(2026, 11, 2), 1, tail_hours=-6, problem_rate=0.03,
-                              lost_rate=0.01, refused_rate=0.02, late_run_rate=0.1),
+                              lost_rate=0.01, refused_rate=0.02, late_run_rate=0.1,
+                              upward_share=0.1, upward_factor=2.0, bus_village_share=0.4),
                       scale=0.004, compression=0.6,
                       about="one county day at 0.4 % of its volume in ~35 s: every kind of event and "
                             "every check, for CI"),
@@ -34,8 +35,8 @@ SCENARIOS = {
                          about="双十一: inbound x3 for ten days in three denser waves"),
     "plum": Scenario(Profile("plum", date(2026, 7, 20), 3, upward_factor=5.0, upward_share=0.1),
                      scale=0.02, compression=10,
-                     about="巫山脆李 harvest: upward hand-ins x5 from the orchard villages (14:00 cut-off"
-                           "; cold chain and air cut-off once the platform reads parcel.handed_in)"),
+                     about="巫山脆李 harvest: upward hand-ins x5 from the orchard villages (plums by "
+                           "air: cold store, cold chain, 18:00 air cut-off; some by the 客货邮 bus)"),
     "chaos": Scenario(Profile("chaos", date(2026, 11, 5), 2, twice=0.3, reorder=0.2, late_24h=0.05,
                               skewed_clock=0.01, offline=0.05),
                       scale=0.01, compression=10,

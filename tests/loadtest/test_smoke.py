@@ -23,6 +23,11 @@ def test_given_a_smoke_county_day_when_replayed_then_the_api_agrees_with_the_ora
     assert checked["late legs by cause"] > 0, checked
     assert checked["brand × period statements"] == 8, checked
     assert checked["households with arrival SMS"] > 30, checked
+    # Upward produce: hand-ins, their perishable clocks (some late) and a bus run of 客货邮.
+    assert checked["upward hand-ins"] > 10, checked
+    assert checked["perishable clocks counted (cold store, cold chain, air)"] > 10, checked
+    assert checked["late perishable clocks"] > 0, checked
+    assert checked["bus runs"] > 0, checked
     # Every event in the journal (a batch sent again after a dropped connection is `duplicate`).
     assert fig.results.get("accepted", 0) + fig.results.get("duplicate", 0) == fig.events_sent, \
         fig.results

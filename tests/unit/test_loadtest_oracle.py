@@ -104,3 +104,62 @@ def test_given_the_kafka_driver_then_its_bodies_read_back_as_the_journal_would_p
         assert key.decode() in (s.event["payload"].get("waybill"), s.event["payload"].get("trip_id"))
         assert topic in ("parcel-events", "vehicle-events")
     assert {"parcel.registered", "parcel.scanned", "vehicle.departed"} <= seen
+
+
+def hand_in(n: int, at: str, perishable: str | None, weight_g: int = 2500,
+            brand: str = "ZTO") -> oracle.Fact:
+    return fact(n, "parcel.handed_in", at, {"waybill": "70000000000001", "shipper_id": "COOP-A-001",
+                                            "origin_village": "VIL-XILIU-01", "weight_g": weight_g,
+                                            "perishable": perishable}, brand)
+
+
+def test_given_a_plum_hand_in_then_its_four_clocks_read_as_the_upward_contract_says() -> None:
+    hand = hand_in(0, "2026-07-20T07:00:00+08:00", "plum")
+    scans = [scan(1, "2026-07-20T07:02:00+08:00", "received", "VIL-XILIU-01"),
+             scan(2, "2026-07-20T09:30:00+08:00", "loaded", "VIL-XILIU-01", trip_id="T-1"),
+             scan(3, "2026-07-20T12:00:00+08:00", "received", "CTY-HAICHENG", trip_id="T-1"),
+             scan(4, "2026-07-20T13:30:00+08:00", "cold_in", "CTY-HAICHENG"),    # 6 h 30: late
+             scan(5, "2026-07-20T14:00:00+08:00", "cold_out", "CTY-HAICHENG"),
+             scan(6, "2026-07-20T15:00:00+08:00", "cold_in", "CTY-HAICHENG"),    # 60 min out
+             scan(7, "2026-07-20T17:30:00+08:00", "cold_out", "CTY-HAICHENG"),
+             scan(8, "2026-07-20T18:10:00+08:00", "air_loaded", "CTY-HAICHENG")]  # 40 more: 100
+    legs = {leg: (day, outcome, cause) for day, leg, outcome, cause
+            in oracle.sla_legs(CF, scans, [], {}, NOW, [hand])}
+    assert legs == {"village_to_county": ("2026-07-20", "on_time", None),
+                    "up_cold_store": ("2026-07-20", "late", "late_to_cold_store"),
+                    "cold_chain": ("2026-07-20", "on_time", None),
+                    "air_cutoff": ("2026-07-20", "late", "missed_air_cutoff")}
+
+
+def test_given_too_long_out_of_the_cold_then_late_on_the_day_the_spell_closed() -> None:
+    hand = hand_in(0, "2026-07-20T07:00:00+08:00", "produce")
+    scans = [scan(1, "2026-07-20T10:00:00+08:00", "cold_in", "CTY-HAICHENG"),
+             scan(2, "2026-07-20T21:00:00+08:00", "cold_out", "CTY-HAICHENG"),
+             scan(3, "2026-07-21T01:30:00+08:00", "cold_in", "CTY-HAICHENG")]   # 270 > 240 min
+    legs = {leg: (day, outcome, cause) for day, leg, outcome, cause
+            in oracle.sla_legs(CF, scans, [], {}, NOW, [hand])}
+    assert legs["cold_chain"] == ("2026-07-21", "late", "cold_chain_broken")
+    assert legs["up_cold_store"] == ("2026-07-20", "on_time", None)
+    assert "air_cutoff" not in legs   # produce does not fly
+    # Still out at `now`, past the budget: late on the day it ran out.
+    out = oracle.sla_legs(CF, scans[:2], [], {}, datetime.fromisoformat("2026-07-21T03:00:00+08:00"),
+                          [hand])
+    assert ("2026-07-21", "cold_chain", "late", "cold_chain_broken") in out
+
+
+def test_given_hand_ins_and_a_bus_run_then_the_tariff_and_the_line_cost_are_owed() -> None:
+    plum = hand_in(0, "2026-07-20T07:00:00+08:00", "plum", weight_g=2001)
+    loaded = scan(1, "2026-07-20T08:40:00+08:00", "loaded", "VIL-XILIU-01",
+                  trip_id="BUS-XILIU-20260720-0730")
+    other = fact(2, "parcel.scanned", "2026-07-20T08:41:00+08:00",
+                 {"waybill": "70000000000002", "action": "loaded", "node_id": "VIL-XILIU-01",
+                  "trip_id": "BUS-XILIU-20260720-0730"}, brand="EMS")
+    departed = fact(3, "vehicle.departed", "2026-07-20T07:31:00+08:00",
+                    {"trip_id": "BUS-XILIU-20260720-0730", "route_id": "BUS-XILIU",
+                     "run_id": "BUS-XILIU-0730", "node_id": "CTY-HAICHENG",
+                     "scheduled_at": "2026-07-20T07:30:00+08:00"})
+    owed = oracle.settlement(CF, {"70000000000001": ([loaded], []), "70000000000002": ([other], [])},
+                             {"BUS-XILIU-20260720-0730": [departed]},
+                             {"70000000000001": [plum, hand_in(9, "2026-07-21T07:00:00+08:00", None)]})
+    # 30 handling + 20 x 3 started kg + 50 cold chain, once; the bus's 1500 fen halved.
+    assert owed == {("2026-07", "ZTO"): 30 + 60 + 50 + 750, ("2026-07", "EMS"): 750}
