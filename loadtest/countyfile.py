@@ -53,6 +53,15 @@ class Tariff:
     trip_fixed_fen: int
     trip_per_km_fen: int
     basis: str
+    brand_fees: dict[str, tuple[int, int]] = field(default_factory=dict)  # brand → (township, village)
+
+    def delivery_fee(self, brand: str, tier: str) -> int:
+        """The delivery fee for a parcel of `brand` reaching a station of `tier`."""
+        township, village = self.brand_fees.get(brand, (self.township_fen, self.village_fen))
+        return village if tier == "village" else township
+
+    def surcharge(self, weight_g: int) -> int:
+        return max((fen for above, fen in self.surcharges if weight_g > above), default=0)
 
 
 @dataclass(frozen=True)
@@ -150,7 +159,9 @@ def read(path: Path) -> CountyFile:
                               v["delivery_fee"]["township_fen"], v["delivery_fee"]["village_fen"],
                               tuple((w["above_g"], w["fen"]) for w in v.get("weight_surcharges", [])),
                               v["commission"]["stored_fen"], v["commission"]["picked_up_fen"],
-                              cost["fixed_fen"], cost["per_km_fen"], cost.get("basis", "parcel_count")))
+                              cost["fixed_fen"], cost["per_km_fen"], cost.get("basis", "parcel_count"),
+                              {b: (int(f["township_fen"]), int(f["village_fen"]))
+                               for b, f in v.get("brands", {}).items()}))
     perishables = {k: Perishable(k, int(v["cold_store_within_hours"]),
                                  int(v["max_outside_cold_minutes"]), bool(v.get("air", False)))
                    for k, v in raw.get("perishables", {}).items()}

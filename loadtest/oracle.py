@@ -297,8 +297,7 @@ def settlement(cf: CountyFile, by_parcel: Mapping[str, tuple[list[Fact], list[Fa
             key, day = _period(arrival.at, cf)
             t = cf.tariff_on(day)
             tier = cf.tier[arrival.payload["node_id"]]
-            owed[key, brand] += t.village_fen if tier == "village" else t.township_fen
-            owed[key, brand] += max((fen for above, fen in t.surcharges if weight > above), default=0)
+            owed[key, brand] += t.delivery_fee(brand, tier) + t.surcharge(weight)
         stored = next((s for s in scans if s.payload["action"] == "stored"
                        and cf.tier.get(s.payload["node_id"]) in stations), None)
         if stored is not None:

@@ -49,10 +49,10 @@ from infra.settings import Settings
 from loadtest import proc_cpu
 from loadtest.bench_platform import THROUGHPUT_SETTINGS
 from loadtest.ledger_apply_bench import day_of_events, stored_bodies
-from streams.relay import ensure_topics
+from projections.sla_store import SLA_TYPES
+from streams.topic_admin import ensure_topics
 from streams.topics import PARCEL_EVENTS, VEHICLE_EVENTS, namespaced
 
-SLA_TYPES = ("parcel.registered", "parcel.scanned", "vehicle.departed", "vehicle.arrived")
 STABLE_LIMIT_S = 120.0
 HELD_LIMIT_S = 600.0
 

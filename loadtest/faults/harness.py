@@ -44,11 +44,11 @@ from loadtest.faults.oracle import (
     Observed,
     Record,
     SentParcel,
-    Tariff,
     Verdict,
     compare,
     expect,
     gateway_phones,
+    tariff_of,
 )
 from loadtest.traffic import LIFECYCLE, CountyTraffic, Parcel, county_time
 
@@ -533,7 +533,7 @@ class Harness:
     async def _settle(self) -> Verdict:
         """Compare with the oracle until the read models match or SETTLE_TIMEOUT passes."""
         assert self.platform is not None
-        exp = expect(self.record, Tariff.from_toml(self.platform.county_file))
+        exp = expect(self.record, tariff_of(self.platform.county_file))
         self.report.checked = (
             f"{len(exp.timeline):,} parcels, {sum(map(len, exp.timeline.values())):,} timeline"
             f" entries, {len(exp.ledger):,} fee lines ({sum(exp.brand_totals.values()):,} fen"

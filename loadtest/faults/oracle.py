@@ -18,12 +18,14 @@ what was sent.
 
 from __future__ import annotations
 
-import tomllib
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from loadtest.countyfile import Tariff
+from loadtest.countyfile import read as read_county
 
 # docs/events.md, "Status": the latest scan's action → the parcel's status.
 STATUS_OF_ACTION = {"received": "picked_up", "sorted": "in_transit", "loaded": "in_transit",
@@ -35,40 +37,13 @@ ONLY_MANIFEST = "info_received"
 PARCEL_KINDS = ("delivery_fee", "weight_surcharge", "commission_stored", "commission_picked_up")
 
 
-@dataclass(frozen=True)
-class Tariff:
-    """The county's delivery tariff as its TOML file says (the first version; the harness's
-    traffic is all inside it)."""
-
-    township_fen: int
-    village_fen: int
-    brand_fees: Mapping[str, tuple[int, int]]          # brand → (township, village)
-    surcharges: tuple[tuple[int, int], ...]            # (above grams, fen)
-    stored_fen: int
-    picked_up_fen: int
-
-    @classmethod
-    def from_toml(cls, path: Path) -> Tariff:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        versions = data["settlement"]["versions"]
-        if len(versions) != 1:
-            raise ValueError("the fault harness's oracle reads a county with one tariff version")
-        v = versions[0]
-        return cls(
-            township_fen=int(v["delivery_fee"]["township_fen"]),
-            village_fen=int(v["delivery_fee"]["village_fen"]),
-            brand_fees={b: (int(f["township_fen"]), int(f["village_fen"]))
-                        for b, f in v.get("brands", {}).items()},
-            surcharges=tuple((int(w["above_g"]), int(w["fen"]))
-                             for w in v.get("weight_surcharges", ())),
-            stored_fen=int(v["commission"]["stored_fen"]),
-            picked_up_fen=int(v["commission"]["picked_up_fen"]))
-
-    def village_fee(self, brand: str) -> int:
-        return self.brand_fees.get(brand, (self.township_fen, self.village_fen))[1]
-
-    def surcharge(self, weight_g: int) -> int:
-        return max((fen for above, fen in self.surcharges if weight_g > above), default=0)
+def tariff_of(county_file: Path) -> Tariff:
+    """The county's delivery tariff as its TOML file says (read by loadtest/countyfile.py, not
+    the platform); the harness's traffic is all inside one version."""
+    versions = read_county(county_file).tariffs
+    if len(versions) != 1:
+        raise ValueError("the fault harness's oracle reads a county with one tariff version")
+    return versions[0]
 
 
 @dataclass
@@ -128,7 +103,7 @@ def expect(record: Record, tariff: Tariff) -> Expected:
             # The first storing at the village point is the arrival: the village fee, the
             # surcharge on the manifest's weight, the station's commission; picked up there
             # later: its second commission.
-            lines = {"delivery_fee": tariff.village_fee(p.brand),
+            lines = {"delivery_fee": tariff.delivery_fee(p.brand, "village"),
                      "weight_surcharge": tariff.surcharge(p.weight_g),
                      "commission_stored": tariff.stored_fen}
             if "delivered" in actions[actions.index("stored"):]:

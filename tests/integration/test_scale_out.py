@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,19 @@ def post_all(platform: Platform, tokens: dict[str, str],
             assert set(results) == {"accepted"}, r.text
 
 
+def halfway_through(platform: Platform, tokens: dict[str, str],
+                    batches: list[tuple[str, list[dict[str, Any]]]],
+                    fault: Callable[[], object]) -> tuple[threading.Thread, float]:
+    """Start uploading `batches` and, once half are in, strike with `fault`: the upload thread
+    (join it) and when the fault struck."""
+    halfway = threading.Event()
+    flowing = threading.Thread(target=post_all, args=(platform, tokens, batches, halfway))
+    flowing.start()
+    assert halfway.wait(120)
+    struck = time.monotonic()
+    fault()
+    return flowing, struck
+
 def held(platform: Platform, ids: list[str]) -> tuple[int, int]:
     """How many of `ids` the tracking and the SLA inboxes hold."""
     row = db_fetch(platform, "SELECT (SELECT count(*) FROM tracking_events WHERE event_id = ANY($1))"
@@ -161,12 +174,7 @@ def test_given_two_workers_when_one_stops_mid_stream_then_its_partitions_move_an
     wait_held(p, sent)
 
     # When worker-2 is stopped (SIGTERM) halfway through a day's traffic,
-    halfway = threading.Event()
-    flowing = threading.Thread(target=post_all, args=(p, tokens, days[1], halfway))
-    flowing.start()
-    assert halfway.wait(120)
-    stopped = time.monotonic()
-    p.children["worker-2"].stop()
+    flowing, stopped = halfway_through(p, tokens, days[1], p.children["worker-2"].stop)
     # then the first worker holds every partition within the bound, and nothing goes missing.
     print(f"SIGTERM: partitions moved in {moved_within(p, 'worker', stopped):.1f} s")
     flowing.join()
@@ -182,12 +190,7 @@ def test_given_two_workers_when_one_stops_mid_stream_then_its_partitions_move_an
     sent += [e for _, events in days[2] for e in events]
 
     # When the first worker is killed outright (kill -9) halfway through a day's traffic,
-    halfway = threading.Event()
-    flowing = threading.Thread(target=post_all, args=(p, tokens, days[3], halfway))
-    flowing.start()
-    assert halfway.wait(120)
-    killed = time.monotonic()
-    p.children["worker"].kill()
+    flowing, killed = halfway_through(p, tokens, days[3], p.children["worker"].kill)
     print(f"kill -9: partitions moved in {moved_within(p, 'worker-2', killed):.1f} s")
     flowing.join()
     sent += [e for _, events in days[3] for e in events]

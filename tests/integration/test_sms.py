@@ -54,6 +54,35 @@ async def as_api(settings: Any) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
+def device_event(brand: str, event_type: str, payload: Any, at: datetime) -> Any:
+    """An event as a brand's handheld would send it, occurred and recorded at `at`."""
+    from uuid import uuid4
+
+    from domain.envelope import Envelope
+
+    return Envelope(event_id=str(uuid4()), type=event_type,
+                    schema_version=2 if event_type == "parcel.registered" else 1,
+                    occurred_at=at, recorded_at=at, device_id="pda-test", brand=brand,
+                    operator_id="op-1", payload=payload)
+
+
+async def journal_arrivals(settings: Any, keys: Any, brand: str,
+                           parcels: list[tuple[str, str, str]], at: datetime) -> None:
+    """Journal, sealed as the API does, a manifest and a stored scan at `at` for each
+    (waybill, phone, village point): a wave of arrivals for the SMS planner, without the worker."""
+    from domain.events import ParcelRegisteredUpload, ParcelScanned, ScanAction
+    from infra.pii import seal_events
+    from projections import journal
+
+    async with as_api(settings) as api, api.transaction():
+        await journal.append(api, await seal_events(api, keys, [
+            device_event(brand, "parcel.registered", ParcelRegisteredUpload(
+                waybill=wb, recipient_phone=mobile, destination_village=node, weight_g=500), at)
+            for wb, mobile, node in parcels] + [
+            device_event(brand, "parcel.scanned", ParcelScanned(
+                waybill=wb, action=ScanAction.stored, node_id=node), at)
+            for wb, _, node in parcels]))
+
 def gateway_sent(platform: Platform) -> list[dict[str, Any]]:
     """Every SMS the gateways accepted, from their own logs."""
     out = []
@@ -415,12 +444,10 @@ def test_the_sender_keeps_the_daily_budget_within_a_batch_and_skips_parcels_alre
     """Driven step by step with the running SMS service stopped: twelve SMS for one number at
     twelve points in one batch (budget 10), and one SMS whose parcel was picked up before it
     could go out (the digest had closed; the collection came in before the send)."""
-    from uuid import uuid4
 
-    from domain.envelope import Envelope
-    from domain.events import ParcelRegisteredUpload, ParcelScanned, ScanAction
+    from domain.events import ParcelScanned, ScanAction
     from infra.db import create_pool
-    from infra.pii import Keyring, seal_events
+    from infra.pii import Keyring
     from projections import journal, sms_outbox, sms_planner
     from projections.tracking_store import use_all_brands
     from streams.sms_service import Sender
@@ -433,11 +460,7 @@ def test_the_sender_keeps_the_daily_budget_within_a_batch_and_skips_parcels_alre
     points = [v.id for v in county.villages[40:52]]
     parcels = [(waybill("YTO"), busy, node) for node in points] + [(waybill("YTO"), other, points[0])]
 
-    def event(event_type: str, payload: Any, at: datetime) -> Envelope:
-        return Envelope(event_id=str(uuid4()), type=event_type,
-                        schema_version=2 if event_type == "parcel.registered" else 1,
-                        occurred_at=at, recorded_at=at, device_id="pda-test", brand="YTO",
-                        operator_id="op-1", payload=payload)
+    brand = "YTO"
 
     async def go() -> tuple[RecordingProvider, list[Any]]:
         pool = await create_pool(settings.database_url_for("sms"), max_size=2)
@@ -446,21 +469,14 @@ def test_the_sender_keeps_the_daily_budget_within_a_batch_and_skips_parcels_alre
         sender = Sender(county, [provider], keys=keys, clock=lambda: clock)
         try:
             async with pool.acquire() as conn:
-                async with as_api(settings) as api, api.transaction():
-                    await journal.append(api, await seal_events(api, keys, [
-                        event("parcel.registered", ParcelRegisteredUpload(
-                            waybill=wb, recipient_phone=mobile, destination_village=node,
-                            weight_g=500), t0) for wb, mobile, node in parcels] + [
-                        event("parcel.scanned", ParcelScanned(
-                            waybill=wb, action=ScanAction.stored, node_id=node), t0)
-                        for wb, _, node in parcels]))
+                await journal_arrivals(settings, keys, brand, parcels, t0)
                 await sms_planner.catch_up(conn, county, now=t0, keys=keys)
                 clock = t0 + timedelta(seconds=county.sms.digest_seconds + 5)
                 assert await sms_planner.close_due(conn, county, clock) == len(parcels)
                 await sms_planner.catch_up(conn, county, now=clock, keys=keys)
                 # The other number's parcel is picked up before its SMS goes out.
                 async with conn.transaction():
-                    await journal.append(conn, [event("parcel.scanned", ParcelScanned(
+                    await journal.append(conn, [device_event(brand, "parcel.scanned", ParcelScanned(
                         waybill=parcels[-1][0], action=ScanAction.delivered, node_id=points[0]),
                         clock)])
                 await sms_planner.catch_up(conn, county, now=clock, keys=keys)
@@ -585,13 +601,10 @@ def test_the_daily_budget_holds_when_a_numbers_messages_are_sent_concurrently(
     fourteen points and twenty for other numbers, due together, sent sixteen at a time through a
     provider that takes 50 ms a call: exactly ten for the busy number (the budget), every other
     one once."""
-    from uuid import uuid4
 
-    from domain.envelope import Envelope
-    from domain.events import ParcelRegisteredUpload, ParcelScanned, ScanAction
     from infra.db import create_pool
-    from infra.pii import Keyring, seal_events
-    from projections import journal, sms_outbox, sms_planner
+    from infra.pii import Keyring
+    from projections import sms_outbox, sms_planner
     from projections.tracking_store import use_all_brands
     from streams.sms_service import Sender
 
@@ -616,11 +629,7 @@ def test_the_daily_budget_holds_when_a_numbers_messages_are_sent_concurrently(
             finally:
                 SlowProvider.in_progress -= 1
 
-    def event(event_type: str, payload: Any, at: datetime) -> Envelope:
-        return Envelope(event_id=str(uuid4()), type=event_type,
-                        schema_version=2 if event_type == "parcel.registered" else 1,
-                        occurred_at=at, recorded_at=at, device_id="pda-test", brand="STO",
-                        operator_id="op-1", payload=payload)
+    brand = "STO"
 
     async def go() -> tuple[SlowProvider, list[Any]]:
         pool = await create_pool(settings.database_url_for("sms"), max_size=6)
@@ -630,14 +639,7 @@ def test_the_daily_budget_holds_when_a_numbers_messages_are_sent_concurrently(
                         qps={"aliyun": 500})
         try:
             async with pool.acquire() as conn:
-                async with as_api(settings) as api, api.transaction():
-                    await journal.append(api, await seal_events(api, keys, [
-                        event("parcel.registered", ParcelRegisteredUpload(
-                            waybill=wb, recipient_phone=mobile, destination_village=node,
-                            weight_g=500), t0) for wb, mobile, node in parcels] + [
-                        event("parcel.scanned", ParcelScanned(
-                            waybill=wb, action=ScanAction.stored, node_id=node), t0)
-                        for wb, _, node in parcels]))
+                await journal_arrivals(settings, keys, brand, parcels, t0)
                 await sms_planner.catch_up(conn, county, now=t0, keys=keys)
                 assert await sms_planner.close_due(conn, county, clock) >= len(parcels)
                 await sms_planner.catch_up(conn, county, now=clock, keys=keys)

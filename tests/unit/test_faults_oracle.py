@@ -7,9 +7,9 @@ from collections import Counter
 
 from infra.settings import DEMO_COUNTY
 from loadtest.faults.harness import TIERS, fault_schedule, plan_traffic
-from loadtest.faults.oracle import Observed, Record, SentParcel, Tariff, compare, expect
+from loadtest.faults.oracle import Observed, Record, SentParcel, compare, expect, tariff_of
 
-TARIFF = Tariff.from_toml(DEMO_COUNTY)
+TARIFF = tariff_of(DEMO_COUNTY)
 CHAIN = ("received", "sorted", "loaded", "arrived", "out_for_delivery", "stored", "delivered")
 
 
@@ -35,7 +35,7 @@ def _observed(record: Record) -> Observed:
 
 
 def test_tariff_is_read_from_the_county_file() -> None:
-    assert (TARIFF.village_fee("JT"), TARIFF.surcharge(3000), TARIFF.surcharge(3001),
+    assert (TARIFF.delivery_fee("JT", "village"), TARIFF.surcharge(3000), TARIFF.surcharge(3001),
             TARIFF.stored_fen, TARIFF.picked_up_fen) == (100, 0, 50, 40, 10)
 
 
