@@ -1,6 +1,6 @@
-"""The dashboard's upward panel (农产品上行) in a real headless Chromium: the upward day of
-tests/integration/test_upward.py shows the API's own figures; a day without upward traffic
-outside the harvest season has no panel. Screenshot in test-artifacts/."""
+"""The dashboard's upward panel (农产品上行) in a real headless Chromium: the upward traffic of
+tests/integration/test_upward.py, on days of its own, shows the API's own figures; a day without
+upward traffic outside the harvest season has no panel. Screenshot in test-artifacts/."""
 
 from __future__ import annotations
 
@@ -28,10 +28,15 @@ def _open(browser: Any, platform: Platform, token: str, day: str, now: str) -> A
     return page
 
 
+# Days of its own: test_upward.py's dashboard figures for its days are exact, on the same platform.
+FIRST = 13
+DAY, NEXT, NOW = "2026-09-13", "2026-09-14", "2026-09-16T00:00:00+08:00"
+
+
 def test_the_upward_panel_shows_the_apis_figures_and_hides_without_upward_traffic(
         browser: Any, platform: Platform, client: httpx.Client,  # noqa: F811
         tokens: dict[str, str]) -> None:
-    wb, system, scanner = up.upward_days()
+    wb, system, scanner = up.upward_days(FIRST)
     assert post(client, tokens["SF-system"], system)["accepted"] == 1
     assert post(client, tokens["scanner"], scanner)["accepted"] == len(scanner)
     mine = set(wb.values())
@@ -42,20 +47,20 @@ def test_the_upward_panel_shows_the_apis_figures_and_hides_without_upward_traffi
 
     def breaches(day: str) -> set[str]:
         r = client.get("/v1/sla/breaches", headers=bearer(tokens["manager"]),
-                       params={"day": day, "now": up.NOW})
+                       params={"day": day, "now": NOW})
         return {x["waybill"] + x["leg"] for x in r.json()["breaches"] if x["waybill"] in mine}
 
     expected = {wb[p] + leg for p, legs in late.items() for leg in legs}
-    wait_for(lambda: breaches(up.DAY) | breaches(up.NEXT) == expected, 60.0, "the breaches")
+    wait_for(lambda: breaches(DAY) | breaches(NEXT) == expected, 60.0, "the breaches")
     seen: list[dict[str, Any]] = []
 
     def steady() -> dict[str, Any] | None:
-        seen.append(_dashboard(client, tokens["manager"], up.DAY, up.NOW))
+        seen.append(_dashboard(client, tokens["manager"], DAY, NOW))
         return seen[-1] if len(seen) > 1 and seen[-1]["upward"] == seen[-2]["upward"] else None
 
     api = wait_for(steady, 60.0, "the panel to settle")
     t = api["upward"]["today"]
-    page = _open(browser, platform, tokens["manager"], up.DAY, up.NOW)
+    page = _open(browser, platform, tokens["manager"], DAY, NOW)
     assert page.locator("#upward-section").is_visible()
     shown = {k: page.locator(f"[data-upward-{k}]").inner_text()
              for k in ("parcels", "kg", "perishable", "chain-ok", "chain-late", "air-made",
@@ -66,7 +71,7 @@ def test_the_upward_panel_shows_the_apis_figures_and_hides_without_upward_traffi
         "chain-late": str(t["cold_chain"]["late"]), "air-made": str(t["air_cutoff"]["made"]),
         "air-missed": str(t["air_cutoff"]["missed"]),
         "cold-chain": f"{t['cold_chain']['rate_permille'] / 10:.1f}%"}
-    assert page.locator(f"[data-upward-day='{up.DAY}']").count() == 1
+    assert page.locator(f"[data-upward-day='{DAY}']").count() == 1
     # The perishable legs have their cards in the headline on a day they have figures.
     assert page.locator("[data-leg=cold_chain] [data-late]").inner_text() == str(
         next(x["late"] for x in api["legs"] if x["id"] == "cold_chain"))
