@@ -15,6 +15,9 @@ from typing import Any
 
 from infra.settings import DEMO_COUNTY, SERVICE_ROLES, Settings, SettingsError
 
+log = logging.getLogger("gongpei.cli")
+POOL_CLOSE_SECONDS = 10  # a service's database pool, closing: then its connections are cut
+
 
 def _log_to_stderr(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -70,7 +73,15 @@ def _serve(settings: Settings, role: str,
         try:
             await service(pool, stop)
         finally:
-            await pool.close()
+            # A graceful close waits for every connection to be released; one held by a task that
+            # died with the service would keep this process alive, doing nothing, and never
+            # restarted by the supervisor. So: a bounded wait, then the connections are cut.
+            try:
+                await asyncio.wait_for(pool.close(), POOL_CLOSE_SECONDS)
+            except TimeoutError:
+                log.warning("%s: the database pool did not close in %d s; terminated", role,
+                            POOL_CLOSE_SECONDS)
+                pool.terminate()
 
     asyncio.run(main())
 
@@ -160,7 +171,8 @@ def cmd_worker(args: argparse.Namespace) -> None:
     app = create_app(settings, _county(settings),
                      data_dir=state / ("faust" if name == "worker" else f"faust-{name}"),
                      ready_file=state / f"{name}.ready")
-    worker = faust.Worker(app, loglevel="WARN", quiet=True, redirect_stdouts=False)
+    worker = faust.Worker(app, loglevel=os.environ.get("GONGPEI_WORKER_LOGLEVEL", "WARN"),
+                          quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
 
 

@@ -93,11 +93,11 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
         producer_acks=-1,
         broker_commit_every=settings.worker_batch_size,
         broker_commit_interval=1.0,
-        # Faust's default (`stream_wait_empty=True`) is kept: without the wait, a worker restarted
-        # after a reset of its projections stalled part-way through its replay from offset 0
-        # (tests/integration/test_projections.py after test_crashes.py, 2 of 2 runs). With it,
-        # the fault harness once saw a worker wait minutes after a broker restart (seed 954333,
-        # docs/reliability.md): open.
+        # Do not wait for the agents' in-flight events before a rebalance: the projections are
+        # idempotent (event-id dedupe, positions stored with the rows and only ever raised), and
+        # waiting hung the worker in `wait_empty` for minutes after a broker restart when the
+        # county went quiet (fault harness, seed 954333; docs/reliability.md).
+        stream_wait_empty=False,
     )
     resources = Resources(settings)
     projections = kafka_projections(county)
@@ -112,38 +112,54 @@ def create_app(settings: Settings, county: County, data_dir: Path | None = None,
     lags: dict[str, dict[tuple[str, int], int]] = {p.name: {} for p in projections}
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-    async def seek_to_stored(sender: Any, assigned: set[Any], **_: Any) -> None:
+    async def on_assigned(sender: Any, assigned: set[Any], **_: Any) -> None:
         WORKER_REBALANCES.inc()  # a steady worker: one at start; a storm: a rising rate
+        _forget_lag(lags, {(tp.topic, tp.partition) for tp in assigned if tp.topic in topics})
+        if ready_file is not None:
+            # The partitions this worker now holds (every assignment replaces the last): the
+            # supervisor calls the worker ready once it holds some, tests see how a group split.
+            write_assignment(ready_file, sorted((tp.topic, tp.partition) for tp in assigned
+                                                if tp.topic in topics))
+
+    # Where each partition resumes is decided here, not at the assignment signal: Faust's recovery
+    # runs beside that signal's handlers and seeks every partition to the group's committed offset
+    # (dropping what lies below it) while they still run, so a seek made there could be undone
+    # partition by partition, its committed offset read before ours landed and applied after our
+    # seek (a worker restarted after a reset replayed half its partitions and stalled on the rest,
+    # tests/integration/test_projections.py). This signal is awaited by the recovery just before
+    # that seek, with the flow still stopped: the group's committed offsets are made ours first
+    # (a commit may move back), so its seek lands where ours does.
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type]
+    async def seek_to_stored(sender: Any, **_: Any) -> None:
+        assigned = {tp for tp in app.consumer.assignment() if tp.topic in topics}
+        if not assigned:
+            return
         deadline = time.monotonic() + APPLY_RETRY_SECONDS
-        mine = {(tp.topic, tp.partition) for tp in assigned if tp.topic in topics}
-        _forget_lag(lags, mine)
         while True:  # no partition is consumed before we know where its read models left off
             try:
                 pool = await resources.pool()
                 async with pool.acquire() as conn:
-                    stored = await runtime.resume_offsets(conn, readers, mine)
+                    stored = await runtime.resume_offsets(
+                        conn, readers, {(tp.topic, tp.partition) for tp in assigned})
                 break
             except TRANSIENT_DB_ERRORS as exc:
                 if time.monotonic() > deadline:
                     raise
                 log.warning("resume: database unavailable (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(0.5)
-        # seek_wait runs inside the consumer's own thread; Faust's plain seek() touches aiokafka's
-        # fetcher from ours and races it (a KeyError in fetched_records after a restart).
         resume = {tp: stored[(tp.topic, tp.partition)] for tp in assigned
                   if (tp.topic, tp.partition) in stored}
-        if resume:
-            # Faust's recovery seeks every partition to the group's committed offset after this
-            # signal, and drops messages below its read offset: a seek of ours alone is undone.
-            # So the group's committed offsets are made ours first (a commit may move back).
-            await app.consumer._commit(resume)  # type: ignore[attr-defined]
-            await app.consumer.seek_wait(resume)
-            log.info("resumed %d partitions at their stored offsets", len(resume))
-        if ready_file is not None:
-            # The partitions this worker now holds (every assignment replaces the last): the
-            # supervisor calls the worker ready once it holds some, tests see how a group split.
-            write_assignment(ready_file, sorted((tp.topic, tp.partition) for tp in assigned
-                                                if tp.topic in topics))
+        if not resume:
+            return
+        if not await app.consumer._commit(resume):  # type: ignore[attr-defined]
+            # Only when the group has already moved on: the next assignment comes here again.
+            log.warning("resume: the group rebalanced again before the stored offsets were set")
+            return
+        # seek_wait runs inside the consumer's own thread; Faust's plain seek() touches aiokafka's
+        # fetcher from ours and races it (a KeyError in fetched_records after a restart). Faust's
+        # own seek skips offset 0, so ours is the one that takes a partition back to the start.
+        await app.consumer.seek_wait(resume)
+        log.info("resumed %d partitions at their stored offsets", len(resume))
 
     # One agent per projection, so that the lighter one (tracking, what people look up) is never
     # held up behind the heavier (SLA): each decodes its batch once and applies it in one
