@@ -26,6 +26,9 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     # Two workers briefly holding one partition during a rebalance may wait on each other's rows:
     # not the event's fault, so the batch is retried whole rather than set aside.
     asyncpg.exceptions.DeadlockDetectedError,
+    # Class 53: the server's disk or memory is full, or its connections are used up. The event
+    # is not at fault: retried (with backoff) until an operator frees space, never set aside.
+    asyncpg.exceptions.InsufficientResourcesError,
     OSError,
 )
 
