@@ -4,9 +4,9 @@ Agents are thin: each decodes its batch once (the stored wire form, no re-valida
 it to the projection runtime (projections/runtime.py), which applies it in one PostgreSQL
 transaction with the projection's offsets. One agent per projection, so that tracking (what
 people look up) never waits behind the heavier SLA. PostgreSQL, not Kafka's committed offsets, is
-where a consumer resumes: Faust acks a `take` buffer even when its body raises, so on every
-assignment the agent seeks each partition back to the lowest offset its projections stored (the
-start, when one of them has stored none)."""
+where a consumer resumes: Faust acks a `take` buffer even when its body raises, so after every
+assignment the worker seeks each partition back to the lowest offset its projections stored (the
+start, when one of them has stored none), just before Faust's recovery resumes the flow."""
 
 from __future__ import annotations
 
