@@ -132,6 +132,23 @@ def wait_held(platform: Platform, sent: list[dict[str, Any]]) -> None:
              f"both projections to hold {len(all_ids)} events (held: {held(platform, all_ids)})")
 
 
+def assert_delivered_with_exactly(platform: Platform, sent: list[dict[str, Any]]) -> list[str]:
+    """Every waybill of `sent` is delivered, and its timeline holds exactly the parcel events sent
+    for it, each once. Returns those waybills."""
+    by_waybill: dict[str, list[str]] = defaultdict(list)
+    for e in sent:
+        if e["type"].startswith("parcel."):
+            by_waybill[e["payload"]["waybill"]].append(e["event_id"])
+    rows = db_fetch(platform, "SELECT waybill, status, view FROM parcels WHERE waybill = ANY($1)",
+                    list(by_waybill))
+    assert len(rows) == len(by_waybill)
+    for row in rows:
+        timeline = [t["event_id"] for t in _json(row["view"])["timeline"]]
+        assert sorted(timeline) == sorted(by_waybill[row["waybill"]]), row["waybill"]
+        assert row["status"] == "delivered", row["waybill"]
+    return list(by_waybill)
+
+
 def split_evenly(platform: Platform) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
     every = {(t, p) for t in TOPICS for p in range(PARTITIONS)}
     a, b = platform.assignment("worker") or [], platform.assignment("worker-2") or []
@@ -198,17 +215,7 @@ def test_given_two_workers_when_one_stops_mid_stream_then_its_partitions_move_an
     wait_held(p, sent)
 
     # Then every waybill's timeline holds exactly the events sent for it, once each,
-    by_waybill: dict[str, list[str]] = defaultdict(list)
-    for e in sent:
-        if e["type"].startswith("parcel."):
-            by_waybill[e["payload"]["waybill"]].append(e["event_id"])
-    rows = db_fetch(p, "SELECT waybill, status, view FROM parcels WHERE waybill = ANY($1)",
-                    list(by_waybill))
-    assert len(rows) == len(by_waybill)
-    for row in rows:
-        timeline = [t["event_id"] for t in _json(row["view"])["timeline"]]
-        assert sorted(timeline) == sorted(by_waybill[row["waybill"]]), row["waybill"]
-        assert row["status"] == "delivered", row["waybill"]
+    waybills = assert_delivered_with_exactly(p, sent)
     # and the tracking and SLA models are, row for row, what one process replaying the journal
     # in order makes of the same traffic.
     assert p.settings is not None
@@ -217,8 +224,8 @@ def test_given_two_workers_when_one_stops_mid_stream_then_its_partitions_move_an
         assert report.differing == 0, (name, report.tables)
         assert report.set_aside == 0, name
     legs = db_fetch(p, "SELECT count(*) AS n FROM sla_legs WHERE waybill = ANY($1)",
-                    list(by_waybill))[0]["n"]
-    assert legs >= len(by_waybill)  # the SLA saw these parcels (not an empty comparison)
+                    waybills)[0]["n"]
+    assert legs >= len(waybills)  # the SLA saw these parcels (not an empty comparison)
     # and the lag the platform reports is the surviving worker's, with nothing left of the stopped
     # ones (their last figures would otherwise stay in the sum across workers).
     wait_for(lambda: lags(p) == {"tracking": 0.0, "sla": 0.0} or None, 60,
@@ -284,16 +291,7 @@ def test_given_two_workers_applying_one_partition_at_once_then_the_second_waits_
             await second.close()
 
     assert asyncio.run(handover()), "the new holder did not wait for the old holder's commit"
-    by_waybill: dict[str, list[str]] = defaultdict(list)
-    for e in scans:
-        by_waybill[e["payload"]["waybill"]].append(e["event_id"])
-    rows = db_fetch(p, "SELECT waybill, status, view FROM parcels WHERE waybill = ANY($1)",
-                    list(by_waybill))
-    assert len(rows) == len(by_waybill)
-    for row in rows:
-        timeline = [t["event_id"] for t in _json(row["view"])["timeline"]]
-        assert sorted(timeline) == sorted(by_waybill[row["waybill"]]), row["waybill"]
-        assert row["status"] == "delivered", row["waybill"]
+    assert_delivered_with_exactly(p, scans)
     assert db_fetch(p, "SELECT next_offset FROM consumer_offsets WHERE consumer = 'tracking'"
                     " AND topic = $1", topic)[0]["next_offset"] == len(items)
 

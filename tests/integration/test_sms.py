@@ -9,10 +9,10 @@ import json
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -22,6 +22,7 @@ from entrypoints.platform import GATEWAYS, Platform
 from loadtest.traffic import county_time, envelope, waybill_for
 from tests.conftest import bearer, db_fetch, wait_for
 
+T = TypeVar("T")
 _waybills = random.Random(time.time_ns())
 POINT = "VIL-XILIU-01"
 
@@ -64,6 +65,31 @@ def device_event(brand: str, event_type: str, payload: Any, at: datetime) -> Any
                     schema_version=2 if event_type == "parcel.registered" else 1,
                     occurred_at=at, recorded_at=at, device_id="pda-test", brand=brand,
                     operator_id="op-1", payload=payload)
+
+
+def with_sms_stopped(platform: Platform, go: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run `go` with the platform's SMS service stopped: the test drives the planner and the
+    sender itself, step by step."""
+    platform.children["sms"].stop()
+    try:
+        return asyncio.run(go())
+    finally:
+        platform.children["sms"].start()
+
+
+async def messages_of(conn: asyncpg.Connection, keys: Any,
+                      waybills: list[str]) -> list[dict[str, Any]]:
+    """The SMS naming these waybills, each with its phone opened as the sender opens it."""
+    from projections import sms_outbox
+    from projections.tracking_store import use_all_brands
+
+    async with conn.transaction():
+        await use_all_brands(conn)
+        found = await conn.fetch(
+            "SELECT m.sms_id, m.sealed_phone, m.state, m.failure_code FROM sms_messages m"
+            " JOIN sms_message_parcels p USING (sms_id) WHERE p.waybill = ANY($1)", waybills)
+        return [{**r, "phone": await keys.open(conn, *sms_outbox.open_sealed(r["sealed_phone"]))}
+                for r in found]
 
 
 async def journal_arrivals(settings: Any, keys: Any, brand: str,
@@ -411,11 +437,7 @@ def test_a_parcel_that_reaches_the_journal_while_its_digest_is_being_sent_gets_i
         finally:
             await pool.close()
 
-    platform.children["sms"].stop()
-    try:
-        ids = asyncio.run(go())
-    finally:
-        platform.children["sms"].start()
+    ids = with_sms_stopped(platform, go)
     assert len(ids) == 2 and ids[0] != ids[1], ids  # each parcel in exactly one SMS
 
 
@@ -448,8 +470,7 @@ def test_the_sender_keeps_the_daily_budget_within_a_batch_and_skips_parcels_alre
     from domain.events import ParcelScanned, ScanAction
     from infra.db import create_pool
     from infra.pii import Keyring
-    from projections import journal, sms_outbox, sms_planner
-    from projections.tracking_store import use_all_brands
+    from projections import journal, sms_planner
     from streams.sms_service import Sender
 
     settings = platform.settings
@@ -483,25 +504,13 @@ def test_the_sender_keeps_the_daily_budget_within_a_batch_and_skips_parcels_alre
             await sender.send_due(pool)
             async with pool.acquire() as conn:
                 await sms_planner.catch_up(conn, county, now=clock, keys=keys)
-                async with conn.transaction():
-                    await use_all_brands(conn)
-                    found = await conn.fetch(
-                        "SELECT m.sms_id, m.sealed_phone, m.state, m.failure_code FROM sms_messages m"
-                        " JOIN sms_message_parcels p USING (sms_id) WHERE p.waybill = ANY($1)",
-                        [wb for wb, _, _ in parcels])
-                    # The table holds the sealed phone: open it as the sender does, to compare.
-                    rows = [{**r, "phone": await keys.open(
-                        conn, *sms_outbox.open_sealed(r["sealed_phone"]))} for r in found]
+                rows = await messages_of(conn, keys, [wb for wb, _, _ in parcels])
             await sender.send_due(pool)  # nothing more is sent on a second round
             return provider, rows
         finally:
             await pool.close()
 
-    platform.children["sms"].stop()
-    try:
-        provider, rows = asyncio.run(go())
-    finally:
-        platform.children["sms"].start()
+    provider, rows = with_sms_stopped(platform, go)
     states = Counter((r["phone"] == busy, r["state"], r["failure_code"]) for r in rows)
     assert states == {(True, "submitted", None): 10, (True, "failed", "DAILY_BUDGET"): 2,
                       (False, "cancelled", "COLLECTED"): 1}, states
@@ -604,8 +613,7 @@ def test_the_daily_budget_holds_when_a_numbers_messages_are_sent_concurrently(
 
     from infra.db import create_pool
     from infra.pii import Keyring
-    from projections import sms_outbox, sms_planner
-    from projections.tracking_store import use_all_brands
+    from projections import sms_planner
     from streams.sms_service import Sender
 
     settings = platform.settings
@@ -647,23 +655,12 @@ def test_the_daily_budget_holds_when_a_numbers_messages_are_sent_concurrently(
                 pass
             async with pool.acquire() as conn:
                 await sms_planner.catch_up(conn, county, now=clock, keys=keys)
-                async with conn.transaction():
-                    await use_all_brands(conn)
-                    found = await conn.fetch(
-                        "SELECT m.sms_id, m.sealed_phone, m.state, m.failure_code FROM sms_messages m"
-                        " JOIN sms_message_parcels p USING (sms_id) WHERE p.waybill = ANY($1)",
-                        [wb for wb, _, _ in parcels])
-                    rows = [{**r, "phone": await keys.open(
-                        conn, *sms_outbox.open_sealed(r["sealed_phone"]))} for r in found]
+                rows = await messages_of(conn, keys, [wb for wb, _, _ in parcels])
             return provider, rows
         finally:
             await pool.close()
 
-    platform.children["sms"].stop()
-    try:
-        provider, rows = asyncio.run(go())
-    finally:
-        platform.children["sms"].start()
+    provider, rows = with_sms_stopped(platform, go)
     states = Counter((r["phone"] == busy, r["state"], r["failure_code"]) for r in rows)
     assert states == {(True, "submitted", None): 10, (True, "failed", "DAILY_BUDGET"): 4,
                       (False, "submitted", None): 20}, states

@@ -10,27 +10,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domain.envelope import Envelope
-from domain.events import PAYLOADS
 from domain.money import Fen
 from domain.settlement.rules import TripManifest, parcel_lines, trip_lines
 from domain.settlement.statement import build_statement
 from infra.county_file import load_county
 from infra.settings import DEMO_COUNTY
+from tests.fixtures.envelopes import events_from
 from tests.fixtures.phones import sealed
 
 COUNTY = load_county(DEMO_COUNTY)
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 10, 8, 6, 0, tzinfo=CST)
-_n = iter(range(10**6))
-
-
-def ev(event_type: str, hours: float, brand: str = "ZTO", **payload: Any) -> Envelope:
-    version = 2 if event_type == "parcel.registered" else 1
-    at = T0 + timedelta(hours=hours)
-    return Envelope(event_id=f"00000000-0000-7000-8000-{next(_n):012d}", type=event_type,
-                    schema_version=version, occurred_at=at, recorded_at=at, device_id="d",
-                    brand=brand, operator_id="op",
-                    payload=PAYLOADS[(event_type, version)].model_validate(payload))
+ev = events_from(T0)
 
 
 def reg(w: str, grams: int, brand: str = "ZTO", **dims: int) -> Envelope:

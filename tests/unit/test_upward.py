@@ -16,6 +16,7 @@ from domain.ownership import Conflict, Owner, Writer, decide
 from domain.validation import Reason, Rejection, validate_event
 from infra.county_file import load_county
 from infra.settings import DEMO_COUNTY
+from tests.unit.test_county import HEAD  # the minimal valid county; upward tables appended
 
 COUNTY = load_county(DEMO_COUNTY)
 NOW = datetime(2026, 7, 15, 4, 0, tzinfo=UTC)
@@ -137,25 +138,6 @@ def test_the_demo_county_has_the_upward_tables() -> None:
     assert COUNTY.bus_line_of("BUS-XILIUX-1") is None and COUNTY.bus_line_of("R-XILIU-AM") is None
     assert COUNTY.in_harvest(date(2026, 7, 1)) and COUNTY.in_harvest(date(2026, 8, 31))
     assert not COUNTY.in_harvest(date(2026, 9, 1)) and not COUNTY.in_harvest(date(2026, 6, 30))
-
-
-HEAD = '''[county]
-code = "T"
-name = "测试县"
-utc_offset_minutes = 480
-brands = ["ZTO"]
-
-[[nodes]]
-id = "CTY-T"
-name = "县中心"
-tier = "county"
-
-[[nodes]]
-id = "TWN-A"
-name = "甲镇站"
-tier = "township"
-parent = "CTY-T"
-'''
 
 
 def _plum(hours: int, air: str) -> str:

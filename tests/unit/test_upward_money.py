@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from domain.county import UpwardTariff
 from domain.envelope import Envelope
-from domain.events import PAYLOADS
 from domain.settlement.rules import TripManifest, parcel_lines, trip_lines
 from domain.settlement.state import ParcelState, fact_from_envelope, fold_parcel
 from domain.settlement.statement import KIND_LABELS, build_statement
@@ -21,22 +20,14 @@ from domain.settlement.upward import UPWARD_KINDS, started_kg, upward_charges
 from domain.sla import MoveFact, RegistrationFact, ScanFact, evaluate_facts
 from infra.county_file import load_county
 from infra.settings import DEMO_COUNTY
+from tests.fixtures.envelopes import events_from
 from tests.fixtures.phones import sealed
 
 COUNTY = load_county(DEMO_COUNTY)
 CST = timezone(timedelta(hours=8))
 T0 = datetime(2026, 7, 15, 6, 0, tzinfo=CST)
 TARIFF = UpwardTariff(handling_fen=30, per_kg_fen=20, cold_chain_fen=50)
-_n = iter(range(10**6))
-
-
-def ev(event_type: str, hours: float, brand: str = "ZTO", **payload: Any) -> Envelope:
-    version = 2 if event_type == "parcel.registered" else 1
-    at = T0 + timedelta(hours=hours)
-    return Envelope(event_id=f"00000000-0000-7000-8000-{next(_n):012d}", type=event_type,
-                    schema_version=version, occurred_at=at, recorded_at=at, device_id="d",
-                    brand=brand, operator_id="op",
-                    payload=PAYLOADS[(event_type, version)].model_validate(payload))
+ev = events_from(T0)
 
 
 def hand_in(w: str, grams: int, perishable: str | None = "plum", hours: float = 0,
